@@ -1,0 +1,1 @@
+"""One module per reproduced result: runs it and writes CSV + PNG + a markdown table against the paper."""

@@ -1,0 +1,1 @@
+"""One module per reviewed paper: its offline model(s) and its online policy (imports only `gpusched`)."""

@@ -1,0 +1,4 @@
+"""`python -m gpusched` runs the command line."""
+from gpusched.cli import main
+
+raise SystemExit(main())

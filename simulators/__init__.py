@@ -1,0 +1,1 @@
+"""SimPy serving engines and baseline policies (imports only `gpusched`)."""
