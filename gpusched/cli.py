@@ -1,0 +1,102 @@
+"""The ``gpusched`` command line (also ``python -m gpusched``).
+
+Subcommands import what they need when they run, so ``gpusched --help`` stays instant. This is the
+only core module allowed to reach into ``formulations``, ``simulators`` and ``experiments``: it is
+where a policy is plugged into an engine for the user.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpusched.errors import GpuschedError
+
+
+def _int_list(text: str) -> list[int]:
+    """Parse ``"512,512"`` or ``"1024x32"`` (32 copies of 1024) into a list of ints."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        value, _, copies = part.partition("x")
+        try:
+            out.extend([int(value)] * (int(copies) if copies else 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{part!r} is not a token count; write e.g. 512,512 or 1024x32 (32 sequences of 1024)"
+            ) from None
+    return out
+
+
+def cmd_traces(args: argparse.Namespace) -> int:
+    """List the bundled real traces with row count, rate and length percentiles."""
+    import pandas as pd
+
+    from gpusched.workload import bundled_trace_summary
+
+    table = bundled_trace_summary()
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:,.2f}"))
+    return 0
+
+
+def cmd_perf(args: argparse.Namespace) -> int:
+    """Predict one step time, then print the model's error against every measured whole-step table."""
+    from pathlib import Path
+
+    from gpusched.paths import resolve_profile
+    from gpusched.perf import ProfiledStepTime, compare_to_steps, mape
+
+    profile_dir = resolve_profile(args.profile)
+    model = ProfiledStepTime.from_profile_dir(profile_dir, model=args.model, tp=args.tp)
+    step_s = model.step_time_s(
+        prefill_lens=args.prefill, decode_contexts=args.decode, prefill_cached=args.cached or None
+    )
+    print(
+        f"{args.model} TP{args.tp} on profile {args.profile}: prefill {len(args.prefill)} chunk(s) "
+        f"({sum(args.prefill)} tokens), {len(args.decode)} decode(s) -> step {step_s * 1e3:.3f} ms"
+    )
+    checks = sorted(Path(profile_dir).glob(f"e2e_*{args.model}*.csv"))
+    if not checks:
+        print(f"(no whole-step table for {args.model} in {profile_dir}: nothing to check against)")
+        return 0
+    for csv_path in checks:
+        table = compare_to_steps(model, csv_path)
+        print(f"\nMeasured vs predicted whole steps: {csv_path.name} ({len(table)} steps)")
+        by_kind = table.groupby("kind")["error_pct"].apply(lambda e: e.abs().mean())
+        for kind, err in by_kind.items():
+            print(f"  {kind:<10} MAPE {err:5.2f} %")
+        print(f"  {'all':<10} MAPE {mape(table):5.2f} %")
+        if args.verbose:
+            print(table.to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpusched", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("traces", help="list bundled real traces: rows, rate, length percentiles")
+    p.set_defaults(func=cmd_traces)
+
+    p = sub.add_parser("perf", help="predict a step time and check the model against measured steps")
+    p.add_argument("--profile", default="h100", help="bundled profile (h100, rtx4090, rtxpro6000) or a directory")
+    p.add_argument("--model", default="llama3-8b", help="model name, e.g. llama3-8b or meta-llama/Llama-3.1-8B")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--prefill", type=_int_list, default=[512], help="prefill chunk lengths, e.g. 512,256")
+    p.add_argument("--cached", type=_int_list, default=[], help="tokens already cached per prefill chunk")
+    p.add_argument("--decode", type=_int_list, default=_int_list("1024x32"), help="decode contexts, e.g. 1024x32")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every measured step")
+    p.set_defaults(func=cmd_perf)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except GpuschedError as err:
+        print(f"gpusched {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

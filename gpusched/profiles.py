@@ -1,0 +1,311 @@
+"""Readers of measured op tables, turned into numpy interpolation grids (seconds).
+
+Two on-disk formats are understood (:func:`detect_format`):
+
+* ``"h100"`` -- our op tables (``ops_linear.csv``, ``ops_attn_prefill.csv``, ``ops_attn_decode.csv``,
+  ``ops_attn_chunked.csv``), times in **ms**, several models (short names) and TP degrees per file.
+* ``"llmservingsim"`` -- LLMServingSim 2.0's layerwise vLLM profiles (``dense.csv``, ``per_sequence.csv``,
+  ``attention.csv`` under ``tp<N>/``, ``meta.yaml`` beside), times in **µs**, one model per directory.
+
+Everything leaves this module in SI units. The interpolation primitives (:class:`Grid1D`, :class:`Grid2D`)
+are pure Python over tuples of floats because the simulator calls them millions of times with scalars,
+where numpy's per-call overhead dominates.
+
+Grid conventions: linear interpolation inside the grid; below the first point the first value is held
+(those entries are launch-floor dominated); above the last point a 1-D table scales proportionally
+(``y_last x / x_last``: large ops are throughput-bound) and 2-D/4-D tables extend their last segment
+linearly with slopes clipped at >= 0 (a step never gets faster with more work).
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gpusched.errors import ProfileError
+
+__all__ = ["Grid1D", "Grid2D", "Grid4D", "monotone_envelope", "detect_format", "H100Tables", "read_h100_tables",
+           "LssTables", "read_lss_tables", "find_lss_tp_dir"]
+
+H100_FILES = ("ops_linear.csv", "ops_attn_prefill.csv", "ops_attn_decode.csv")
+LINEAR_OPS = ("qkv", "o", "gate_up", "down")
+
+
+def _seg(xs: tuple, v: float) -> tuple[int, float]:
+    """Segment index i and fraction t so that v = xs[i] + t (xs[i+1]-xs[i]); t<0 clipped to 0, t>1 allowed."""
+    n = len(xs)
+    if n == 1:
+        return 0, 0.0
+    i = bisect_right(xs, v) - 1
+    if i < 0:
+        return 0, 0.0
+    if i >= n - 1:
+        i = n - 2
+    return i, (v - xs[i]) / (xs[i + 1] - xs[i])
+
+
+class Grid1D:
+    """y(x) by linear interpolation on a sorted grid (see the module docstring for out-of-grid rules)."""
+
+    __slots__ = ("x", "y")
+
+    def __init__(self, x, y):
+        x = np.asarray(x, dtype=float)
+        y = np.asarray(y, dtype=float)
+        if x.ndim != 1 or x.shape != y.shape or len(x) == 0 or np.any(np.diff(x) <= 0) or not np.all(np.isfinite(y)):
+            raise ProfileError(f"Grid1D needs a strictly increasing x grid and finite y of the same length, got x={x}")
+        self.x, self.y = tuple(x.tolist()), tuple(y.tolist())
+
+    def __call__(self, v: float) -> float:
+        x, y = self.x, self.y
+        if len(x) == 1:
+            return y[0]
+        i, t = _seg(x, v)
+        if t > 1.0:  # beyond the grid: work (and time) proportional to the size -- one noisy last segment
+            return y[-1] * v / x[-1] if x[-1] > 0 else y[-1]  # would otherwise set the slope
+        return y[i] + (y[i + 1] - y[i]) * t
+
+
+class Grid2D:
+    """z(a, b) by bilinear interpolation on a full rectilinear grid ``z[i, j]`` at ``(a[i], b[j])``.
+
+    Bilinear interpolation is exact for ``z = c0 + c1 a + c2 b + c3 a b`` -- e.g. decode attention time as
+    launch + (batch x context) KV bytes -- so it is the natural choice for these tables. Out-of-grid rules
+    as :class:`Grid1D` (per axis; extrapolation slopes clipped at >= 0).
+    """
+
+    __slots__ = ("a", "b", "z")
+
+    def __init__(self, a, b, z):
+        a, b, z = np.asarray(a, float), np.asarray(b, float), np.asarray(z, float)
+        if z.shape != (len(a), len(b)) or np.any(np.diff(a) <= 0) or np.any(np.diff(b) <= 0):
+            raise ProfileError(f"Grid2D needs increasing axes and z of shape ({len(a)}, {len(b)}), got {z.shape}")
+        if not np.all(np.isfinite(z)):
+            raise ProfileError("Grid2D table has missing (NaN) entries; fill them before building the grid")
+        self.a, self.b = tuple(a.tolist()), tuple(b.tolist())
+        self.z = tuple(tuple(r) for r in z.tolist())
+
+    def __call__(self, u: float, v: float) -> float:
+        a, b, z = self.a, self.b, self.z
+        i, s = _seg(a, u)
+        j, t = _seg(b, v)
+        i1 = min(i + 1, len(a) - 1)
+        j1 = min(j + 1, len(b) - 1)
+        z00, z01, z10, z11 = z[i][j], z[i][j1], z[i1][j], z[i1][j1]
+        if s > 1.0 or t > 1.0:  # extrapolation: keep the slopes non-negative
+            z10 = max(z10, z00); z11 = max(z11, z01); z01 = max(z01, z00); z11 = max(z11, z10)
+        return (z00 * (1 - s) * (1 - t) + z10 * s * (1 - t) + z01 * (1 - s) * t + z11 * s * t)
+
+
+def monotone_envelope(z: np.ndarray) -> np.ndarray:
+    """Largest array <= ``z`` that is non-decreasing along every axis: ``min`` over all dominating entries.
+
+    Why: a kernel never gets faster with more work, and launch jitter in per-launch CUDA-event timing is
+    one-sided (it only adds time). So an entry above a larger-work entry carries jitter, and the lower
+    value is the better estimate. Works for 1-D and 2-D arrays.
+    """
+    out = np.array(z, dtype=float)
+    for ax in range(out.ndim):
+        out = np.flip(np.minimum.accumulate(np.flip(out, ax), axis=ax), ax)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- format
+def detect_format(path: Path) -> tuple[str, Path]:
+    """``("h100", dir)`` or ``("llmservingsim", tp-parent dir)`` from the files present under ``path``."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ProfileError(f"profile directory {str(path)!r} does not exist")
+    if all((path / f).is_file() for f in H100_FILES):
+        return "h100", path
+    if (path / "dense.csv").is_file() and (path / "attention.csv").is_file():
+        return "llmservingsim", path.parent  # the tp<N> folder itself
+    if any(p.is_dir() and (p / "dense.csv").is_file() for p in path.glob("tp*")):
+        return "llmservingsim", path
+    found = sorted(path.rglob("dense.csv"))
+    if found:
+        return "llmservingsim", found[0].parent.parent
+    raise ProfileError(
+        f"{str(path)!r} holds neither the H100 op tables ({', '.join(H100_FILES)}) nor LLMServingSim "
+        f"layerwise tables (tp<N>/dense.csv, attention.csv); point at one of those directories")
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ProfileError(f"profile table {str(path)!r} is missing")
+    df = pd.read_csv(path)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ProfileError(f"{str(path)!r} lacks columns {missing}; has {list(df.columns)}")
+    return df
+
+
+# ------------------------------------------------------------------------------------------------- H100
+class H100Tables:
+    """One (model, TP) slice of the H100 op tables, in seconds, as numpy arrays (raw, not smoothed).
+
+    Attributes: ``tokens`` and ``linear_s[op]`` (op in qkv/o/gate_up/down); ``prefill_len``, ``prefill_s``;
+    ``dec_batch``, ``dec_context``, ``dec_s[batch, context]`` (missing corners filled by linear
+    extrapolation along context); ``chunk``, ``cached``, ``chunked_s[chunk, cached]`` or None when the file
+    has no rows for this model; ``launch_floor_s`` (smallest GEMM entry of the whole file, any model/TP);
+    ``dec_bandwidth_bytes_per_s`` (slope of decode attention time vs KV bytes over the memory-bound
+    entries, KV >= 0.25 GB, of this model/TP).
+    """
+
+
+def _fill_rows(z: np.ndarray) -> np.ndarray:
+    """Fill NaNs at the end of each row by linear extrapolation from the two previous entries."""
+    z = z.copy()
+    for r in z:
+        for j in range(len(r)):
+            if np.isnan(r[j]):
+                if j < 2 or np.isnan(r[j - 1]) or np.isnan(r[j - 2]):
+                    raise ProfileError("decode/chunked attention table has a gap that cannot be filled")
+                r[j] = r[j - 1] + max(r[j - 1] - r[j - 2], 0.0)
+    return z
+
+
+def _pivot(df: pd.DataFrame, rows: str, cols: str, val: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p = df.pivot_table(index=rows, columns=cols, values=val, aggfunc="median").sort_index().sort_index(axis=1)
+    return p.index.to_numpy(float), p.columns.to_numpy(float), _fill_rows(p.to_numpy(float) * 1e-3)
+
+
+def read_h100_tables(path: Path, model: str, tp: int) -> H100Tables:
+    """Read the H100 op tables of ``model`` (short name) at TP ``tp``; ProfileError names what exists."""
+    path = Path(path)
+    lin = _read_csv(path / "ops_linear.csv", ("model", "tp", "tokens") + tuple(f"{o}_ms" for o in LINEAR_OPS))
+    pre = _read_csv(path / "ops_attn_prefill.csv", ("model", "tp", "seq_len", "attn_ms"))
+    dec = _read_csv(path / "ops_attn_decode.csv", ("model", "tp", "batch", "context", "kv_gb", "attn_ms"))
+    chk = path / "ops_attn_chunked.csv"
+    chunked = _read_csv(chk, ("model", "tp", "chunk", "cached", "attn_ms")) if chk.is_file() else None
+
+    def pick(df: pd.DataFrame, what: str) -> pd.DataFrame:
+        sel = df[(df["model"] == model) & (df["tp"] == tp)]
+        if sel.empty:
+            avail = sorted({f"{m}@tp{t}" for m, t in zip(df["model"], df["tp"])})
+            raise ProfileError(f"{what} in {str(path)!r} has no rows for model {model!r} at tp={tp}; "
+                               f"available: {', '.join(avail)}")
+        return sel
+
+    t = H100Tables()
+    g = pick(lin, "ops_linear.csv").sort_values("tokens")
+    t.tokens = g["tokens"].to_numpy(float)
+    t.linear_s = {o: g[f"{o}_ms"].to_numpy(float) * 1e-3 for o in LINEAR_OPS}
+    p = pick(pre, "ops_attn_prefill.csv").sort_values("seq_len")
+    t.prefill_len, t.prefill_s = p["seq_len"].to_numpy(float), p["attn_ms"].to_numpy(float) * 1e-3
+    d = pick(dec, "ops_attn_decode.csv")
+    t.dec_batch, t.dec_context, t.dec_s = _pivot(d, "batch", "context", "attn_ms")
+    big = d[d["kv_gb"] >= 0.25]
+    if len(big) >= 3:
+        slope = np.polyfit(big["kv_gb"].to_numpy() * 1e9, big["attn_ms"].to_numpy() * 1e-3, 1)[0]
+        t.dec_bandwidth_bytes_per_s = 1.0 / slope
+    else:
+        t.dec_bandwidth_bytes_per_s = None
+    t.chunk = t.cached = t.chunked_s = None
+    if chunked is not None:
+        c = chunked[(chunked["model"] == model) & (chunked["tp"] == tp)]
+        if not c.empty:
+            t.chunk, t.cached, t.chunked_s = _pivot(c, "chunk", "cached", "attn_ms")
+    t.launch_floor_s = float(lin[[f"{o}_ms" for o in LINEAR_OPS]].to_numpy().min()) * 1e-3
+    return t
+
+
+# ------------------------------------------------------------------------------------------ LLMServingSim
+class LssTables:
+    """LLMServingSim layerwise tables at one TP, in seconds.
+
+    ``dense[layer] -> Grid1D over tokens``; ``per_sequence[layer] -> Grid1D over sequences``; attention as
+    axes ``pc, kp, nd, kd`` and a dense 4-D array ``att_s`` (NaN where the profiler did not measure);
+    ``meta`` is the raw text of ``meta.yaml`` (or "").
+    """
+
+
+def find_lss_tp_dir(root: Path, tp: int) -> Path:
+    d = Path(root) / f"tp{tp}"
+    if not (d / "dense.csv").is_file():
+        avail = sorted(p.name for p in Path(root).glob("tp*") if (p / "dense.csv").is_file())
+        raise ProfileError(f"LLMServingSim profile {str(root)!r} has no tp{tp} tables; available: {avail}")
+    return d
+
+
+def read_lss_tables(root: Path, tp: int) -> LssTables:
+    d = find_lss_tp_dir(root, tp)
+    dense = _read_csv(d / "dense.csv", ("layer", "tokens", "time_us"))
+    perseq = _read_csv(d / "per_sequence.csv", ("layer", "sequences", "time_us"))
+    att = _read_csv(d / "attention.csv", ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode", "time_us"))
+    t = LssTables()
+    dense, perseq = dense.sort_values("tokens"), perseq.sort_values("sequences")
+    t.dense = {str(k): Grid1D(g["tokens"], g["time_us"] * 1e-6) for k, g in dense.groupby("layer")}
+    t.per_sequence = {str(k): Grid1D(g["sequences"], g["time_us"] * 1e-6) for k, g in perseq.groupby("layer")}
+    axes = [np.array(sorted(att[c].unique()), float) for c in ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode")]
+    arr = np.full(tuple(len(a) for a in axes), np.nan)
+    idx = [np.searchsorted(a, att[c].to_numpy(float)) for a, c in
+           zip(axes, ("prefill_chunk", "kv_prefill", "n_decode", "kv_decode"))]
+    arr[tuple(idx)] = att["time_us"].to_numpy(float) * 1e-6
+    t.pc, t.kp, t.nd, t.kd = axes
+    t.att_s = _fill_attention(arr, axes)
+    meta = Path(root) / "meta.yaml"
+    t.meta = meta.read_text() if meta.is_file() else ""
+    return t
+
+
+def _fill_attention(arr: np.ndarray, axes) -> np.ndarray:
+    """Complete LLMServingSim's 4-D attention grid so that multilinear interpolation never meets a hole.
+
+    The profiler measures only meaningful corners: no ``kv_decode`` when there are no decodes, no
+    ``kv_prefill`` when there is no prefill chunk, nothing for an empty batch, and (at 2048 batched
+    tokens) no prefill chunk together with 256 decodes. We fill, in order: an axis that does not matter
+    copies its 0 entry; the empty batch costs 0; decodes at context 0 cost as at the smallest context; a missing decode count adds the pure-decode difference to
+    the largest measured decode count of the same slice (prefill and decode work add up in one kernel).
+    """
+    if arr.shape[0] == 0 or axes[0][0] != 0 or axes[2][0] != 0:
+        raise ProfileError("attention.csv must include prefill_chunk = 0 and n_decode = 0 rows")
+    a = arr.copy()
+    kd0 = int(np.searchsorted(axes[3], 0)) if axes[3][0] == 0 else None
+    kp0 = 0 if axes[1][0] == 0 else None
+    if kd0 is not None:  # no decodes: kv_decode irrelevant
+        a[:, :, 0, :] = np.where(np.isnan(a[:, :, 0, :]), a[:, :, 0, kd0:kd0 + 1], a[:, :, 0, :])
+    if kp0 is not None:  # no prefill: kv_prefill irrelevant
+        a[0, :, :, :] = np.where(np.isnan(a[0, :, :, :]), a[0, kp0:kp0 + 1, :, :], a[0, :, :, :])
+    a[0, :, 0, :] = np.nan_to_num(a[0, :, 0, :], nan=0.0)
+    if kd0 is not None and a.shape[3] > 1:  # decodes with an empty context cost what the smallest one does
+        a[:, :, 1:, kd0] = np.where(np.isnan(a[:, :, 1:, kd0]), a[:, :, 1:, kd0 + 1], a[:, :, 1:, kd0])
+    dec = a[0, 0]  # (nd, kd): pure decode
+    for i, k, l, m in zip(*np.nonzero(np.isnan(a))):
+        lower = [l2 for l2 in range(l) if np.isfinite(a[i, k, l2, m]) and np.isfinite(dec[l2, m])]
+        if not lower or not np.isfinite(dec[l, m]):
+            raise ProfileError(f"attention.csv: cannot fill the unmeasured point {tuple(x[j] for x, j in zip(axes, (i, k, l, m)))}")
+        l2 = lower[-1]
+        a[i, k, l, m] = a[i, k, l2, m] + max(dec[l, m] - dec[l2, m], 0.0)
+    return a
+
+
+class Grid4D:
+    """Multilinear interpolation on a full 4-D grid (clamped to the grid's box on every axis, except
+    linear extrapolation with non-negative slope beyond the last point, as :class:`Grid1D`)."""
+
+    __slots__ = ("axes", "z")
+
+    def __init__(self, axes, z):
+        self.axes = tuple(tuple(float(v) for v in a) for a in axes)
+        if np.any(np.isnan(z)):
+            raise ProfileError("Grid4D table has NaN entries")
+        self.z = np.asarray(z, float)
+
+    def __call__(self, *p: float) -> float:
+        segs = [_seg(a, v) for a, v in zip(self.axes, p)]
+        z = self.z
+        total = 0.0
+        for corner in range(16):
+            w = 1.0
+            idx = []
+            for d, (i, t) in enumerate(segs):
+                hi = (corner >> d) & 1
+                n = len(self.axes[d])
+                idx.append(min(i + hi, n - 1))
+                w *= t if hi else (1.0 - t)
+            if w != 0.0:
+                total += w * z[tuple(idx)]
+        return max(total, 0.0)
