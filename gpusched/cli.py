@@ -70,6 +70,64 @@ def cmd_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Serve a trace on a set of simulated instances; write CSVs, PNGs and print a summary."""
+    import time
+
+    from gpusched.workload import load_trace
+    from simulators.build import build_instances
+
+    args.profile = args.profile or None
+    from simulators.serving import simulate
+
+    trace = load_trace(args.trace)
+    if args.rate_scale != 1.0:
+        trace = trace.scale_rate(args.rate_scale)
+    if args.limit:
+        trace = trace.head(args.limit)
+    knobs = {k: v for k, v in (("max_num_batched_tokens", args.max_num_batched_tokens),
+                               ("max_num_seqs", args.max_num_seqs)) if v is not None}
+    instances = build_instances(args.model, args.instances, args.tp, args.profile, args.gpu, args.scheduler,
+                                knobs, memory_utilization=args.memory_utilization, kv_blocks=args.kv_blocks)
+    print(f"{trace.name}: {len(trace)} requests over {trace.duration_s:,.0f} s on {args.instances} x "
+          f"{args.model} TP{args.tp} ({instances[0].num_kv_blocks} KV blocks each), scheduler {args.scheduler}, "
+          f"router {args.router}")
+    start = time.perf_counter()
+    result = simulate(trace, instances, router=args.router, seed=args.seed, progress=not args.quiet)
+    wall_s = time.perf_counter() - start
+    out = result.save(args.out)
+    print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"{result.num_unfinished} unfinished; {result.num_steps} steps; {wall_s:.1f} s wall "
+          f"({len(trace) / wall_s:,.0f} requests per wall-second); results in {out}")
+    return 0
+
+
+def cmd_validate_vllm(args: argparse.Namespace) -> int:
+    """Replay a measured vLLM run and print measured vs simulated latency statistics."""
+    from pathlib import Path
+
+    from gpusched.paths import resolve_bench, resolve_profile
+    from simulators.vllm_replay import replay
+
+    table, result = replay(resolve_bench(args.bench_dir), resolve_profile(args.profile))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "validation.csv", index=False)
+    result.save(out / "simulation")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"mean absolute error over the table: {table['error_pct'].abs().mean():.2f} % "
+          f"(written to {out / 'validation.csv'})")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Simulator speed on the bundled Azure conversation trace: requests per wall-second."""
+    from simulators.bench import run_bench
+
+    run_bench(repeats=args.repeats, mode=args.mode)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpusched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", type=_int_list, default=_int_list("1024x32"), help="decode contexts, e.g. 1024x32")
     p.add_argument("-v", "--verbose", action="store_true", help="print every measured step")
     p.set_defaults(func=cmd_perf)
+
+    p = sub.add_parser("simulate", help="serve a trace on simulated instances")
+    p.add_argument("--trace", default="azure-conv-2023", help="bundled trace name or a trace file")
+    p.add_argument("--model", default="llama3-8b")
+    p.add_argument("--profile", default="h100", help="bundled profile or directory ('' for the roofline model)")
+    p.add_argument("--gpu", default=None, help="GPU kind (KV capacity; roofline model without --profile)")
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--scheduler", default="vllm-v1", help="vllm-v1, vllm-v0, sarathi or static")
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--kv-blocks", type=int, default=None, help="KV blocks per instance (default: from memory)")
+    p.add_argument("--memory-utilization", type=float, default=0.9)
+    p.add_argument("--router", default="round-robin")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="multiply the arrival rate")
+    p.add_argument("--limit", type=int, default=0, help="simulate only the first N requests")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results/simulate")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("validate-vllm", help="replay a measured vLLM run; compare latency statistics")
+    p.add_argument("bench_dir", help="a measured-run directory (vllm/requests.jsonl, vllm/meta.json) or vllm-rtx4090")
+    p.add_argument("--profile", required=True, help="profile directory of the same GPU and model, or rtx4090")
+    p.add_argument("--out", default="results/validate-vllm")
+    p.set_defaults(func=cmd_validate_vllm)
+
+    p = sub.add_parser("bench", help="simulator speed: requests per wall-second on the Azure trace")
+    p.add_argument("--repeats", type=_int_list, default=[1, 10], help="trace repetitions to time, e.g. 1,10")
+    p.add_argument("--mode", default="fast", choices=["fast", "step"])
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

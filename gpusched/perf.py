@@ -276,6 +276,7 @@ class ProfiledStepTime:
     gpu: object = None
     dtype: str = "bf16"
     allreduce_latency_s: float = ALLREDUCE_LATENCY_S
+    equivalent_chunk: bool = True
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -405,9 +406,24 @@ class ProfiledStepTime:
                      b * (k * nout + num_sampled * (k + nout)) / bw, floor)
         return t
 
+    def _lss_prefill_key(self, prefill_lens, prefill_cached) -> tuple[float, float]:
+        """(chunk, cached) of the 4-D attention grid for this step's prefill chunks.
+
+        The grid was profiled with one prefill sequence. Several chunks in one step run as one varlen
+        kernel whose work is the sum of their causal work, so they are looked up at the single chunk
+        of the same total length whose cached context gives the same work (``equivalent_chunk=True``),
+        rather than as one long sequence of the summed length, which would count attention between
+        different requests (``equivalent_chunk=False``: LLMServingSim's own keys).
+        """
+        c_tot, p_tot, w = _causal_work(prefill_lens, prefill_cached)
+        if not self.equivalent_chunk or c_tot == 0:
+            return c_tot, p_tot
+        p_eq = w / c_tot - 0.5 * c_tot
+        return (c_tot, p_eq) if p_eq > 0 else (math.sqrt(2.0 * w), 0.0)
+
     def _lss_step(self, n, prefill_lens, prefill_cached, nd, mean_ctx, num_sampled) -> float:
         d = self.grids["dense"]
-        pc, kp = sum(prefill_lens), sum(c for c, x in zip(prefill_cached, prefill_lens) if x)
+        pc, kp = self._lss_prefill_key(prefill_lens, prefill_cached)
         layer = (2 * d["layernorm"](n) + d["qkv_proj"](n) + d["rotary_emb"](n) + d["o_proj"](n)
                  + d["gate_up_proj"](n) + d["act_fn"](n) + d["down_proj"](n)
                  + self.grids["attention"](pc, kp, nd, mean_ctx))

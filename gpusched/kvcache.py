@@ -1,0 +1,394 @@
+"""KV-cache capacity of an instance, and paged block accounting.
+
+:func:`kv_capacity` answers "how many tokens of KV cache does one instance hold": per GPU,
+
+    kv_bytes = memory_bytes * memory_utilization - weight_bytes / (TP * PP) - activation_reserve_bytes
+    tokens   = kv_bytes // bytes_per_token_per_gpu, rounded down to whole blocks of block_size_tokens
+
+where ``bytes_per_token_per_gpu`` is the model's KV bytes per token split over the GPUs: each tensor-
+parallel rank holds ``ceil(num_kv_heads / TP)`` KV heads (KV heads are replicated when TP > num_kv_heads,
+as vLLM does) and each pipeline stage holds ``ceil(num_layers / PP)`` layers (the fullest stage binds).
+When TP divides the KV heads and PP the layers this is exactly ``kv_bytes_per_token / (TP * PP)``.
+Weights are taken as evenly split over the ``TP * PP`` GPUs.
+
+:class:`BlockManager` is the paged-attention (vLLM-style) accounting of one instance's blocks, with
+hash-based prefix sharing and an LRU of unreferenced cached blocks. It is called in the simulator's hot
+loop, so it keeps only ints and dicts: no block objects, no per-token state.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from gpusched.errors import ConfigError, DoesNotFitError, KVCacheOverflowError, UnknownNameError
+
+__all__ = [
+    "KVCapacity",
+    "kv_capacity",
+    "default_activation_reserve_bytes",
+    "DEFAULT_ACTIVATION_CHUNK_TOKENS",
+    "BlockManager",
+]
+
+DEFAULT_ACTIVATION_CHUNK_TOKENS = 8192
+"""Tokens of one forward pass the default activation reserve is sized for (vLLM's default
+``max_num_batched_tokens`` for online serving on large GPUs)."""
+
+_ACTIVATION_BYTES_PER_ELEMENT = 2  # activations are computed in bf16/fp16 whatever the storage dtype
+
+
+def _pos_int(owner: str, field: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{owner}: {field} must be an int >= 1, got {value!r}")
+    return value
+
+
+def default_activation_reserve_bytes(model, tp: int = 1, chunk_tokens: int = DEFAULT_ACTIVATION_CHUNK_TOKENS) -> int:
+    """Default per-GPU memory kept back for activations, bytes.
+
+    Why: vLLM sizes the KV cache *after* a profiling forward pass of ``max_num_batched_tokens`` tokens and
+    reserves that pass's peak activation memory. We estimate that peak analytically as the largest set of
+    tensors alive at once inside one layer for a ``chunk_tokens``-token batch: the residual stream, its
+    normalised copy, the attention output and the QKV projection (~4 x hidden) plus the FFN's gate and up
+    intermediates (2 x ffn_size / TP), in bf16:
+
+        chunk_tokens * (4 * hidden_size + 2 * ffn_size / TP) * 2 bytes
+
+    For Llama-3-8B at TP=1 this is ~0.74 GB. CUDA context, NCCL buffers and allocator fragmentation are
+    covered by the ``1 - memory_utilization`` headroom, not by this reserve.
+    """
+    per_token = 4 * model.hidden_size + 2 * math.ceil(model.ffn_size / tp)
+    return int(chunk_tokens * per_token * _ACTIVATION_BYTES_PER_ELEMENT)
+
+
+@dataclass(frozen=True)
+class KVCapacity:
+    """KV capacity of one instance (every GPU of it holds the same number of tokens).
+
+    Attributes:
+        kv_bytes: bytes per GPU available to the KV cache (before rounding to blocks).
+        tokens: KV tokens the instance holds, a whole number of blocks (``blocks * block_size_tokens``).
+        blocks: KV blocks the instance holds.
+        block_size_tokens: tokens per block.
+        bytes_per_token_per_gpu: KV bytes one token of context occupies on each GPU.
+        weight_bytes_per_gpu: model weight bytes on each GPU.
+        activation_reserve_bytes: bytes per GPU reserved for activations.
+    """
+
+    kv_bytes: int
+    tokens: int
+    blocks: int
+    block_size_tokens: int
+    bytes_per_token_per_gpu: int
+    weight_bytes_per_gpu: int = 0
+    activation_reserve_bytes: int = 0
+
+
+def kv_capacity(
+    model,
+    gpu,
+    tp: int = 1,
+    pp: int = 1,
+    memory_utilization: float = 0.9,
+    activation_reserve_bytes: int | None = None,
+    block_size_tokens: int = 16,
+    dtype: str = "bf16",
+) -> KVCapacity:
+    """KV capacity of an instance of ``tp * pp`` GPUs of kind ``gpu`` serving ``model``.
+
+    Args:
+        model: a ``ModelSpec`` or a model name for :func:`gpusched.llm.get_model`.
+        gpu: a ``GpuSpec`` or a GPU name for :func:`gpusched.hardware.get_gpu`.
+        tp, pp: tensor- and pipeline-parallel degrees.
+        memory_utilization: fraction of device memory the engine may use (vLLM's
+            ``gpu_memory_utilization``), in (0, 1].
+        activation_reserve_bytes: bytes per GPU kept for activations; ``None`` uses
+            :func:`default_activation_reserve_bytes` (see there for the reasoning).
+        block_size_tokens: tokens per KV block.
+        dtype: storage dtype of weights and KV cache (``"bf16"``, ``"fp8"``, ...).
+
+    Raises:
+        DoesNotFitError: weights + activation reserve leave less than one block of KV cache; the message
+            gives required vs available bytes and the ways out.
+    """
+    if isinstance(model, str):
+        from gpusched.llm import get_model
+
+        model = get_model(model)
+    if isinstance(gpu, str):
+        from gpusched.hardware import get_gpu
+
+        gpu = get_gpu(gpu)
+    _pos_int("kv_capacity", "tp", tp)
+    _pos_int("kv_capacity", "pp", pp)
+    _pos_int("kv_capacity", "block_size_tokens", block_size_tokens)
+    if not (isinstance(memory_utilization, (int, float)) and 0 < memory_utilization <= 1):
+        raise ConfigError(f"kv_capacity: memory_utilization must be in (0, 1], got {memory_utilization!r}")
+    if activation_reserve_bytes is None:
+        activation_reserve_bytes = default_activation_reserve_bytes(model, tp)
+    elif activation_reserve_bytes < 0:
+        raise ConfigError(f"kv_capacity: activation_reserve_bytes must be >= 0, got {activation_reserve_bytes!r}")
+
+    n_gpus = tp * pp
+    weights_per_gpu = math.ceil(model.weight_bytes(dtype) / n_gpus)
+    kv_heads_per_gpu = math.ceil(model.num_kv_heads / tp)
+    layers_per_gpu = math.ceil(model.num_layers / pp)
+    per_layer = model.kv_bytes_per_token(dtype) / model.num_layers
+    bytes_per_token = math.ceil(per_layer * layers_per_gpu * kv_heads_per_gpu / model.num_kv_heads)
+
+    budget = int(gpu.memory_bytes * memory_utilization)
+    kv_bytes = budget - weights_per_gpu - int(activation_reserve_bytes)
+    block_bytes = bytes_per_token * block_size_tokens
+    blocks = kv_bytes // block_bytes if kv_bytes > 0 else 0
+    if blocks < 1:
+        required = weights_per_gpu + int(activation_reserve_bytes) + block_bytes
+        raise DoesNotFitError(
+            f"{model.name} ({dtype}) does not fit on {gpu.name} with TP={tp}, PP={pp}: each GPU needs "
+            f"{required / 1e9:.2f} GB (weights {weights_per_gpu / 1e9:.2f} GB + activation reserve "
+            f"{activation_reserve_bytes / 1e9:.2f} GB + one KV block {block_bytes / 1e6:.2f} MB) but has "
+            f"{budget / 1e9:.2f} GB ({gpu.memory_bytes / 1e9:.0f} GB x memory_utilization {memory_utilization}). "
+            f"Fix: raise TP or PP, use a GPU with more memory, or a smaller dtype (e.g. 'fp8')."
+        )
+    return KVCapacity(
+        kv_bytes=int(kv_bytes),
+        tokens=int(blocks * block_size_tokens),
+        blocks=int(blocks),
+        block_size_tokens=block_size_tokens,
+        bytes_per_token_per_gpu=int(bytes_per_token),
+        weight_bytes_per_gpu=int(weights_per_gpu),
+        activation_reserve_bytes=int(activation_reserve_bytes),
+    )
+
+
+class BlockManager:
+    """Paged KV-block accounting for one instance, with prefix sharing by block hash.
+
+    A block is in exactly one of three states:
+
+    * *used*: held by at least one live sequence (private blocks, or hashed blocks with refcount >= 1);
+    * *cached*: hashed, resident, referenced by no sequence; kept in LRU order, reusable by hash and
+      evicted (oldest first) when a fresh block is needed;
+    * *free*: empty.
+
+    ``num_used_blocks + num_free_blocks == num_blocks`` always, where ``num_free_blocks`` counts free plus
+    cached (evictable) blocks. Every call is O(1) except those that take a ``block_hashes`` list, which
+    are O(len(block_hashes)), and eviction, O(blocks evicted).
+
+    Prefix sharing: ``allocate(..., block_hashes=hs)`` gives one hash per *full* block of the prompt, in
+    order (hashes are expected to be chained, i.e. each identifies its whole prefix, as in vLLM and the
+    Mooncake trace). The longest prefix of ``hs`` whose blocks are resident is reused and its token count
+    returned; the remaining hashed blocks are filled fresh and become shareable. The partial last block
+    and blocks added by :meth:`extend` are private. The caller decides how many tokens to recompute
+    (an engine must still compute at least the prompt's last token even on a full hit).
+    """
+
+    __slots__ = ("num_blocks", "block_size_tokens", "_seqs", "_ref", "_lru", "_private",
+                 "prefix_query_tokens", "prefix_hit_tokens")
+
+    def __init__(self, num_blocks: int, block_size_tokens: int = 16):
+        self.num_blocks = _pos_int("BlockManager", "num_blocks", num_blocks)
+        self.block_size_tokens = _pos_int("BlockManager", "block_size_tokens", block_size_tokens)
+        # seq_id -> [num_tokens, num_private_blocks, hashes (tuple), num_hashed_blocks]
+        self._seqs: dict = {}
+        self._ref: dict = {}  # hash -> refcount (>= 1) of hashed blocks in use
+        self._lru: OrderedDict = OrderedDict()  # hash -> None, unreferenced cached blocks, oldest first
+        self._private = 0  # private blocks in use
+        self.prefix_query_tokens = 0  # tokens offered for prefix matching (full hashed blocks)
+        self.prefix_hit_tokens = 0  # of which found cached
+
+    # ---- state ------------------------------------------------------------------------------------
+    @property
+    def num_used_blocks(self) -> int:
+        """Blocks held by live sequences."""
+        return self._private + len(self._ref)
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Blocks a new allocation may take: empty plus cached-but-unreferenced (evictable)."""
+        return self.num_blocks - self._private - len(self._ref)
+
+    @property
+    def num_cached_blocks(self) -> int:
+        """Unreferenced cached blocks (a subset of :attr:`num_free_blocks`)."""
+        return len(self._lru)
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of blocks held by live sequences, in [0, 1]."""
+        return (self._private + len(self._ref)) / self.num_blocks
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self._seqs)
+
+    def __contains__(self, seq_id) -> bool:
+        return seq_id in self._seqs
+
+    def tokens_of(self, seq_id) -> int:
+        """Tokens the sequence currently holds."""
+        return self._get(seq_id)[0]
+
+    def blocks_of(self, seq_id) -> int:
+        """Blocks the sequence currently references (private + shared)."""
+        rec = self._get(seq_id)
+        return rec[1] + rec[3]
+
+    def is_cached(self, block_hash) -> bool:
+        """Whether a block with this hash is resident (in use or cached)."""
+        return block_hash in self._ref or block_hash in self._lru
+
+    # ---- operations -------------------------------------------------------------------------------
+    def _get(self, seq_id):
+        try:
+            return self._seqs[seq_id]
+        except KeyError:
+            raise UnknownNameError(
+                f"BlockManager: unknown seq_id {seq_id!r} (not allocated, or already freed)") from None
+
+    def _plan(self, num_tokens: int, block_hashes):
+        """(blocks that must come from the free pool, prefix-hit blocks, hashes tuple, blocks needed)."""
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
+            raise ConfigError(f"BlockManager: num_tokens must be an int >= 0, got {num_tokens!r}")
+        bs = self.block_size_tokens
+        total = -(-num_tokens // bs)
+        if not block_hashes:
+            return total, 0, (), total
+        hashes = tuple(block_hashes)
+        if len(hashes) > num_tokens // bs:
+            raise ConfigError(
+                f"BlockManager: {len(hashes)} block hashes for {num_tokens} tokens, but only "
+                f"{num_tokens // bs} full blocks of {bs} tokens; give one hash per full block")
+        ref, lru = self._ref, self._lru
+        hit = 0
+        for h in hashes:
+            if h in ref or h in lru:
+                hit += 1
+            else:
+                break
+        # Blocks that take memory from the free pool: distinct non-resident hashes + private tail;
+        # resident-but-unreferenced hashes leave the evictable pool, so they also reduce what is free.
+        fresh = 0
+        seen = set()
+        for h in hashes:
+            if h in seen or h in ref:
+                continue
+            seen.add(h)
+            fresh += 1  # either a new block or one taken out of the evictable LRU
+        return fresh + (total - len(hashes)), hit, hashes, total
+
+    def can_allocate(self, num_tokens: int, block_hashes=None) -> bool:
+        """Whether :meth:`allocate` of ``num_tokens`` (with these hashes) would succeed now."""
+        need, _, _, _ = self._plan(num_tokens, block_hashes)
+        return need <= self.num_free_blocks
+
+    def blocks_needed_to_allocate(self, num_tokens: int, block_hashes=None) -> int:
+        """Free blocks :meth:`allocate` would consume (prefix hits on in-use blocks cost nothing)."""
+        return self._plan(num_tokens, block_hashes)[0]
+
+    def allocate(self, seq_id, num_tokens: int, block_hashes=None) -> int:
+        """Reserve blocks for a new sequence of ``num_tokens`` tokens; return the tokens found cached.
+
+        Raises:
+            ConfigError: ``seq_id`` already allocated, or more hashes than full blocks.
+            KVCacheOverflowError: not enough free + evictable blocks (nothing is changed).
+        """
+        if seq_id in self._seqs:
+            raise ConfigError(f"BlockManager: seq_id {seq_id!r} is already allocated; free it first or use extend()")
+        need, hit, hashes, total = self._plan(num_tokens, block_hashes)
+        free = self.num_free_blocks
+        if need > free:
+            raise KVCacheOverflowError(
+                f"KV cache overflow: allocating seq {seq_id!r} ({num_tokens} tokens) needs {need} blocks, "
+                f"{free} free of {self.num_blocks}; wait for sequences to finish, preempt one, or add capacity")
+        ref, lru = self._ref, self._lru
+        new = []
+        for h in hashes:  # pin resident blocks first so that making room cannot evict them
+            if h in ref:
+                ref[h] += 1
+            elif h in lru:
+                del lru[h]
+                ref[h] = 1
+            else:
+                new.append(h)
+        for h in new:
+            if h in ref:  # a hash repeated within this prompt
+                ref[h] += 1
+            else:
+                self._make_room(1)
+                ref[h] = 1
+        private = total - len(hashes)
+        self._make_room(private)
+        self._private += private
+        self._seqs[seq_id] = [num_tokens, private, hashes, len(hashes)]
+        bs = self.block_size_tokens
+        self.prefix_query_tokens += len(hashes) * bs
+        self.prefix_hit_tokens += hit * bs
+        return hit * bs
+
+    def _make_room(self, n: int) -> None:
+        """Ensure ``n`` empty blocks exist by evicting the oldest cached blocks (caller checked capacity)."""
+        empty = self.num_blocks - self._private - len(self._ref) - len(self._lru)
+        lru = self._lru
+        while empty < n:
+            lru.popitem(last=False)
+            empty += 1
+
+    def blocks_needed_to_extend(self, seq_id, n: int = 1) -> int:
+        """New blocks :meth:`extend` by ``n`` tokens would take."""
+        rec = self._get(seq_id)
+        return max(0, -(-(rec[0] + n) // self.block_size_tokens) - rec[1] - rec[3])
+
+    def extend(self, seq_id, num_new_tokens: int = 1) -> None:
+        """Grow a sequence by ``num_new_tokens``; takes a block only when crossing a block boundary.
+
+        Raises KVCacheOverflowError (nothing changed) if the new blocks are not free.
+        """
+        try:
+            rec = self._seqs[seq_id]
+        except KeyError:
+            self._get(seq_id)
+            raise
+        if num_new_tokens < 0:
+            raise ConfigError(f"BlockManager: num_new_tokens must be >= 0, got {num_new_tokens!r}")
+        t = rec[0] + num_new_tokens
+        need = -(-t // self.block_size_tokens) - rec[1] - rec[3]
+        if need > 0:
+            empty = self.num_blocks - self._private - len(self._ref) - len(self._lru)
+            if need > empty:
+                free = empty + len(self._lru)
+                if need > free:
+                    raise KVCacheOverflowError(
+                        f"KV cache overflow: extending seq {seq_id!r} by {num_new_tokens} tokens needs {need} "
+                        f"blocks, {free} free of {self.num_blocks}; preempt a sequence or add capacity")
+                self._make_room(need)
+            self._private += need
+            rec[1] += need
+        rec[0] = t
+
+    def free(self, seq_id) -> None:
+        """Release a sequence. Its private blocks become empty; its hashed blocks whose refcount drops to
+        zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head)."""
+        try:
+            tokens, private, hashes, _ = self._seqs.pop(seq_id)
+        except KeyError:
+            self._get(seq_id)
+            raise
+        self._private -= private
+        if hashes:
+            ref, lru = self._ref, self._lru
+            for h in reversed(hashes):
+                c = ref[h] - 1
+                if c:
+                    ref[h] = c
+                else:
+                    del ref[h]
+                    lru[h] = None
+
+    def reset_prefix_cache(self) -> None:
+        """Drop every unreferenced cached block (they become empty)."""
+        self._lru.clear()
+
+    def __repr__(self) -> str:
+        return (f"BlockManager(num_blocks={self.num_blocks}, block_size_tokens={self.block_size_tokens}, "
+                f"used={self.num_used_blocks}, cached={self.num_cached_blocks}, seqs={len(self._seqs)})")

@@ -1,0 +1,143 @@
+"""The contracts between serving engines (``simulators``) and online policies (``formulations``).
+
+An engine owns time, KV blocks and token accounting; a policy only decides. Three decisions exist:
+
+- :class:`BatchScheduler` — which waiting/running sequences of one instance run in the next step, and
+  how many new tokens each computes (prefill chunk or one decode token); it may preempt.
+- :class:`Router` — which instance an arriving request goes to.
+- :class:`AdmissionGate` — whether an arriving request is admitted at all (rejections are reported).
+
+Both sides speak :class:`SeqState` (one request's progress inside an instance) and :class:`StepPlan`
+(one step's schedule). Engines call the scheduler with a live :class:`~gpusched.kvcache.BlockManager`
+so that admission and preemption see exactly the blocks the engine will allocate.
+
+Token accounting follows vLLM V1: ``num_tokens = prompt_tokens + generated_tokens``; a step schedules
+``num_tokens - num_computed_tokens`` new tokens at most; when a step brings ``num_computed_tokens`` up to
+``num_tokens`` the sequence samples one token. A decode step therefore computes exactly one token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from gpusched.kvcache import BlockManager
+
+
+class SeqState:
+    """Mutable progress of one request inside one instance (times in seconds of simulated time).
+
+    ``num_computed_tokens`` counts tokens whose KV is in the cache; it drops to 0 on a recompute
+    preemption (vLLM V1 recomputes prompt and generated tokens on resume).
+    """
+
+    __slots__ = (
+        "request_id", "index", "arrival_time_s", "prompt_tokens", "output_tokens", "block_hashes",
+        "predicted_output_tokens", "num_computed_tokens", "generated_tokens", "scheduled_time_s",
+        "first_token_time_s", "finish_time_s", "num_preemptions", "instance", "cached_tokens", "extra",
+    )
+
+    def __init__(self, request_id, index: int, arrival_time_s: float, prompt_tokens: int,
+                 output_tokens: int, block_hashes: tuple[int, ...] | None = None,
+                 predicted_output_tokens: int | None = None):
+        self.request_id = request_id
+        self.index = index  # row of the request in the trace: engines key their arrays by it
+        self.arrival_time_s = arrival_time_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.block_hashes = block_hashes
+        self.predicted_output_tokens = predicted_output_tokens
+        self.num_computed_tokens = 0
+        self.generated_tokens = 0
+        self.scheduled_time_s: float | None = None
+        self.first_token_time_s: float | None = None
+        self.finish_time_s: float | None = None
+        self.num_preemptions = 0
+        self.instance: int | None = None
+        self.cached_tokens = 0  # prompt tokens found in the prefix cache at the last admission
+        self.extra: dict | None = None  # room for a policy's own per-request notes
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the sequence holds once all scheduled work is done: prompt plus generated."""
+        return self.prompt_tokens + self.generated_tokens
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while more than one token remains to compute (prompt, or recompute after preemption)."""
+        return self.num_tokens - self.num_computed_tokens > 1 or self.generated_tokens == 0
+
+    def __repr__(self) -> str:
+        return (f"SeqState(id={self.request_id!r}, prompt={self.prompt_tokens}, out={self.output_tokens}, "
+                f"computed={self.num_computed_tokens}, generated={self.generated_tokens})")
+
+
+@dataclass
+class StepPlan:
+    """One step's schedule: ``entries[k] = (seq, new_tokens)``; ``preempted`` lists sequences evicted now.
+
+    Engines derive the step-time inputs from it: an entry whose ``new_tokens == 1`` and whose sequence
+    has generated at least one token is a decode at context ``num_computed_tokens``; every other entry
+    is a prefill chunk of ``new_tokens`` over ``num_computed_tokens`` cached tokens.
+    """
+
+    entries: list[tuple[SeqState, int]] = field(default_factory=list)
+    preempted: list[SeqState] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.entries)
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+
+@runtime_checkable
+class BatchScheduler(Protocol):
+    """Chooses the next step of one instance.
+
+    ``waiting`` is the instance's queue in arrival order (preempted sequences are put back at its
+    front); ``running`` the sequences holding KV. The scheduler mutates both lists (moving admitted
+    sequences to ``running``, preempted ones to ``waiting``), allocates KV through ``kv`` for every
+    token it schedules, and frees the blocks of what it preempts. It returns the plan; an empty plan
+    means "nothing can run now" and the engine waits for the next arrival or finish.
+    """
+
+    name: str
+
+    def schedule(self, waiting: list[SeqState], running: list[SeqState], kv: BlockManager,
+                 now_s: float) -> StepPlan: ...
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    """What a router may see of an instance at the moment a request arrives."""
+
+    index: int
+    role: str
+    num_waiting: int
+    num_running: int
+    outstanding_tokens: int  # prompt tokens still to prefill plus output tokens still to generate
+    kv_used_blocks: int
+    kv_total_blocks: int
+
+    @property
+    def kv_utilization(self) -> float:
+        return self.kv_used_blocks / self.kv_total_blocks if self.kv_total_blocks else 0.0
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Picks the instance for an arriving request; returns an index into ``instances``."""
+
+    name: str
+
+    def route(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> int: ...
+
+
+@runtime_checkable
+class AdmissionGate(Protocol):
+    """Admits or rejects an arriving request; a rejection is recorded with the returned reason."""
+
+    name: str
+
+    def admit(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> tuple[bool, str]: ...

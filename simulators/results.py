@@ -1,0 +1,129 @@
+"""What a simulation returns: per-request and per-instance tables, a summary, and plots."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gpusched import metrics
+
+REQUEST_COLUMNS = [
+    "request_id", "arrival_time_s", "scheduled_time_s", "first_token_time_s", "finish_time_s",
+    "prompt_tokens", "output_tokens", "instance", "num_preemptions", "cached_tokens", "status",
+]
+TIMELINE_COLUMNS = ["time_s", "instance", "kv_used_blocks", "running", "waiting", "batch_tokens", "batch_seqs"]
+
+
+@dataclass
+class SimResult:
+    """Results of one run.
+
+    requests : one row per request (times in simulated seconds; ``ttft_s``, ``tpot_s``, ``e2e_s`` and
+        ``queueing_s`` added by :func:`gpusched.metrics.request_latencies`); ``status`` is ``finished`` or
+        the reason a request did not finish.
+    timeline : one row per engine step and instance (empty if the run did not record it).
+    kv_blocks : KV capacity of each instance in blocks, to turn ``kv_used_blocks`` into utilisation.
+    """
+
+    requests: pd.DataFrame
+    timeline: pd.DataFrame
+    kv_blocks: list[int]
+    num_steps: int
+    wall_time_s: float = float("nan")
+
+    @classmethod
+    def from_run(cls, trace, seqs, engines) -> "SimResult":
+        rows = {
+            "request_id": [s.request_id for s in seqs],
+            "arrival_time_s": [s.arrival_time_s for s in seqs],
+            "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
+            "first_token_time_s": [_nan(s.first_token_time_s) for s in seqs],
+            "finish_time_s": [_nan(s.finish_time_s) for s in seqs],
+            "prompt_tokens": [s.prompt_tokens for s in seqs],
+            "output_tokens": [s.output_tokens for s in seqs],
+            "instance": [-1 if s.instance is None else s.instance for s in seqs],
+            "num_preemptions": [s.num_preemptions for s in seqs],
+            "cached_tokens": [s.cached_tokens for s in seqs],
+            "status": [_status(s) for s in seqs],
+        }
+        requests = metrics.request_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS))
+        timeline_rows = [row for e in engines if e.timeline for row in e.timeline]
+        timeline = pd.DataFrame(timeline_rows, columns=TIMELINE_COLUMNS).sort_values(
+            ["time_s", "instance"], kind="stable", ignore_index=True)
+        return cls(requests, timeline, [e.kv.num_blocks for e in engines], sum(e.num_steps for e in engines))
+
+    @property
+    def num_unfinished(self) -> int:
+        return int((self.requests["status"] != "finished").sum())
+
+    def summary(self) -> pd.DataFrame:
+        """TTFT, TPOT, end-to-end and queueing latency: mean and percentiles (seconds)."""
+        return metrics.summary(self.requests)
+
+    def save(self, out_dir: str | Path, plots: bool = True) -> Path:
+        """Write ``requests.csv``, ``timeline.csv``, ``summary.csv`` and (optionally) PNG plots."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.requests.to_csv(out / "requests.csv", index=False)
+        self.timeline.to_csv(out / "timeline.csv", index=False)
+        self.summary().to_csv(out / "summary.csv", index=False)
+        if plots:
+            self.plot_latency_cdfs(out / "latency_cdf.png")
+            if len(self.timeline):
+                self.plot_timeline(out / "timeline.png")
+        return out
+
+    def plot_latency_cdfs(self, path: str | Path) -> None:
+        """Empirical CDFs of TTFT, TPOT and end-to-end latency."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, col, label in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), ("TTFT", "TPOT", "end-to-end")):
+            values = np.sort(self.requests[col].dropna().to_numpy())
+            if values.size:
+                ax.plot(values, np.arange(1, values.size + 1) / values.size)
+            ax.set_xlabel(f"{label} (s)")
+            ax.set_ylabel("fraction of requests")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    def plot_timeline(self, path: str | Path) -> None:
+        """KV utilisation and running/waiting counts of every instance over time."""
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, (ax_kv, ax_q) = plt.subplots(2, 1, figsize=(11, 5.5), sharex=True)
+        for inst, rows in self.timeline.groupby("instance"):
+            ax_kv.plot(rows["time_s"], rows["kv_used_blocks"] / self.kv_blocks[inst], lw=0.8, label=f"instance {inst}")
+            ax_q.plot(rows["time_s"], rows["running"], lw=0.8, label=f"running {inst}")
+            ax_q.plot(rows["time_s"], rows["waiting"], lw=0.8, ls="--", label=f"waiting {inst}")
+        ax_kv.set_ylabel("KV utilisation")
+        ax_q.set_ylabel("requests")
+        ax_q.set_xlabel("time (s)")
+        for ax in (ax_kv, ax_q):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, ncol=4)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def _nan(value):
+    return float("nan") if value is None else value
+
+
+def _status(seq) -> str:
+    if seq.finish_time_s is not None:
+        return "finished"
+    if seq.instance is None:
+        return "never routed"
+    if seq.first_token_time_s is not None:
+        return "unfinished: decoding when the run ended"
+    return "unfinished: waiting when the run ended"

@@ -1,0 +1,87 @@
+"""Baseline routers: which instance serves an arriving request.
+
+- ``round-robin`` — instances in turn.
+- ``random`` — uniformly at random (seeded).
+- ``least-outstanding-tokens`` — the instance with the fewest prompt + output tokens still to process.
+- ``kv-aware`` — the instance with the lowest KV utilisation, ties broken by fewer waiting requests.
+
+Only instances that take new requests are candidates: colocated and prefill ones (a decode instance
+receives work by hand-off from a prefill instance, never from the router).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from gpusched.errors import ConfigError, UnknownNameError
+from gpusched.policy import InstanceView, SeqState
+
+
+def _candidates(instances: Sequence[InstanceView]) -> list[InstanceView]:
+    entry = [v for v in instances if v.role != "decode"]
+    if not entry:
+        raise ConfigError("no colocated or prefill instance can take arriving requests")
+    return entry
+
+
+@dataclass
+class RoundRobinRouter:
+    name: str = "round-robin"
+    _next: int = 0
+
+    def route(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> int:
+        entry = _candidates(instances)
+        choice = entry[self._next % len(entry)]
+        self._next += 1
+        return choice.index
+
+
+@dataclass
+class RandomRouter:
+    seed: int = 0
+    name: str = "random"
+    _rng: np.random.Generator = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._rng = np.random.default_rng(self.seed)
+
+    def route(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> int:
+        entry = _candidates(instances)
+        return entry[int(self._rng.integers(len(entry)))].index
+
+
+@dataclass
+class LeastOutstandingTokensRouter:
+    name: str = "least-outstanding-tokens"
+
+    def route(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> int:
+        return min(_candidates(instances), key=lambda v: (v.outstanding_tokens, v.index)).index
+
+
+@dataclass
+class KvAwareRouter:
+    name: str = "kv-aware"
+
+    def route(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> int:
+        return min(_candidates(instances), key=lambda v: (v.kv_utilization, v.num_waiting, v.index)).index
+
+
+ROUTERS = {
+    "round-robin": RoundRobinRouter,
+    "random": RandomRouter,
+    "least-outstanding-tokens": LeastOutstandingTokensRouter,
+    "kv-aware": KvAwareRouter,
+}
+
+
+def make_router(name: str, seed: int = 0):
+    """Build a registered router by name; ``seed`` feeds the random one."""
+    try:
+        cls = ROUTERS[name.lower()]
+    except KeyError:
+        raise UnknownNameError(
+            f"unknown router {name!r}; choose one of {', '.join(ROUTERS)} "
+            f"(or pass an object implementing gpusched.policy.Router)") from None
+    return cls(seed=seed) if cls is RandomRouter else cls()
