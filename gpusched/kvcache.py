@@ -234,6 +234,21 @@ class BlockManager:
         rec = self._get(seq_id)
         return rec[1] + rec[3]
 
+    def cached_prefix_tokens(self, block_hashes) -> int:
+        """Tokens of the longest prefix of ``block_hashes`` whose blocks are resident (no side effects).
+
+        An engine probes this before deciding how many prompt tokens to schedule (vLLM's
+        ``get_computed_blocks``).
+        """
+        ref, lru = self._ref, self._lru
+        hit = 0
+        for h in block_hashes:
+            if h in ref or h in lru:
+                hit += 1
+            else:
+                break
+        return hit * self.block_size_tokens
+
     def is_cached(self, block_hash) -> bool:
         """Whether a block with this hash is resident (in use or cached)."""
         return block_hash in self._ref or block_hash in self._lru

@@ -406,6 +406,34 @@ class ProfiledStepTime:
                      b * (k * nout + num_sampled * (k + nout)) / bw, floor)
         return t
 
+    def decode_step_time_s(self, batch_size: int, context_sum: int) -> float:
+        """Seconds of a decode-only step of ``batch_size`` sequences whose cached contexts sum to
+        ``context_sum`` tokens; equal (to rounding) to ``step_time_s(decode_contexts=...)``.
+
+        Decode time depends on the contexts only through their mean here, so engines can price a run of
+        decode steps without building per-sequence lists: the batch-size terms are computed once per
+        batch size and cached.
+        """
+        if batch_size < 1 or context_sum < 0:
+            raise ConfigError(f"decode_step_time_s needs batch_size >= 1 and context_sum >= 0, got "
+                              f"{batch_size!r}, {context_sum!r}")
+        cache = self.__dict__.setdefault("_decode_base", {})
+        base = cache.get(batch_size)
+        if base is None:  # the step without its decode attention
+            base = cache[batch_size] = self._decode_base_s(batch_size)
+        mean_ctx = context_sum / batch_size
+        if self.fmt == "llmservingsim":
+            return base + self.model.num_layers * self.grids["attention"](0, 0, batch_size, mean_ctx)
+        return base + self.model.num_layers * self._g(self.grids["decode"](batch_size, mean_ctx))
+
+    def _decode_base_s(self, batch_size: int) -> float:
+        """A decode-only step of ``batch_size`` sequences minus its attention (seconds)."""
+        contexts = [0] * batch_size
+        total = self.step_time_s(decode_contexts=contexts, num_sampled=batch_size)
+        if self.fmt == "llmservingsim":
+            return total - self.model.num_layers * self.grids["attention"](0, 0, batch_size, 0.0)
+        return total - self.model.num_layers * self._g(self.grids["decode"](batch_size, 0.0))
+
     def _lss_prefill_key(self, prefill_lens, prefill_cached) -> tuple[float, float]:
         """(chunk, cached) of the 4-D attention grid for this step's prefill chunks.
 

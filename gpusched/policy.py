@@ -100,6 +100,11 @@ class BatchScheduler(Protocol):
     sequences to ``running``, preempted ones to ``waiting``), allocates KV through ``kv`` for every
     token it schedules, and frees the blocks of what it preempts. It returns the plan; an empty plan
     means "nothing can run now" and the engine waits for the next arrival or finish.
+
+    A scheduler may declare ``stable_decode_runs = True``: it promises that after a step in which it
+    decoded every running sequence (and preempted nothing), it would keep scheduling exactly that until
+    a sequence finishes, a request arrives, or KV growth runs out of free blocks. Engines then advance
+    such runs in one event (fast mode). Without the attribute every step is scheduled one by one.
     """
 
     name: str

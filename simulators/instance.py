@@ -11,6 +11,7 @@ schedules a sequence twice. Violations raise :class:`SimulationInvariantError`.
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import deque
 from typing import Callable
 
@@ -39,14 +40,17 @@ class InstanceEngine:
     role : ``colocated``, ``prefill`` or ``decode``.
     on_first_token, on_finish : callbacks ``f(seq, now_s)`` (e.g. hand-off in disaggregation, the next
         round of a session); a prefill-role instance hands a sequence off after its first token.
-    record_timeline : keep one row per step (time, KV blocks, running, waiting, batch tokens).
+    record_timeline : keep one row per step (time, KV blocks, running, waiting, batch tokens); in fast
+        mode one row covers a whole run of decode steps (its ``steps`` column counts them).
+    fast : advance over runs of identical decode steps in one event (see :class:`_DecodeRun`); results
+        are identical to step-by-step mode (``fast=False``), which is kept for checking.
     """
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: BatchScheduler,
                  step_model: StepTimeModel, kv: BlockManager, role: str = "colocated",
                  on_first_token: Callable[[SeqState, float], None] | None = None,
                  on_finish: Callable[[SeqState, float], None] | None = None,
-                 record_timeline: bool = True, check_invariants: bool = True):
+                 record_timeline: bool = True, check_invariants: bool = True, fast: bool = True):
         self.env = env
         self.index = index
         self.scheduler = scheduler
@@ -61,7 +65,12 @@ class InstanceEngine:
         self.timeline: list[tuple] | None = [] if record_timeline else None
         self.num_steps = 0
         self.busy_time_s = 0.0
+        self.clock = env.now  # exact time of the last step end (SimPy's clock may differ by rounding)
+        self.fast = fast
+        # decode-only steps are priced through the model's scalar shortcut when it has one
+        self._decode_time = getattr(step_model, "decode_step_time_s", None)
         self._wake: simpy.Event | None = None
+        self._run: _DecodeRun | None = None
         self.process = env.process(self._loop())
 
     # -- arrivals -----------------------------------------------------------------------------------
@@ -71,22 +80,30 @@ class InstanceEngine:
         self.waiting.append(seq)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self._run is not None and not self._run.cut and self.env.active_process is not self.process:
+            self._run.cut = True  # the step in flight is the run's last: the next one sees this request
+            self.process.interrupt()
 
     def view(self) -> InstanceView:
-        """What a router sees now."""
+        """What a router sees now: the state after the last step that ended before now."""
         outstanding = 0
         for seq in self.running:
             outstanding += seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
         for seq in self.waiting:
             outstanding += seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
+        used = self.kv.num_used_blocks
+        if self._run is not None:  # a decode run is under way: account for the steps already done
+            done = bisect_left(self._run.ends, self.env.now)
+            outstanding -= done * len(self._run.seqs)
+            used += self._run.blocks_taken_by(done)
         return InstanceView(self.index, self.role, len(self.waiting), len(self.running), outstanding,
-                            self.kv.num_used_blocks, self.kv.num_blocks)
+                            used, self.kv.num_blocks)
 
     # -- the iteration loop -------------------------------------------------------------------------
     def _loop(self):
         env = self.env
         while True:
-            plan = self.scheduler.schedule(self.waiting, self.running, self.kv, env.now)
+            plan = self.scheduler.schedule(self.waiting, self.running, self.kv, self.clock)
             if not plan:
                 if self.running and self.check_invariants:
                     raise SimulationInvariantError(
@@ -95,17 +112,71 @@ class InstanceEngine:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
+                self.clock = env.now
                 continue
-            duration_s = self._step_time_s(plan)
-            yield env.timeout(duration_s)
-            self.busy_time_s += duration_s
-            self.num_steps += 1
-            self._complete(plan, env.now)
-            if self.timeline is not None:
-                self.timeline.append((env.now, self.index, self.kv.num_used_blocks, len(self.running),
-                                      len(self.waiting), plan.num_tokens, len(plan.entries)))
+            if self.fast and self._starts_decode_run(plan):
+                run = _DecodeRun(self, plan)
+                self._run = run
+                steps = yield from self._wait_for_run(run)
+                self._run = None
+                self._finish_run(run, steps)
+                continue
+            start = self.clock
+            end = start + self._step_time_s(plan)
+            yield env.timeout(max(end - env.now, 0.0))
+            self._account(plan.entries, end, start, plan.num_tokens, len(plan.entries), 1)
+
+    def _account(self, entries, end_s: float, start_s: float, tokens: int, seqs: int, steps: int) -> None:
+        self.clock = end_s
+        self.busy_time_s += end_s - start_s
+        self.num_steps += steps
+        self._complete(entries, end_s)
+        if self.check_invariants:
+            self._check(entries)
+        if self.timeline is not None:
+            self.timeline.append((end_s, self.index, self.kv.num_used_blocks, len(self.running),
+                                  len(self.waiting), tokens, seqs, steps))
+
+    # -- fast mode: runs of identical decode steps ----------------------------------------------------
+    def _starts_decode_run(self, plan: StepPlan) -> bool:
+        """Whether the steps after ``plan`` will repeat it (same sequences, one decode token each) until a
+        sequence finishes, KV must be reclaimed, or a request arrives; see :class:`_DecodeRun`."""
+        if (plan.preempted or len(plan.entries) != len(self.running) or self._decode_time is None
+                or not getattr(self.scheduler, "stable_decode_runs", False)):
+            return False
+        for seq, n in plan.entries:
+            if n != 1 or seq.generated_tokens == 0 or seq.num_computed_tokens != seq.num_tokens - 1:
+                return False
+        return True
+
+    def _wait_for_run(self, run: "_DecodeRun"):
+        """Wait until the run's last step ends; an arrival cuts it after the step in flight."""
+        env = self.env
+        last = len(run.ends) - 1
+        while True:
+            try:
+                yield env.timeout(max(run.ends[last] - env.now, 0.0))
+                return last + 1
+            except simpy.Interrupt:
+                # arrivals are processed before steps ending at the same time, as in step mode
+                last = min(last, bisect_left(run.ends, env.now))
+
+    def _finish_run(self, run: "_DecodeRun", steps: int) -> None:
+        """Apply ``steps`` decode steps at once: the KV of steps 2.. and the accounting of all."""
+        kv = self.kv
+        for seq in run.seqs:
+            if steps > 1:
+                kv.extend(seq.index, steps - 1)
+            seq.num_computed_tokens += steps - 1  # the last step is applied by _complete
+            seq.generated_tokens += steps - 1
+        entries = [(seq, 1) for seq in run.seqs]
+        self._account(entries, run.ends[steps - 1], run.start_s, steps * len(entries), len(entries), steps)
 
     def _step_time_s(self, plan: StepPlan) -> float:
+        if self._decode_time is not None and plan.entries and all(
+                n == 1 and s.generated_tokens > 0 for s, n in plan.entries):
+            # decode-only: priced exactly as a fast-mode run prices it, so both modes agree to the bit
+            return self._decode_time(len(plan.entries), sum(s.num_computed_tokens for s, _ in plan.entries))
         prefill_lens, prefill_cached, decode_contexts = [], [], []
         num_sampled = 0  # sequences that emit a token at the end of this step (LM head + sampler work)
         for seq, n in plan.entries:
@@ -119,10 +190,10 @@ class InstanceEngine:
         return self.step_model.step_time_s(prefill_lens=prefill_lens, decode_contexts=decode_contexts,
                                            prefill_cached=prefill_cached, num_sampled=num_sampled)
 
-    def _complete(self, plan: StepPlan, now_s: float) -> None:
+    def _complete(self, entries, now_s: float) -> None:
         """Account for a finished step: tokens computed, tokens sampled, sequences finished."""
         finished = []
-        for seq, n in plan.entries:
+        for seq, n in entries:
             seq.num_computed_tokens += n
             if seq.num_computed_tokens < seq.num_tokens:
                 continue  # a prefill chunk that did not reach the end of the prompt
@@ -135,8 +206,6 @@ class InstanceEngine:
             if seq.generated_tokens >= seq.output_tokens:
                 seq.finish_time_s = now_s
                 finished.append(seq)
-        if self.check_invariants:
-            self._check(plan)
         if finished:
             done = {id(s) for s in finished}
             self.running = [s for s in self.running if id(s) not in done]
@@ -146,13 +215,13 @@ class InstanceEngine:
                 if callback is not None:
                     callback(seq, now_s)
 
-    def _check(self, plan: StepPlan) -> None:
+    def _check(self, entries) -> None:
         kv = self.kv
         if kv.num_used_blocks > kv.num_blocks:
             raise SimulationInvariantError(
                 f"instance {self.index}: {kv.num_used_blocks} KV blocks in use > capacity {kv.num_blocks}")
         seen = set()
-        for seq, _ in plan.entries:
+        for seq, _ in entries:
             if id(seq) in seen:
                 raise SimulationInvariantError(f"instance {self.index}: {seq} scheduled twice in one step")
             seen.add(id(seq))
@@ -162,3 +231,54 @@ class InstanceEngine:
                 raise SimulationInvariantError(
                     f"instance {self.index}: {seq} computed more tokens than the KV slots it holds "
                     f"({kv.tokens_of(seq.index)})")
+
+
+class _DecodeRun:
+    """A run of decode steps that fast mode advances in one SimPy event.
+
+    When a step decodes every running sequence and nothing else, the following steps repeat it, with
+    every context one token longer, until (a) a sequence emits its last token, (b) a sequence needs a
+    new KV block that is not free (the scheduler would preempt), or (c) a request arrives (the next
+    step may admit it). Waiting requests that could not be admitted at the run's start cannot be
+    admitted during it either: running count and token budget stay the same and free KV only shrinks.
+    When requests are waiting, only empty blocks (not evictable cached ones) are used for growth,
+    since evicting a cached prefix can change what a waiting request needs.
+
+    ``ends[s]`` is the end time of step ``s`` (0-based), summed one step at a time exactly as step mode
+    does. ``crossings`` lists, sorted, the step indices at which some sequence enters a new KV block.
+    """
+
+    __slots__ = ("seqs", "start_s", "ends", "crossings", "cut")
+
+    MAX_STEPS = 64  # priced ahead per run; a longer run continues as a new run
+
+    def __init__(self, engine: InstanceEngine, plan: StepPlan):
+        kv = engine.kv
+        seqs = [seq for seq, _ in plan.entries]
+        self.seqs = seqs
+        self.start_s = engine.clock
+        self.cut = False
+        steps = min(min(seq.output_tokens - seq.generated_tokens for seq in seqs), self.MAX_STEPS)
+        bs = kv.block_size_tokens
+        crossings = []
+        for seq in seqs:  # step s (>= 1) needs tokens_of + s slots
+            first = kv.blocks_of(seq.index) * bs - kv.tokens_of(seq.index) + 1
+            crossings.extend(range(first, steps, bs))
+        crossings.sort()
+        free = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
+        if len(crossings) > free:
+            steps = crossings[free]  # that step would need a block that is not free
+            del crossings[free:]
+        self.crossings = crossings
+        batch, ctx = len(seqs), sum(seq.num_computed_tokens for seq in seqs)
+        price = engine._decode_time
+        t = self.start_s
+        ends = []
+        for s in range(steps):
+            t = t + price(batch, ctx + s * batch)
+            ends.append(t)
+        self.ends = ends
+
+    def blocks_taken_by(self, steps_done: int) -> int:
+        """KV blocks the run has added once ``steps_done`` steps have ended (the next one is scheduled)."""
+        return bisect_right(self.crossings, steps_done)

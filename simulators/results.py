@@ -13,7 +13,8 @@ REQUEST_COLUMNS = [
     "request_id", "arrival_time_s", "scheduled_time_s", "first_token_time_s", "finish_time_s",
     "prompt_tokens", "output_tokens", "instance", "num_preemptions", "cached_tokens", "status",
 ]
-TIMELINE_COLUMNS = ["time_s", "instance", "kv_used_blocks", "running", "waiting", "batch_tokens", "batch_seqs"]
+TIMELINE_COLUMNS = ["time_s", "instance", "kv_used_blocks", "running", "waiting", "batch_tokens", "batch_seqs",
+                    "steps"]
 
 
 @dataclass
@@ -23,7 +24,8 @@ class SimResult:
     requests : one row per request (times in simulated seconds; ``ttft_s``, ``tpot_s``, ``e2e_s`` and
         ``queueing_s`` added by :func:`gpusched.metrics.request_latencies`); ``status`` is ``finished`` or
         the reason a request did not finish.
-    timeline : one row per engine step and instance (empty if the run did not record it).
+    timeline : one row per engine step and instance (empty if the run did not record it); in fast mode a
+        row may cover a run of identical decode steps (``steps`` > 1, ``batch_tokens`` summed over them).
     kv_blocks : KV capacity of each instance in blocks, to turn ``kv_used_blocks`` into utilisation.
     """
 

@@ -112,6 +112,7 @@ class VllmV1Scheduler:
     long_prefill_token_threshold: int = 0
     reserve_full_prompt: bool = False
     name: str = "vllm-v1"
+    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
     def __post_init__(self):
         _check_positive(self, "max_num_batched_tokens", "max_num_seqs")
@@ -164,6 +165,7 @@ class VllmV0Scheduler:
     max_num_seqs: int = 256
     enable_prefix_caching: bool = False
     name: str = "vllm-v0"
+    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
     def __post_init__(self):
         _check_positive(self, "max_num_batched_tokens", "max_num_seqs")
@@ -205,6 +207,7 @@ class SarathiScheduler:
     max_num_seqs: int = 256
     enable_prefix_caching: bool = False
     name: str = "sarathi"
+    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
     def __post_init__(self):
         _check_positive(self, "token_budget", "max_num_seqs")
@@ -260,6 +263,7 @@ class StaticBatchScheduler:
 
     max_batch_size: int = 32
     name: str = "static"
+    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
     def __post_init__(self):
         _check_positive(self, "max_batch_size")

@@ -27,6 +27,7 @@ from simulators.routers import make_router
 from simulators.schedulers import make_scheduler
 
 ROLES = ("colocated", "prefill", "decode")
+MODES = ("fast", "step")
 
 
 @dataclass
@@ -67,13 +68,15 @@ class InstanceConfig:
 
 def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Router = "round-robin",
              seed: int = 0, record_timeline: bool = True, check_invariants: bool = True,
-             progress: bool = False) -> SimResult:
+             progress: bool = False, mode: str = "fast") -> SimResult:
     """Serve ``trace`` on ``instances`` and return per-request and per-instance results.
 
     Refuses, before running, a configuration that cannot serve the trace: a request whose prompt plus
     output exceeds the KV capacity of every instance, a scheduler token budget smaller than one block.
     """
     instances = list(instances)
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r} is not one of {MODES}")
     if not instances:
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_servable(trace, instances)
@@ -83,7 +86,8 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     engines = [
         InstanceEngine(env, i, cfg.build_scheduler(), cfg.step_model,
                        BlockManager(cfg.num_kv_blocks, cfg.block_size_tokens),
-                       role=cfg.role, record_timeline=record_timeline, check_invariants=check_invariants)
+                       role=cfg.role, record_timeline=record_timeline, check_invariants=check_invariants,
+                       fast=mode == "fast")
         for i, cfg in enumerate(instances)
     ]
     _check_budgets(engines)

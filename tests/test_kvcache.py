@@ -252,3 +252,13 @@ def test_block_manager_matches_reference(total, ops):
             for h in hs:
                 counts[h] = counts.get(h, 0) + 1
         assert bm._ref == counts
+
+
+def test_cached_prefix_tokens_probe_has_no_side_effects():
+    bm = BlockManager(8, 4)
+    bm.allocate("a", 12, block_hashes=[1, 2, 3])
+    bm.free("a")  # blocks 1..3 become cached (evictable)
+    before = (bm.num_free_blocks, bm.num_cached_blocks, bm.prefix_hit_tokens)
+    assert bm.cached_prefix_tokens([1, 2, 9, 3]) == 8  # stops at the first miss: 2 blocks x 4 tokens
+    assert bm.cached_prefix_tokens([9, 1]) == 0
+    assert (bm.num_free_blocks, bm.num_cached_blocks, bm.prefix_hit_tokens) == before

@@ -1,0 +1,10 @@
+"""Helix (Mei et al., ASPLOS'25): max-flow placement of LLM layers on heterogeneous GPUs and networks."""
+from .problem import (DATA_DIR, HELIX_MODELS, HelixModel, HelixProblem, load_helix_placement,
+                      load_helix_problem, load_throughput_table, read_cluster_ini)
+from .flow import FlowResult, chaining_arcs, max_flow
+from .milp import (PlacementModel, PlacementResult, build_placement_model, interchangeable_classes,
+                   prune_links, solve_placement)
+from .heuristics import (chain_placement, heuristic_placement, heuristic_result, petals_placement,
+                         swarm_placement)
+from .arcflow import links_never_bind, solve_placement_arcflow
+from .iwrr import InterleavedWeightedRoundRobin, KVExpectation, PipelineScheduler
