@@ -12,9 +12,10 @@ import pytest
 
 from gpusched.errors import ConfigError, TraceError
 from gpusched.loaders import sniff_format
+from gpusched.paths import BUNDLED_BENCHES
 from gpusched.workload import load_trace, traces_dir
 
-VLLM = Path("/work/shared/profiles/llmservingsim/bench/examples/RTX4090/Llama-3.1-8B/vllm/requests.jsonl")
+VLLM = BUNDLED_BENCHES["vllm-rtx4090"] / "vllm" / "requests.jsonl"
 
 
 def test_azure_bundled():
@@ -62,8 +63,6 @@ def test_servegen_bundled_rates_and_determinism():
 
 
 def test_vllm_requests():
-    if not VLLM.exists():
-        pytest.skip("shared vLLM profile not present")
     tr = load_trace(VLLM)
     assert len(tr) == 300 and tr.df["arrival_time_s"].iloc[0] == 0.0
     ttft = tr.df["measured_first_token_s"] - tr.df["arrival_time_s"]

@@ -13,11 +13,13 @@ from gpusched.errors import ConfigError, ProfileError
 from gpusched.perf import (ProfiledStepTime, RooflineStepTime, StepTimeModel, compare_to_steps, mape)
 from gpusched.profiles import Grid1D, Grid2D, monotone_envelope
 
-SHARED = Path("/work/shared/profiles")
+from gpusched.paths import BUNDLED_PROFILES, PROFILES_DIR
+
+SHARED = PROFILES_DIR  # bundled copies of ../shared/profiles
 H100 = SHARED / "h100"
 if not (H100 / "ops_linear.csv").is_file():
     H100 = Path(__file__).resolve().parents[1] / "gpusched/data/profiles/h100"
-LSS = SHARED / "llmservingsim/profiler/perf/RTX4090/meta-llama/Llama-3.1-8B/bf16"
+LSS = BUNDLED_PROFILES["rtx4090"]
 if not LSS.is_dir():
     LSS = Path(__file__).resolve().parents[1] / "gpusched/data/profiles/llmservingsim/profiler/perf/RTX4090/meta-llama/Llama-3.1-8B/bf16"
 
