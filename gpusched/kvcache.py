@@ -381,17 +381,31 @@ class BlockManager:
             rec[1] += need
         rec[0] = t
 
-    def free(self, seq_id) -> None:
+    def free(self, seq_id, block_hashes=None) -> None:
         """Release a sequence. Its private blocks become empty; its hashed blocks whose refcount drops to
-        zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head)."""
+        zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head).
+
+        ``block_hashes``, if given, names the sequence's full blocks beyond those hashed at allocation
+        (blocks filled later by :meth:`extend`: later prefill chunks, generated tokens): they are kept as
+        cached blocks under those hashes instead of being emptied, so that a later request with the same
+        prefix (the next round of a conversation) finds them. Pass one hash per full block from the
+        start of the sequence; hashes already resident are not duplicated.
+        """
         try:
             tokens, private, hashes, _ = self._seqs.pop(seq_id)
         except KeyError:
             self._get(seq_id)
             raise
+        ref, lru = self._ref, self._lru
+        if block_hashes:
+            later = tuple(block_hashes[len(hashes): tokens // self.block_size_tokens])
+            for h in reversed(later):
+                if h not in ref and h not in lru and private > 0:
+                    lru[h] = None  # the block stays resident, now as a cached (evictable) block
+                    private -= 1
+                    self._private -= 1
         self._private -= private
         if hashes:
-            ref, lru = self._ref, self._lru
             for h in reversed(hashes):
                 c = ref[h] - 1
                 if c:

@@ -38,8 +38,10 @@ class InstanceEngine:
     step_model : predicts the duration (s) of a step from its prefill chunks and decode contexts.
     kv : the instance's block manager.
     role : ``colocated``, ``prefill`` or ``decode``.
-    on_first_token, on_finish : callbacks ``f(seq, now_s)`` (e.g. hand-off in disaggregation, the next
-        round of a session); a prefill-role instance hands a sequence off after its first token.
+    on_first_token : on a prefill-role instance, called ``f(seq, now_s)`` when a sequence has its first
+        token; the sequence leaves ``running`` but keeps its KV until :meth:`release` (the hand-off).
+    on_finish : called ``f(seq, now_s)`` when a sequence emits its last token (its KV is freed, full
+        blocks kept as cached prefix blocks under ``seq.block_hashes``).
     record_timeline : keep one row per step (time, KV blocks, running, waiting, batch tokens); in fast
         mode one row covers a whole run of decode steps (its ``steps`` column counts them).
     fast : advance over runs of identical decode steps in one event (see :class:`_DecodeRun`); results
@@ -210,10 +212,18 @@ class InstanceEngine:
             done = {id(s) for s in finished}
             self.running = [s for s in self.running if id(s) not in done]
             for seq in finished:
-                self.kv.free(seq.index)
-                callback = self.on_first_token if seq.finish_time_s is None else self.on_finish
-                if callback is not None:
-                    callback(seq, now_s)
+                if seq.finish_time_s is None:  # a prefill instance hands the sequence (and its KV) off
+                    self.on_first_token(seq, now_s)
+                    continue
+                self.kv.free(seq.index, seq.block_hashes)
+                if self.on_finish is not None:
+                    self.on_finish(seq, now_s)
+
+    def release(self, seq: SeqState) -> None:
+        """Free the KV a handed-off sequence still holds here, and wake the loop if it was idle."""
+        self.kv.free(seq.index, seq.block_hashes)
+        if self._wake is not None and not self._wake.triggered:
+            self._wake.succeed()
 
     def _check(self, entries) -> None:
         kv = self.kv

@@ -5,8 +5,9 @@
 - ``least-outstanding-tokens`` — the instance with the fewest prompt + output tokens still to process.
 - ``kv-aware`` — the instance with the lowest KV utilisation, ties broken by fewer waiting requests.
 
-Only instances that take new requests are candidates: colocated and prefill ones (a decode instance
-receives work by hand-off from a prefill instance, never from the router).
+Only instances that take new requests are candidates: colocated and prefill ones. A decode instance
+receives work by hand-off from a prefill instance; the simulator then asks a router to choose among
+the decode instances alone.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from gpusched.policy import InstanceView, SeqState
 
 
 def _candidates(instances: Sequence[InstanceView]) -> list[InstanceView]:
-    entry = [v for v in instances if v.role != "decode"]
-    if not entry:
-        raise ConfigError("no colocated or prefill instance can take arriving requests")
-    return entry
+    """Entry instances among ``instances``; if all are decode instances (a hand-off), all of them."""
+    if not instances:
+        raise ConfigError("no instance to route to")
+    return [v for v in instances if v.role != "decode"] or list(instances)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from gpusched.policy import SeqState, StepPlan
 
 def _preempt(seq: SeqState, waiting: deque, kv: BlockManager, plan: StepPlan) -> None:
     """Recompute-preemption: drop the sequence's KV and put it back at the head of the queue."""
-    kv.free(seq.index)
+    kv.free(seq.index, seq.block_hashes)  # full blocks stay cached: a resume may find them (vLLM V1)
     seq.num_computed_tokens = 0
     seq.num_preemptions += 1
     waiting.appendleft(seq)

@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import simpy
 from simpy.core import URGENT
 
+from gpusched.cluster import DEFAULT_LINK
 from gpusched.errors import ConfigError
+from gpusched.hardware import LinkSpec
 from gpusched.kvcache import BlockManager
 from gpusched.perf import StepTimeModel
 from gpusched.policy import BatchScheduler, Router, SeqState
 from gpusched.workload import Trace
 from simulators.instance import InstanceEngine
+from simulators.prefix import SessionBlockHashes, TraceBlockHashes
 from simulators.results import SimResult
 from simulators.routers import make_router
 from simulators.schedulers import make_scheduler
@@ -39,6 +43,8 @@ class InstanceConfig:
         measured block count when replaying a real run).
     scheduler : a registered scheduler name or a :class:`~gpusched.policy.BatchScheduler` object.
     scheduler_knobs : keyword arguments for a scheduler given by name.
+    role : ``colocated``, or ``prefill``/``decode`` in a disaggregated cluster.
+    kv_bytes_per_token : KV bytes of one token (all layers); required on prefill instances.
     """
 
     step_model: StepTimeModel
@@ -47,6 +53,7 @@ class InstanceConfig:
     scheduler: str | BatchScheduler = "vllm-v1"
     scheduler_knobs: dict = field(default_factory=dict)
     role: str = "colocated"
+    kv_bytes_per_token: int = 0  # whole-model KV bytes per token: prices prefill -> decode hand-offs
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -68,62 +75,145 @@ class InstanceConfig:
 
 def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Router = "round-robin",
              seed: int = 0, record_timeline: bool = True, check_invariants: bool = True,
-             progress: bool = False, mode: str = "fast") -> SimResult:
+             progress: bool = False, mode: str = "fast", decode_router: str | Router = "least-outstanding-tokens",
+             link: LinkSpec = DEFAULT_LINK) -> SimResult:
     """Serve ``trace`` on ``instances`` and return per-request and per-instance results.
 
-    Refuses, before running, a configuration that cannot serve the trace: a request whose prompt plus
-    output exceeds the KV capacity of every instance, a scheduler token budget smaller than one block.
+    Parameters
+    ----------
+    router : picks the colocated or prefill instance of every arriving request.
+    decode_router : in a disaggregated cluster, picks the decode instance a finished prefill hands to.
+    link : the prefill -> decode link; a hand-off takes ``prompt KV bytes / bandwidth + latency`` during
+        which the prefill instance still holds the KV.
+    mode : ``fast`` advances runs of identical decode steps in one event; ``step`` schedules every step.
+        Both give identical per-request results.
+
+    Multi-round sessions (``session_id``/``round``/``think_time_s`` columns) release round r+1 a think
+    time after round r finishes; its prompt (the history) finds its KV cached on the instance that
+    served round r if it is still resident, and only the new tokens are prefilled. Prefix hashes of the
+    trace (Mooncake) are reused the same way. Both need a scheduler with prefix caching (vLLM V1's
+    default).
+
+    Refuses, before running, a configuration that cannot serve the trace: a request whose KV exceeds
+    every instance's capacity, a scheduler token budget smaller than one block, prefill instances
+    without decode instances (or the reverse).
     """
     instances = list(instances)
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is not one of {MODES}")
     if not instances:
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
+    _check_roles(instances)
     _check_servable(trace, instances)
-    env = simpy.Environment()
-    router = make_router(router, seed=seed) if isinstance(router, str) else router
-    seqs = _sequences(trace)
-    engines = [
-        InstanceEngine(env, i, cfg.build_scheduler(), cfg.step_model,
-                       BlockManager(cfg.num_kv_blocks, cfg.block_size_tokens),
-                       role=cfg.role, record_timeline=record_timeline, check_invariants=check_invariants,
-                       fast=mode == "fast")
-        for i, cfg in enumerate(instances)
-    ]
-    _check_budgets(engines)
-    env.process(_arrivals(env, seqs, engines, router, progress))
-    env.run()
-    return SimResult.from_run(trace, seqs, engines)
+    run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
+                      check_invariants, mode == "fast")
+    run.env.process(run.arrivals(progress))
+    run.env.run()
+    return SimResult.from_run(trace, run.seqs, run.engines)
 
 
-def _sequences(trace: Trace) -> list[SeqState]:
-    df = trace.df
-    hashes = df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in df else [None] * len(df)
-    return [
-        SeqState(rid, i, float(t), int(p), int(o), tuple(h) if h is not None and len(h) else None)
-        for i, (rid, t, p, o, h) in enumerate(zip(df["request_id"].tolist(), df["arrival_time_s"].tolist(),
-                                                  df["prompt_tokens"].tolist(),
-                                                  df["output_tokens"].tolist(), hashes))
-    ]
+class _ServingRun:
+    """The SimPy world of one :func:`simulate` call: engines, routing, sessions and hand-offs."""
 
+    def __init__(self, trace, instances, router, decode_router, link, seed, record_timeline, check_invariants,
+                 fast):
+        self.env = env = simpy.Environment()
+        self.router = make_router(router, seed=seed) if isinstance(router, str) else router
+        self.decode_router = (make_router(decode_router, seed=seed) if isinstance(decode_router, str)
+                              else decode_router)
+        self.link = link
+        self.instances = instances
+        self.engines = [
+            InstanceEngine(env, i, cfg.build_scheduler(), cfg.step_model,
+                           BlockManager(cfg.num_kv_blocks, cfg.block_size_tokens), role=cfg.role,
+                           on_first_token=self._hand_off if cfg.role == "prefill" else None,
+                           on_finish=self._finished, record_timeline=record_timeline,
+                           check_invariants=check_invariants, fast=fast)
+            for i, cfg in enumerate(instances)
+        ]
+        _check_budgets(self.engines)
+        block = {cfg.block_size_tokens for cfg in instances}
+        if len(block) > 1:
+            raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
+        self.seqs, self.next_round = _sequences(trace, block.pop())
 
-def _arrivals(env: simpy.Environment, seqs: list[SeqState], engines: list[InstanceEngine], router: Router,
-              progress: bool):
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(seqs), unit="req", desc="simulating", mininterval=0.5)
-    for seq in seqs:
-        delay = seq.arrival_time_s - env.now
-        if delay > 0:
-            yield _urgent_timeout(env, delay)
-        views = [e.view() for e in engines]
-        target = router.route(seq, views, env.now)
-        engines[target].submit(seq)
+    def arrivals(self, progress: bool):
+        env = self.env
+        first_rounds = [s for s in self.seqs if s.extra is None or s.extra.get("round", 0) == 0]
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(first_rounds), unit="req", desc="simulating", mininterval=0.5)
+        for seq in first_rounds:
+            delay = seq.arrival_time_s - env.now
+            if delay > 0:
+                yield _urgent_timeout(env, delay)
+            self._dispatch(seq)
+            if bar is not None:
+                bar.update()
         if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+            bar.close()
+
+    def _dispatch(self, seq: SeqState) -> None:
+        views = [e.view() for e in self.engines]
+        self.engines[self.router.route(seq, views, self.env.now)].submit(seq)
+
+    def _finished(self, seq: SeqState, now_s: float) -> None:
+        """A request finished: release the next round of its session after its think time."""
+        nxt = self.next_round.get(seq.index)
+        if nxt is not None:
+            self.env.process(self._release_round(self.seqs[nxt], now_s))
+
+    def _release_round(self, seq: SeqState, previous_finish_s: float):
+        seq.arrival_time_s = previous_finish_s + seq.extra["think_time_s"]
+        delay = seq.arrival_time_s - self.env.now
+        if delay > 0:
+            yield _urgent_timeout(self.env, delay)
+        self._dispatch(seq)
+
+    def _hand_off(self, seq: SeqState, now_s: float) -> None:
+        """A prefill instance produced the first token: move the KV to a decode instance."""
+        self.env.process(self._transfer(seq, self.engines[seq.instance]))
+
+    def _transfer(self, seq: SeqState, source: InstanceEngine):
+        kv_bytes = seq.num_computed_tokens * self.instances[source.index].kv_bytes_per_token
+        yield self.env.timeout(self.link.transfer_time_s(kv_bytes))
+        source.release(seq)
+        decode = [e for e in self.engines if e.role == "decode"]
+        views = [e.view() for e in decode]
+        choice = self.decode_router.route(seq, views, self.env.now)
+        next(e for e in decode if e.index == choice).submit(seq)
+
+
+def _sequences(trace: Trace, block_size_tokens: int) -> tuple[list[SeqState], dict[int, int]]:
+    """Engine-side request states, and for multi-round sessions the index of each round's successor."""
+    df = trace.df
+    n = len(df)
+    coarse = df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in df else [None] * n
+    trace_block = trace.prefix_block_tokens
+    sessions = "session_id" in df and "round" in df and df["session_id"].notna().any()
+    seqs = []
+    for i, (rid, t, p, o, h) in enumerate(zip(df["request_id"].tolist(), df["arrival_time_s"].tolist(),
+                                              df["prompt_tokens"].tolist(), df["output_tokens"].tolist(),
+                                              coarse)):
+        hashes = None
+        if h is not None and len(h) and trace_block:
+            hashes = TraceBlockHashes(h, trace_block, block_size_tokens, int(p))
+        seqs.append(SeqState(rid, i, float(t), int(p), int(o), hashes))
+    next_round: dict[int, int] = {}
+    if sessions:
+        ordered = df.reset_index(drop=True).assign(_i=range(n)).dropna(subset=["session_id"])
+        codes = {sid: k for k, sid in enumerate(pd.unique(ordered["session_id"]))}
+        think = ordered["think_time_s"] if "think_time_s" in ordered else pd.Series(0.0, index=ordered.index)
+        for (sid, rnd, i, th) in zip(ordered["session_id"], ordered["round"], ordered["_i"], think):
+            seq = seqs[i]
+            seq.extra = {"round": int(rnd), "think_time_s": float(th) if th == th else 0.0}
+            seq.block_hashes = SessionBlockHashes(codes[sid], seq.prompt_tokens + seq.output_tokens,
+                                                  block_size_tokens)
+        for _, group in ordered.sort_values(["session_id", "round"], kind="stable").groupby("session_id", sort=False):
+            idx = group["_i"].tolist()
+            next_round.update(zip(idx[:-1], idx[1:]))
+    return seqs, next_round
 
 
 def _urgent_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
@@ -136,6 +226,20 @@ def _urgent_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
     event._ok, event._value = True, None  # a pre-triggered event, as simpy.Timeout builds itself
     env.schedule(event, URGENT, delay_s)
     return event
+
+
+def _check_roles(instances: list[InstanceConfig]) -> None:
+    roles = {cfg.role for cfg in instances}
+    if "prefill" in roles and "decode" not in roles:
+        raise ConfigError("a disaggregated cluster has prefill instances but no decode instance to hand "
+                          "requests to; add InstanceConfig(..., role='decode')")
+    if "decode" in roles and "prefill" not in roles:
+        raise ConfigError("decode instances receive requests only from prefill instances, and there are "
+                          "none; add InstanceConfig(..., role='prefill') or make them 'colocated'")
+    for i, cfg in enumerate(instances):
+        if cfg.role == "prefill" and cfg.kv_bytes_per_token <= 0:
+            raise ConfigError(f"prefill instance {i} has kv_bytes_per_token={cfg.kv_bytes_per_token}; the "
+                              f"hand-off time needs it (gpusched.llm.get_model(name).kv_bytes_per_token())")
 
 
 def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:

@@ -262,3 +262,16 @@ def test_cached_prefix_tokens_probe_has_no_side_effects():
     assert bm.cached_prefix_tokens([1, 2, 9, 3]) == 8  # stops at the first miss: 2 blocks x 4 tokens
     assert bm.cached_prefix_tokens([9, 1]) == 0
     assert (bm.num_free_blocks, bm.num_cached_blocks, bm.prefix_hit_tokens) == before
+
+
+def test_free_with_hashes_keeps_later_blocks_cached_for_the_next_round():
+    # A 2-block prompt hashed [1, 2] grows by 20 tokens to 52 tokens = 3 full blocks + 1 partial (block 16).
+    bm = BlockManager(10, 16)
+    bm.allocate("r0", 32, block_hashes=[1, 2])
+    bm.extend("r0", 20)
+    assert bm.num_used_blocks == 4
+    bm.free("r0", block_hashes=[1, 2, 3])  # the third full block (generated tokens) gets hash 3
+    assert bm.num_used_blocks == 0 and bm.num_cached_blocks == 3  # the partial block is emptied
+    # the next round's prompt is the 52-token history + new tokens: 48 tokens found cached
+    assert bm.cached_prefix_tokens([1, 2, 3, 4]) == 48
+    assert bm.allocate("r1", 70, block_hashes=[1, 2, 3, 4]) == 48

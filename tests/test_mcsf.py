@@ -240,7 +240,7 @@ def test_time_limited_ip_is_not_reported_optimal():
     M, s, o = _paper_like(rng, 45, 45)
     inst = Instance([0] * o.size, [s] * o.size, o.tolist(), M)
     res = hindsight_optimal(inst, time_limit_s=0.5, threads=1)
-    assert res.termination == "time_limit"
+    assert res.termination != "optimal"  # HiGHS says "Time limit reached" (or stops in presolve)
     assert res.status == "feasible" and res.gap > 0
     assert res.objective <= mcsf(inst).total_latency  # the MC-SF warm start is an incumbent
 

@@ -176,3 +176,66 @@ def test_random_runs_keep_invariants(rows, blocks, scheduler, instances):
     assert computed >= once
     if r["num_preemptions"].sum() == 0:
         assert computed == once
+
+
+# ------------------------------------------------------------------ disaggregation, sessions, prefixes
+def test_disaggregated_hand_off_timeline_by_hand():
+    # Prefill step 0 -> 0.01 emits token 1; the KV of 32 tokens x 1000 B crosses a 1 MB/s link with 5 ms
+    # latency: 0.032 + 0.005 = 0.037 s, so the decode instance gets it at 0.047 and decodes tokens 2 and 3
+    # at 0.057 and 0.067. TTFT = 0.01, TPOT = (0.067 - 0.01) / 2 = 0.0285.
+    from gpusched.hardware import LinkSpec
+
+    prefill = InstanceConfig(ConstantStep(), 64, 16, "vllm-v1", {}, role="prefill", kv_bytes_per_token=1000)
+    decode_step = ConstantStep()
+    decode = InstanceConfig(decode_step, 64, 16, "vllm-v1", {}, role="decode")
+    res = simulate(make_trace([(0.0, 32, 3)]), [prefill, decode], link=LinkSpec(1e6, 0.005))
+    r = res.requests.iloc[0]
+    assert r["first_token_time_s"] == pytest.approx(0.01)
+    assert r["finish_time_s"] == pytest.approx(0.067)
+    assert r["tpot_s"] == pytest.approx(0.0285)
+    assert r["instance"] == 1  # it finished on the decode instance
+    assert decode_step.calls == [((), (32,), ()), ((), (33,), ())]  # no prefill recomputed there
+
+
+def test_disaggregated_cluster_needs_both_roles():
+    with pytest.raises(ConfigError, match="no decode instance"):
+        simulate(make_trace([(0.0, 8, 2)]), [InstanceConfig(ConstantStep(), 8, 16, role="prefill",
+                                                            kv_bytes_per_token=10)])
+    with pytest.raises(ConfigError, match="only from prefill"):
+        simulate(make_trace([(0.0, 8, 2)]), [InstanceConfig(ConstantStep(), 8, 16, role="decode")])
+
+
+def _session_trace(think_s: float):
+    # round 0: prompt 32, output 4 -> history 36 tokens; round 1: history + 16 new = 52 tokens, output 2
+    df = pd.DataFrame({"request_id": [0, 1], "arrival_time_s": [0.0, 0.0], "prompt_tokens": [32, 52],
+                       "output_tokens": [4, 2], "session_id": [7, 7], "round": [0, 1],
+                       "think_time_s": [0.0, think_s]})
+    return Trace(df, name="sessions")
+
+
+def test_next_round_released_after_think_time_and_prefills_only_new_tokens():
+    step = ConstantStep(0.01)
+    res = simulate(_session_trace(1.0), one_instance(step))
+    r = res.requests
+    assert r.loc[0, "finish_time_s"] == pytest.approx(0.04)  # prefill + 3 decodes
+    assert r.loc[1, "arrival_time_s"] == pytest.approx(1.04)  # finish + think time
+    # the 36-token history left 2 full blocks (32 tokens) cached: only 20 tokens are prefilled
+    assert r.loc[1, "cached_tokens"] == 32
+    assert step.calls[4] == ((20,), (), (32,))
+
+
+def test_evicted_history_is_recomputed():
+    # with a KV of 4 blocks and a third request in between filling it, round 0's cached blocks are evicted
+    df = pd.DataFrame({"request_id": [0, 1, 2], "arrival_time_s": [0.0, 0.0, 0.05],
+                       "prompt_tokens": [32, 52, 60], "output_tokens": [4, 2, 2],
+                       "session_id": [7, 7, None], "round": [0, 1, None], "think_time_s": [0.0, 1.0, None]})
+    res = simulate(Trace(df, name="evict"), one_instance(ConstantStep(), blocks=4))
+    assert res.requests.loc[1, "cached_tokens"] == 0
+
+
+def test_trace_prefix_hashes_are_shared_between_requests():
+    # Mooncake-style ids per 32-token trace block; request 1 shares the first trace block (2 engine blocks)
+    df = pd.DataFrame({"request_id": [0, 1], "arrival_time_s": [0.0, 1.0], "prompt_tokens": [64, 64],
+                       "output_tokens": [2, 2], "prefix_block_hashes": [(11, 12), (11, 99)]})
+    res = simulate(Trace(df, name="prefix", prefix_block_tokens=32), one_instance(ConstantStep()))
+    assert res.requests["cached_tokens"].tolist() == [0, 32]

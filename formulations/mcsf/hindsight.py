@@ -1,0 +1,289 @@
+"""The hindsight-optimal integer program, eqs. (1)-(4) of the spec (§1(b)).
+
+``x[i,k] = 1`` iff request ``i`` starts at round ``k``::
+
+    min  sum_i ( sum_k k x[i,k] + o_i - a_i )                                              (1)
+    s.t. sum_k x[i,k] = 1                                    for every i                   (2)
+         sum_i sum_{k = max(a_i, t - o_i)}^{t-1} (s_i + t - k) x[i,k] <= M       for every t (3)
+         x binary                                                                          (4)
+
+Horizon tightening (valid, so the optimum is the optimum of the spec's IP): given a feasible schedule with
+total latency ``U`` (MC-SF's by default), every optimal schedule has total waiting ``sum_i (p_i - a_i) <=
+U - sum_i o_i =: W``, so each request's start lies in ``[a_i, min(a_i + W, T - o_i)]`` with the spec's
+``T = max a + sum o``.
+Rows (3) that cannot bind (sum over requests of their largest coefficient in the row ``<= M``) are dropped.
+The incumbent is handed to HiGHS as a starting solution. The objective is an integer, so the run stops at an
+absolute gap below 1 (``mip_abs_gap = 1 - 1e-6``, ``mip_rel_gap = 0``): "optimal" means proven optimal.
+
+Two builders: ``backend="highspy"`` (column-wise arrays into ``highspy.Highs`` directly, the default: see
+``experiments/bench_mcsf.py`` for the measurement) and ``backend="pulp"`` (a ``pulp.LpProblem`` solved by
+:func:`gpusched.solve.solve`).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpusched.errors import ConfigError, InfeasibleError, SolverError, SolverTimeoutError, UnboundedError
+
+from .model import Instance, Schedule, check_schedule
+from .online import mcsf
+
+__all__ = ["HindsightResult", "hindsight_optimal", "build_hindsight_arrays"]
+
+
+@dataclass
+class HindsightResult:
+    """Outcome of :func:`hindsight_optimal`.
+
+    Attributes:
+        schedule: the best schedule found (checked against the model).
+        objective: its total end-to-end latency (rounds).
+        status: ``"optimal"`` (proven) or ``"feasible"`` (stopped by the time limit; see ``gap``).
+        best_bound: proven lower bound on the optimum.
+        gap: ``(objective - best_bound) / objective`` (0 when optimal).
+        solve_time_s: seconds in the solver; build_time_s: seconds building the model.
+        termination: ``"optimal"``, ``"time_limit"``, ... (the solver's reason to stop).
+        n_vars, n_rows, n_nonzeros: model size after tightening.
+        incumbent_objective: total latency of the warm-start schedule (``None`` if none was given).
+        backend: ``"highspy"`` or ``"pulp"``.
+    """
+
+    schedule: Schedule
+    objective: int
+    status: str
+    best_bound: float
+    gap: float
+    solve_time_s: float
+    build_time_s: float
+    termination: str
+    n_vars: int
+    n_rows: int
+    n_nonzeros: int
+    incumbent_objective: int | None
+    backend: str
+
+    @property
+    def is_optimal(self) -> bool:
+        return self.status == "optimal"
+
+
+def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None):
+    """The IP as arrays: columns ``(i, k)``, costs ``k``, CSC memory matrix, row bounds.
+
+    Returns ``(col_req, col_start, cost, mem_indptr, mem_rows, mem_vals, rows_kept, offset)`` where memory
+    row ``r`` of the CSC matrix is round ``rows_kept[r]`` and ``offset = sum_i (o_i - a_i)`` is the constant
+    of (1).
+    """
+    a = np.asarray(instance.arrival, dtype=np.int64)
+    s = np.asarray(instance.prompt, dtype=np.int64)
+    o = np.asarray(instance.output, dtype=np.int64)
+    n = instance.n
+    T = instance.serial_horizon()
+    last = T - o  # spec horizon: start <= T (we also need completion <= T for a serial schedule to exist)
+    if upper_bound is not None:
+        slack = int(upper_bound) - int(o.sum())
+        if slack < 0:
+            raise ConfigError(f"upper_bound {upper_bound} is below sum(o) = {int(o.sum())}, no schedule can meet it")
+        last = np.minimum(last, a + slack)
+    last = np.maximum(last, a)
+    width = last - a + 1
+    col_req = np.repeat(np.arange(n), width)
+    col_start = np.concatenate([np.arange(a[i], last[i] + 1) for i in range(n)]) if n else np.zeros(0, np.int64)
+    # column (i, k) touches rounds k+1 .. k+o_i with coefficients s_i+1 .. s_i+o_i
+    col_o = o[col_req]
+    nnz_per = col_o
+    indptr = np.concatenate([[0], np.cumsum(nnz_per)])
+    d = np.arange(indptr[-1]) - np.repeat(indptr[:-1], nnz_per) + 1  # 1..o within each column
+    rows_t = np.repeat(col_start, nnz_per) + d
+    vals = np.repeat(s[col_req], nnz_per) + d
+    # drop rounds whose row cannot bind: request i's largest coefficient at round t is s_i + min(o_i, t - a_i)
+    Tmax = int(rows_t.max()) if rows_t.size else 0
+    cap = np.zeros(Tmax + 2, dtype=np.int64)
+    for i in range(n):
+        ts = np.arange(a[i] + 1, last[i] + o[i] + 1)
+        cap[ts] += s[i] + np.minimum(o[i], ts - a[i])
+    binding = cap > instance.memory
+    rows_kept = np.flatnonzero(binding)
+    remap = np.full(Tmax + 2, -1, dtype=np.int64)
+    remap[rows_kept] = np.arange(rows_kept.size)
+    r = remap[rows_t]
+    keep = r >= 0
+    # recompute the column pointers after dropping entries
+    counts = np.bincount(np.repeat(np.arange(col_req.size), nnz_per)[keep], minlength=col_req.size)
+    mem_indptr = np.concatenate([[0], np.cumsum(counts)])
+    offset = int((o - a).sum())
+    return col_req, col_start, col_start.astype(float), mem_indptr, r[keep], vals[keep].astype(float), rows_kept, offset
+
+
+def _schedule_from_x(instance: Instance, col_req, col_start, x) -> tuple[int, ...]:
+    start = [-1] * instance.n
+    best = [-1.0] * instance.n
+    for j in np.flatnonzero(x > 0.5):
+        i = int(col_req[j])
+        if x[j] > best[i]:
+            best[i], start[i] = float(x[j]), int(col_start[j])
+    if min(start, default=0) < 0:
+        raise SolverError("the solver's solution leaves a request without a start; report this instance")
+    return tuple(start)
+
+
+def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm):
+    import highspy
+
+    col_req, col_start, cost, mp, mr, mv, rows_kept, offset = arrays
+    n = instance.n
+    ncol = col_req.size
+    nmem = rows_kept.size
+    # one-start rows (2) appended below the memory rows: column j has one entry in row nmem + col_req[j]
+    cnt = np.diff(mp)
+    indptr = np.concatenate([[0], np.cumsum(cnt + 1)])
+    idx = np.empty(indptr[-1], dtype=np.int32)
+    val = np.empty(indptr[-1], dtype=np.float64)
+    pos_mem = np.repeat(indptr[:-1], cnt) + (np.arange(mp[-1]) - np.repeat(mp[:-1], cnt))
+    idx[pos_mem] = mr
+    val[pos_mem] = mv
+    idx[indptr[1:] - 1] = nmem + col_req
+    val[indptr[1:] - 1] = 1.0
+    lp = highspy.HighsLp()
+    lp.num_col_ = ncol
+    lp.num_row_ = nmem + n
+    lp.col_cost_ = cost
+    lp.col_lower_ = np.zeros(ncol)
+    lp.col_upper_ = np.ones(ncol)
+    lp.row_lower_ = np.concatenate([np.full(nmem, -highspy.kHighsInf), np.ones(n)])
+    lp.row_upper_ = np.concatenate([np.full(nmem, float(instance.memory)), np.ones(n)])
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = indptr.astype(np.int32)
+    lp.a_matrix_.index_ = idx
+    lp.a_matrix_.value_ = val
+    lp.a_matrix_.num_col_ = ncol
+    lp.a_matrix_.num_row_ = nmem + n
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
+    lp.offset_ = float(offset)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", bool(msg))
+    h.setOptionValue("time_limit", float(time_limit_s))
+    h.setOptionValue("mip_rel_gap", 0.0)
+    h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # integer objective: a gap below 1 proves optimality
+    if threads is not None:
+        h.setOptionValue("threads", int(threads))
+    h.passModel(lp)
+    x0 = None
+    if warm is not None:
+        x0 = np.zeros(ncol)
+        # column of (i, p_i): columns of request i are contiguous, starting at a_i
+        first = np.concatenate([[0], np.cumsum(np.bincount(col_req, minlength=n))[:-1]])
+        x0[first + (np.asarray(warm.start) - np.asarray(instance.arrival))] = 1.0
+        h.setSolution(ncol, np.arange(ncol, dtype=np.int32), x0)
+    t0 = time.perf_counter()
+    h.run()
+    elapsed = time.perf_counter() - t0
+    MS = highspy.HighsModelStatus
+    ms = h.getModelStatus()
+    text = h.modelStatusToString(ms)
+    info = h.getInfo()
+    if ms == MS.kInfeasible:
+        raise InfeasibleError(f"hindsight IP: HiGHS says {text!r}; the instance admits no schedule within the horizon")
+    if ms in (MS.kUnbounded, MS.kUnboundedOrInfeasible):
+        raise UnboundedError(f"hindsight IP: HiGHS says {text!r}")
+    has_sol = info.primal_solution_status == 2
+    term = {MS.kOptimal: "optimal", MS.kTimeLimit: "time_limit", MS.kIterationLimit: "iteration_limit",
+            MS.kInterrupt: "interrupt"}.get(ms, "other")
+    if not has_sol and warm is not None:  # stopped (e.g. in presolve) before HiGHS adopted the warm start
+        bound = float(info.mip_dual_bound) if math.isfinite(info.mip_dual_bound) else -math.inf
+        return x0, term, bound, elapsed
+    if not has_sol:
+        if term == "time_limit":
+            raise SolverTimeoutError(f"hindsight IP: {time_limit_s} s time limit hit with no feasible schedule; "
+                                     f"pass a warm start or more time")
+        raise SolverError(f"hindsight IP: HiGHS stopped with {text!r} and no solution")
+    x = np.asarray(h.getSolution().col_value)
+    bound = float(info.mip_dual_bound)
+    return x, term, bound, elapsed
+
+
+def _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm):
+    import pulp
+
+    from gpusched.solve import solve
+
+    col_req, col_start, cost, mp, mr, mv, rows_kept, offset = arrays
+    ncol = col_req.size
+    prob = pulp.LpProblem("mcsf_hindsight", pulp.LpMinimize)
+    xs = [prob.add_variable(f"x_{int(col_req[j])}_{int(col_start[j])}", cat="Binary") for j in range(ncol)]
+    prob += pulp.LpAffineExpression(zip(xs, cost.tolist()), constant=float(offset))
+    by_req: dict[int, list] = {}
+    for j in range(ncol):
+        by_req.setdefault(int(col_req[j]), []).append(xs[j])
+    for i, v in by_req.items():
+        prob += pulp.lpSum(v) == 1, f"one_start_{i}"
+    rows: list[list] = [[] for _ in range(rows_kept.size)]
+    for j in range(ncol):
+        for q in range(mp[j], mp[j + 1]):
+            rows[mr[q]].append((xs[j], float(mv[q])))
+    for r, terms in enumerate(rows):
+        prob += pulp.LpAffineExpression(terms) <= instance.memory, f"mem_{int(rows_kept[r])}"
+    res = solve(prob, time_limit_s=time_limit_s, threads=threads, msg=msg)
+    x = np.array([res.values[v.name] for v in xs])
+    bound = res.best_bound if res.best_bound is not None else -math.inf
+    if res.status == "optimal":
+        term = "optimal"
+    else:
+        term = res.termination
+    return x, term, float(bound), res.solve_time_s
+
+
+def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: str = "highs",
+                      backend: str = "highspy", threads: int | None = None, warm_start: Schedule | None | str = "mcsf",
+                      msg: bool = False) -> HindsightResult:
+    """Solve the hindsight IP (1)-(4) for ``instance``; the minimum total end-to-end latency.
+
+    Args:
+        instance: the requests (true output lengths are used: full information).
+        time_limit_s: solver wall-clock limit, seconds. A run stopped by it is reported ``"feasible"``.
+        solver: ``"highs"`` (the only one wired to the matrix backend).
+        backend: ``"highspy"`` (matrix API, default) or ``"pulp"``.
+        threads: solver threads (``None``: HiGHS default).
+        warm_start: a feasible schedule to tighten the horizon and seed the search, ``"mcsf"`` (default:
+            MC-SF's schedule) or ``None`` (spec horizon ``T = max a + sum o``, no seed).
+        msg: print the solver log.
+    """
+    if solver != "highs":
+        raise ConfigError(f"solver {solver!r} is not supported here; use 'highs'")
+    if backend not in ("highspy", "pulp"):
+        raise ConfigError(f"backend must be 'highspy' or 'pulp', got {backend!r}")
+    if not (time_limit_s > 0 and math.isfinite(time_limit_s)):
+        raise ConfigError(f"time_limit_s must be a finite number > 0, got {time_limit_s!r}")
+    t0 = time.perf_counter()
+    warm = mcsf(instance) if isinstance(warm_start, str) and warm_start == "mcsf" else warm_start
+    if isinstance(warm, str):
+        raise ConfigError(f"warm_start must be a Schedule, 'mcsf' or None, got {warm_start!r}")
+    ub = None
+    if warm is not None:
+        ub = check_schedule(instance, warm.start)
+    arrays = build_hindsight_arrays(instance, ub)
+    build_s = time.perf_counter() - t0
+    col_req, col_start = arrays[0], arrays[1]
+    if backend == "highspy":
+        x, term, bound, elapsed = _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm)
+    else:
+        t1 = time.perf_counter()
+        x, term, bound, elapsed = _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm)
+        elapsed = time.perf_counter() - t1  # PuLP's model building happens here too
+    start = _schedule_from_x(instance, col_req, col_start, x)
+    obj = check_schedule(instance, start)
+    if warm is not None and ub is not None and ub < obj:  # never return worse than the incumbent
+        start, obj = tuple(warm.start), ub
+    # HiGHS-direct runs use an absolute gap < 1, so its "optimal" is exact; via PuLP the default relative gap
+    # applies, so optimality is only claimed when the bound proves it (integer objective).
+    proven = (term == "optimal" and backend == "highspy") or (math.isfinite(bound) and obj - bound < 1.0 - 1e-9)
+    status = "optimal" if proven else "feasible"
+    bound_eff = float(obj) if status == "optimal" and not math.isfinite(bound) else bound
+    gap = 0.0 if status == "optimal" else (obj - bound) / max(obj, 1)
+    return HindsightResult(Schedule(instance, start, "hindsight"), int(obj), status, bound_eff, float(gap),
+                           float(elapsed), float(build_s), term, int(col_req.size), int(arrays[6].size + instance.n),
+                           int(arrays[3][-1] + col_req.size), ub, backend)
