@@ -283,13 +283,7 @@ class BlockManager:
                 break
         # Blocks that take memory from the free pool: distinct non-resident hashes + private tail;
         # resident-but-unreferenced hashes leave the evictable pool, so they also reduce what is free.
-        fresh = 0
-        seen = set()
-        for h in hashes:
-            if h in seen or h in ref:
-                continue
-            seen.add(h)
-            fresh += 1  # either a new block or one taken out of the evictable LRU
+        fresh = len(set(hashes).difference(ref))  # new blocks, or blocks taken out of the evictable LRU
         return fresh + (total - len(hashes)), hit, hashes, total
 
     def can_allocate(self, num_tokens: int, block_hashes=None) -> bool:

@@ -39,11 +39,16 @@ class TraceBlockHashes:
         return self.ids[b // self.ratio] * 4096 + b % self.ratio
 
     def __iter__(self):
-        return (self._at(b) for b in range(self.length))
+        return iter(self[:])
 
     def __getitem__(self, index):
         if isinstance(index, slice):
-            return tuple(self._at(b) for b in range(*index.indices(self.length)))
+            start, stop, step = index.indices(self.length)
+            if step != 1:
+                return tuple(self._at(b) for b in range(start, stop, step))
+            r = self.ratio  # whole runs of sub-blocks per trace id, built in one comprehension
+            subs = [h * 4096 + k for h in self.ids[start // r: -(-stop // r)] for k in range(r)]
+            return tuple(subs[start % r: start % r + max(stop - start, 0)])
         if not -self.length <= index < self.length:
             raise IndexError(index)
         return self._at(index % self.length)
@@ -63,3 +68,12 @@ class SessionBlockHashes(TraceBlockHashes):
 
     def _at(self, b: int) -> int:
         return _SESSION_TAG - (self.session << 32) - b
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):  # consecutive blocks have consecutive (decreasing) hashes
+            start, stop, step = index.indices(self.length)
+            top = _SESSION_TAG - (self.session << 32)
+            return tuple(range(top - start, top - stop, -step)) if stop > start else ()
+        if not -self.length <= index < self.length:
+            raise IndexError(index)
+        return self._at(index % self.length)

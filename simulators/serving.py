@@ -76,7 +76,7 @@ class InstanceConfig:
 def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Router = "round-robin",
              seed: int = 0, record_timeline: bool = True, check_invariants: bool = True,
              progress: bool = False, mode: str = "fast", decode_router: str | Router = "least-outstanding-tokens",
-             link: LinkSpec = DEFAULT_LINK) -> SimResult:
+             link: LinkSpec = DEFAULT_LINK, hash_own_blocks: bool | None = None) -> SimResult:
     """Serve ``trace`` on ``instances`` and return per-request and per-instance results.
 
     Parameters
@@ -87,6 +87,10 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         which the prefill instance still holds the KV.
     mode : ``fast`` advances runs of identical decode steps in one event; ``step`` schedules every step.
         Both give identical per-request results.
+    hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
+        own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
+        request then finds the blocks it left in the cache and recomputes only what was evicted (vLLM V1
+        with prefix caching). ``None``: on when any instance's scheduler has prefix caching enabled.
 
     Multi-round sessions (``session_id``/``round``/``think_time_s`` columns) release round r+1 a think
     time after round r finishes; its prompt (the history) finds its KV cached on the instance that
@@ -105,8 +109,10 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_roles(instances)
     _check_servable(trace, instances)
+    if hash_own_blocks is None:
+        hash_own_blocks = any(getattr(cfg.build_scheduler(), "enable_prefix_caching", False) for cfg in instances)
     run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
-                      check_invariants, mode == "fast")
+                      check_invariants, mode == "fast", hash_own_blocks)
     run.env.process(run.arrivals(progress))
     run.env.run()
     return SimResult.from_run(trace, run.seqs, run.engines)
@@ -116,7 +122,7 @@ class _ServingRun:
     """The SimPy world of one :func:`simulate` call: engines, routing, sessions and hand-offs."""
 
     def __init__(self, trace, instances, router, decode_router, link, seed, record_timeline, check_invariants,
-                 fast):
+                 fast, hash_own_blocks=False):
         self.env = env = simpy.Environment()
         self.router = make_router(router, seed=seed) if isinstance(router, str) else router
         self.decode_router = (make_router(decode_router, seed=seed) if isinstance(decode_router, str)
@@ -135,7 +141,7 @@ class _ServingRun:
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
-        self.seqs, self.next_round = _sequences(trace, block.pop())
+        self.seqs, self.next_round = _sequences(trace, block.pop(), hash_own_blocks)
 
     def arrivals(self, progress: bool):
         env = self.env
@@ -185,7 +191,7 @@ class _ServingRun:
         next(e for e in decode if e.index == choice).submit(seq)
 
 
-def _sequences(trace: Trace, block_size_tokens: int) -> tuple[list[SeqState], dict[int, int]]:
+def _sequences(trace: Trace, block_size_tokens: int, own_blocks: bool = False) -> tuple[list[SeqState], dict[int, int]]:
     """Engine-side request states, and for multi-round sessions the index of each round's successor."""
     df = trace.df
     n = len(df)
@@ -199,6 +205,8 @@ def _sequences(trace: Trace, block_size_tokens: int) -> tuple[list[SeqState], di
         hashes = None
         if h is not None and len(h) and trace_block:
             hashes = TraceBlockHashes(h, trace_block, block_size_tokens, int(p))
+        elif own_blocks:  # content unknown: the request's blocks are its own
+            hashes = SessionBlockHashes(-1 - i, int(p) + int(o), block_size_tokens)
         seqs.append(SeqState(rid, i, float(t), int(p), int(o), hashes))
     next_round: dict[int, int] = {}
     if sessions:

@@ -6,8 +6,11 @@ A measured run is a directory laid out like LLMServingSim 2.0's bench examples::
     BENCH_DIR/vllm/meta.json        engine settings: max_num_seqs, max_num_batched_tokens, KV blocks, ...
 
 The replay takes what the real engine had: its KV capacity is the engine's measured GPU block count
-(not a capacity estimated from memory), its scheduler is the vLLM V1-like one with the run's knobs, its
-arrivals are the engine's own queueing times. Measured latencies follow the definitions of the data's
+(not a capacity estimated from memory), its scheduler is the vLLM V1-like one with the run's knobs
+(including ``scheduler_reserve_full_isl``), its arrivals are the engine's own queueing times. With
+prefix caching on, every full block is content-hashed as vLLM does, so a preempted request resumes
+from the blocks still cached instead of recomputing everything: on the RTX 4090 run this alone moves
+the mean error over the table from 5.3 % to 1.7 %. Measured latencies follow the definitions of the data's
 README: ``TTFT = first_token - queued``, ``TPOT = (last_token - first_token) / (output - 1)``,
 ``latency = last_token - queued``.
 """

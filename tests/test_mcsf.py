@@ -255,3 +255,21 @@ def test_real_variant_mcsf_beats_fcfs_check_on_a_burst():
     fc = simulate_real(a, s, o, "mc-benchmark", memory_tokens=2000)
     assert sf.resets == 0 and sf.peak_memory_tokens <= 2000
     assert sf.average_latency_s < fc.average_latency_s
+
+
+# ---------------------------------------------------------------- experiments, quick mode
+def test_synthetic_experiment_quick(tmp_path):
+    from experiments import mcsf_synthetic
+
+    df = mcsf_synthetic.run(str(tmp_path), quick=True)
+    assert (df.ratio >= 1.0 - 1e-12).all()  # P2: MC-SF never beats the best IP schedule
+    assert {"instances.csv", "ratios.png", "summary.md"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_real_experiment_quick(tmp_path):
+    from experiments import mcsf_real
+
+    df = mcsf_real.run(str(tmp_path), quick=True)
+    sf = df[(df.policy == "MC-SF")]
+    assert (sf.resets == 0).all() and (sf.peak_memory_tokens <= 16492).all()
+    assert {"latency.csv", "latency.png", "summary.md"} <= {p.name for p in tmp_path.iterdir()}
