@@ -28,16 +28,16 @@ PAPER = {  # spec §1(e) rows 1-2 ([2nd])
 
 def make_instance(rng: np.random.Generator, model: str, quick: bool) -> Instance:
     if quick:  # small enough for HiGHS to prove optimality in well under a second
-        M = int(rng.integers(12, 21))
+        M = int(rng.integers(10, 15))
         s = int(rng.integers(1, 3))
     else:
         M = int(rng.integers(30, 51))
         s = int(rng.integers(1, 6))
     if model == "all-at-0":
-        n = int(rng.integers(5, 9)) if quick else int(rng.integers(40, 61))
+        n = int(rng.integers(4, 7)) if quick else int(rng.integers(40, 61))
         a = np.zeros(n, dtype=int)
     else:
-        horizon = int(rng.integers(5, 9)) if quick else int(rng.integers(40, 61))
+        horizon = int(rng.integers(4, 7)) if quick else int(rng.integers(40, 61))
         rate = float(rng.uniform(0.5, 1.5))
         gaps = rng.exponential(1.0 / rate, size=int(horizon * rate * 3) + 10)
         t = np.cumsum(gaps)
@@ -55,7 +55,7 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     from tqdm import tqdm
 
     n_inst = n_instances if n_instances is not None else (6 if quick else 200)
-    tl = time_limit_s if time_limit_s is not None else (5.0 if quick else 60.0)
+    tl = time_limit_s if time_limit_s is not None else (2.0 if quick else 60.0)
     rng = np.random.default_rng(seed)
     rows = []
     jobs = [(m, k) for m in ("all-at-0", "poisson") for k in range(n_inst)]

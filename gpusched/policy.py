@@ -33,7 +33,8 @@ class SeqState:
     __slots__ = (
         "request_id", "index", "arrival_time_s", "prompt_tokens", "output_tokens", "block_hashes",
         "predicted_output_tokens", "num_computed_tokens", "generated_tokens", "scheduled_time_s",
-        "first_token_time_s", "finish_time_s", "num_preemptions", "instance", "cached_tokens", "extra",
+        "first_token_time_s", "finish_time_s", "num_preemptions", "instance", "cached_tokens", "swapped",
+        "extra",
     )
 
     def __init__(self, request_id, index: int, arrival_time_s: float, prompt_tokens: int,
@@ -54,6 +55,7 @@ class SeqState:
         self.num_preemptions = 0
         self.instance: int | None = None
         self.cached_tokens = 0  # prompt tokens found in the prefix cache at the last admission
+        self.swapped = False  # preempted by swapping its KV to host memory (to be swapped back in)
         self.extra: dict | None = None  # room for a policy's own per-request notes
 
     @property
@@ -77,11 +79,13 @@ class StepPlan:
 
     Engines derive the step-time inputs from it: an entry whose ``new_tokens == 1`` and whose sequence
     has generated at least one token is a decode at context ``num_computed_tokens``; every other entry
-    is a prefill chunk of ``new_tokens`` over ``num_computed_tokens`` cached tokens.
+    is a prefill chunk of ``new_tokens`` over ``num_computed_tokens`` cached tokens. ``swap_tokens``
+    adds a host-link transfer of that many tokens' KV to the step.
     """
 
     entries: list[tuple[SeqState, int]] = field(default_factory=list)
     preempted: list[SeqState] = field(default_factory=list)
+    swap_tokens: int = 0  # KV tokens moved between GPU and host memory in this step (out + in)
 
     @property
     def num_tokens(self) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 from gpusched.errors import ConfigError
 from gpusched.hardware import get_gpu
 from gpusched.kvcache import kv_capacity
+from gpusched.llm import get_model
 from gpusched.paths import BUNDLED_PROFILES
 from gpusched.perf import ProfiledStepTime, RooflineStepTime
 from simulators.serving import InstanceConfig
@@ -47,8 +48,12 @@ def build_instances(model: str, count: int = 1, tp: int = 1, profile=None, gpu=N
     if count < 1:
         raise ConfigError(f"instance count {count} must be >= 1")
     step = step_model_for(model, tp, profile, gpu)
+    gpu_spec = get_gpu(gpu_for(profile, gpu)) if (gpu is not None or kv_blocks is None) else None
     if kv_blocks is None:
-        kv_blocks = kv_capacity(model, gpu_for(profile, gpu), tp=tp, memory_utilization=memory_utilization,
+        kv_blocks = kv_capacity(model, gpu_spec, tp=tp, memory_utilization=memory_utilization,
                                 block_size_tokens=block_size_tokens).blocks
-    return [InstanceConfig(step, kv_blocks, block_size_tokens, scheduler, dict(scheduler_knobs or {}), role)
+    host_link = tp * gpu_spec.pcie_bandwidth_bytes_per_s if gpu_spec is not None else 0.0  # one link per GPU
+    return [InstanceConfig(step, kv_blocks, block_size_tokens, scheduler, dict(scheduler_knobs or {}), role,
+                           kv_bytes_per_token=get_model(model).kv_bytes_per_token(),
+                           host_link_bytes_per_s=host_link)
             for _ in range(count)]

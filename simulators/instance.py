@@ -17,7 +17,7 @@ from typing import Callable
 
 import simpy
 
-from gpusched.errors import GpuschedError
+from gpusched.errors import ConfigError, GpuschedError
 from gpusched.kvcache import BlockManager
 from gpusched.perf import StepTimeModel
 from gpusched.policy import BatchScheduler, InstanceView, SeqState, StepPlan
@@ -46,13 +46,16 @@ class InstanceEngine:
         mode one row covers a whole run of decode steps (its ``steps`` column counts them).
     fast : advance over runs of identical decode steps in one event (see :class:`_DecodeRun`); results
         are identical to step-by-step mode (``fast=False``), which is kept for checking.
+    kv_bytes_per_token, host_link_bytes_per_s : price swap preemption (KV bytes over the host link,
+        added to the step that moves them).
     """
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: BatchScheduler,
                  step_model: StepTimeModel, kv: BlockManager, role: str = "colocated",
                  on_first_token: Callable[[SeqState, float], None] | None = None,
                  on_finish: Callable[[SeqState, float], None] | None = None,
-                 record_timeline: bool = True, check_invariants: bool = True, fast: bool = True):
+                 record_timeline: bool = True, check_invariants: bool = True, fast: bool = True,
+                 kv_bytes_per_token: int = 0, host_link_bytes_per_s: float = 0.0):
         self.env = env
         self.index = index
         self.scheduler = scheduler
@@ -62,6 +65,8 @@ class InstanceEngine:
         self.on_first_token = on_first_token
         self.on_finish = on_finish
         self.check_invariants = check_invariants
+        self.kv_bytes_per_token = kv_bytes_per_token
+        self.host_link_bytes_per_s = host_link_bytes_per_s
         self.waiting: deque[SeqState] = deque()
         self.running: list[SeqState] = []
         self.timeline: list[tuple] | None = [] if record_timeline else None
@@ -175,6 +180,17 @@ class InstanceEngine:
         self._account(entries, run.ends[steps - 1], run.start_s, steps * len(entries), len(entries), steps)
 
     def _step_time_s(self, plan: StepPlan) -> float:
+        swap_s = 0.0
+        if plan.swap_tokens:
+            if self.host_link_bytes_per_s <= 0 or self.kv_bytes_per_token <= 0:
+                raise ConfigError(
+                    f"instance {self.index}: the scheduler swaps KV but the instance has no host link "
+                    f"(host_link_bytes_per_s={self.host_link_bytes_per_s}) or kv_bytes_per_token="
+                    f"{self.kv_bytes_per_token}; set both on its InstanceConfig")
+            swap_s = plan.swap_tokens * self.kv_bytes_per_token / self.host_link_bytes_per_s
+        return swap_s + self._compute_time_s(plan)
+
+    def _compute_time_s(self, plan: StepPlan) -> float:
         if self._decode_time is not None and plan.entries and all(
                 n == 1 and s.generated_tokens > 0 for s, n in plan.entries):
             # decode-only: priced exactly as a fast-mode run prices it, so both modes agree to the bit

@@ -27,17 +27,26 @@ from gpusched.kvcache import BlockManager
 from gpusched.policy import SeqState, StepPlan
 
 
-def _preempt(seq: SeqState, waiting: deque, kv: BlockManager, plan: StepPlan) -> None:
-    """Recompute-preemption: drop the sequence's KV and put it back at the head of the queue."""
-    kv.free(seq.index, seq.block_hashes)  # full blocks stay cached: a resume may find them (vLLM V1)
-    seq.num_computed_tokens = 0
+def _preempt(seq: SeqState, waiting: deque, kv: BlockManager, plan: StepPlan, swap: bool = False) -> None:
+    """Preempt ``seq`` and put it back at the head of the queue.
+
+    Recompute (default): its KV is dropped (full blocks stay cached: a resume may find them, as in
+    vLLM V1) and computed again on resume. Swap: its KV moves to host memory in this step and back
+    when it is resumed; nothing is recomputed.
+    """
+    kv.free(seq.index, seq.block_hashes)
+    if swap and seq.num_computed_tokens:
+        seq.swapped = True
+        plan.swap_tokens += seq.num_computed_tokens
+    else:
+        seq.num_computed_tokens = 0
     seq.num_preemptions += 1
     waiting.appendleft(seq)
     plan.preempted.append(seq)
 
 
 def _grow_or_preempt(seq: SeqState, n: int, running: list, waiting: deque, kv: BlockManager,
-                     plan: StepPlan) -> bool:
+                     plan: StepPlan, swap: bool = False) -> bool:
     """Make KV slots for ``n`` more computed tokens of running ``seq``, preempting from the tail.
 
     Slots already reserved (a whole prompt reserved at admission) are used first. Returns False when
@@ -48,7 +57,7 @@ def _grow_or_preempt(seq: SeqState, n: int, running: list, waiting: deque, kv: B
         return True
     while kv.blocks_needed_to_extend(seq.index, grow) > kv.num_free_blocks:
         victim = running.pop()
-        _preempt(victim, waiting, kv, plan)
+        _preempt(victim, waiting, kv, plan, swap)
         if victim is seq:
             return False
     kv.extend(seq.index, grow)
@@ -60,6 +69,9 @@ def _admit(seq: SeqState, n_new: int, kv: BlockManager, running: list, plan: Ste
     """Move ``seq`` from the head of the queue into ``running`` with ``n_new`` tokens scheduled."""
     tokens = hit_tokens + n_new
     kv.allocate(seq.index, tokens, _full_block_hashes(seq, kv, tokens))
+    if seq.swapped:  # its KV comes back from host memory in this step
+        plan.swap_tokens += hit_tokens
+        seq.swapped = False
     seq.num_computed_tokens = hit_tokens
     seq.cached_tokens = hit_tokens
     if seq.scheduled_time_s is None:
@@ -78,7 +90,8 @@ def _full_block_hashes(seq: SeqState, kv: BlockManager, tokens: int):
 def _prefix_hit_tokens(seq: SeqState, kv: BlockManager, enabled: bool) -> int:
     """Tokens of a waiting ``seq`` whose KV need not be computed.
 
-    A sequence handed over with its KV (disaggregated decode) keeps its ``num_computed_tokens``;
+    A sequence handed over with its KV (disaggregated decode, or swapped out) keeps its
+    ``num_computed_tokens``;
     otherwise the prefix cache is probed, capped so that at least one token is computed.
     """
     if seq.num_computed_tokens:
@@ -103,6 +116,8 @@ class VllmV1Scheduler:
     long_prefill_token_threshold : if > 0, a prefill computes at most this many tokens per step.
     reserve_full_prompt : admit a waiting sequence only if KV for its whole remaining prompt is free
         (vLLM 0.19's ``scheduler_reserve_full_isl``); only the scheduled chunk is allocated either way.
+    preemption : ``recompute`` (vLLM V1's only mode) or ``swap`` (KV moved over the host link, priced
+        by the engine from the instance's ``host_link_bytes_per_s``).
     """
 
     max_num_batched_tokens: int = 2048
@@ -111,16 +126,20 @@ class VllmV1Scheduler:
     enable_prefix_caching: bool = True
     long_prefill_token_threshold: int = 0
     reserve_full_prompt: bool = False
+    preemption: str = "recompute"
     name: str = "vllm-v1"
     stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
     def __post_init__(self):
         _check_positive(self, "max_num_batched_tokens", "max_num_seqs")
+        if self.preemption not in ("recompute", "swap"):
+            raise ConfigError(f"preemption={self.preemption!r}; choose 'recompute' or 'swap'")
 
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
         plan = StepPlan()
         budget = self.max_num_batched_tokens
         limit = self.long_prefill_token_threshold
+        swap = self.preemption == "swap"
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
@@ -128,7 +147,7 @@ class VllmV1Scheduler:
             if 0 < limit < n:
                 n = limit
             n = min(n, budget)
-            if not _grow_or_preempt(seq, n, running, waiting, kv, plan):
+            if not _grow_or_preempt(seq, n, running, waiting, kv, plan, swap):
                 break
             plan.entries.append((seq, n))
             budget -= n

@@ -45,6 +45,7 @@ class InstanceConfig:
     scheduler_knobs : keyword arguments for a scheduler given by name.
     role : ``colocated``, or ``prefill``/``decode`` in a disaggregated cluster.
     kv_bytes_per_token : KV bytes of one token (all layers); required on prefill instances.
+    host_link_bytes_per_s : host link bandwidth (PCIe, one direction), for swap preemption.
     """
 
     step_model: StepTimeModel
@@ -53,7 +54,8 @@ class InstanceConfig:
     scheduler: str | BatchScheduler = "vllm-v1"
     scheduler_knobs: dict = field(default_factory=dict)
     role: str = "colocated"
-    kv_bytes_per_token: int = 0  # whole-model KV bytes per token: prices prefill -> decode hand-offs
+    kv_bytes_per_token: int = 0  # whole-model KV bytes per token: prices hand-offs and swaps
+    host_link_bytes_per_s: float = 0.0  # GPU <-> host memory, one direction: prices swap preemption
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -134,7 +136,9 @@ class _ServingRun:
                            BlockManager(cfg.num_kv_blocks, cfg.block_size_tokens), role=cfg.role,
                            on_first_token=self._hand_off if cfg.role == "prefill" else None,
                            on_finish=self._finished, record_timeline=record_timeline,
-                           check_invariants=check_invariants, fast=fast)
+                           check_invariants=check_invariants, fast=fast,
+                           kv_bytes_per_token=cfg.kv_bytes_per_token,
+                           host_link_bytes_per_s=cfg.host_link_bytes_per_s)
             for i, cfg in enumerate(instances)
         ]
         _check_budgets(self.engines)

@@ -304,3 +304,24 @@ def test_fast_mode_matches_step_mode_exactly(case):
     assert fast.num_unfinished == 0
     pd.testing.assert_frame_equal(fast.requests, slow.requests)
     assert fast.num_steps == slow.num_steps
+
+
+def test_swap_preemption_moves_kv_instead_of_recomputing():
+    # As in the recompute test, request 1 is preempted when 4 blocks run out; with swap its KV goes to
+    # host memory and comes back: no token is computed twice, and the steps that move KV are longer.
+    step = ConstantStep(0.01)
+    cfg = InstanceConfig(step, 4, 16, "vllm-v1", {"preemption": "swap"}, kv_bytes_per_token=100,
+                         host_link_bytes_per_s=1e5)
+    res = simulate(make_trace([(0.0, 16, 30), (0.0, 16, 30)]), [cfg])
+    r = res.requests
+    assert (r["status"] == "finished").all() and r.loc[1, "num_preemptions"] >= 1
+    assert int(res.timeline["batch_tokens"].sum()) == int((r["prompt_tokens"] + r["output_tokens"] - 1).sum())
+    durations = np.diff(np.concatenate([[0.0], res.timeline["time_s"].to_numpy()]))
+    # a swap of n tokens adds n x 100 B / 1e5 B/s = n ms to its step
+    assert durations.max() > 0.01 + 1e-3
+
+
+def test_swap_without_a_host_link_is_refused():
+    cfg = InstanceConfig(ConstantStep(), 4, 16, "vllm-v1", {"preemption": "swap"})
+    with pytest.raises(ConfigError, match="host link"):
+        simulate(make_trace([(0.0, 16, 30), (0.0, 16, 30)]), [cfg])

@@ -62,8 +62,12 @@ def admit_prefix(now_it: int, run_P: np.ndarray, run_S: np.ndarray, run_E: np.nd
     else:
         pts = np.zeros(0, dtype=np.int64)
         loads = np.zeros(0, dtype=np.int64)
-    mE = list(E.tolist())
-    mW = list(W.tolist())
+    cap = E.size + len(cand_S) if hasattr(cand_S, "__len__") else E.size + 1024
+    mE = np.empty(cap, dtype=np.int64)
+    mW = np.empty(cap, dtype=np.int64)
+    mE[: E.size] = E
+    mW[: E.size] = W
+    cnt = E.size
     accepted = 0
     for s, k in zip(cand_S, cand_K):
         e = now_it + int(k)
@@ -71,17 +75,20 @@ def admit_prefix(now_it: int, run_P: np.ndarray, run_S: np.ndarray, run_E: np.nd
         if mask.any() and (loads[mask] + (s - now_it) + pts[mask]).max() > memory:
             break
         # load of the members at the candidate's own completion point
-        le = 0
-        for ej, wj in zip(mE, mW):
-            if ej >= e:
-                le += wj + e
+        sel = mE[:cnt] >= e
+        le = int(mW[:cnt][sel].sum()) + e * int(sel.sum())
         if le + s + k > memory:
             break
         loads = loads + np.where(mask, (s - now_it) + pts, 0)
         pts = np.append(pts, e)
         loads = np.append(loads, le + s + k)
-        mE.append(e)
-        mW.append(s - now_it)
+        if cnt == cap:
+            mE = np.concatenate([mE, np.empty(cap, dtype=np.int64)])
+            mW = np.concatenate([mW, np.empty(cap, dtype=np.int64)])
+            cap *= 2
+        mE[cnt] = e
+        mW[cnt] = s - now_it
+        cnt += 1
         accepted += 1
     return accepted
 

@@ -1,0 +1,84 @@
+"""Performance figures for MC-SF (prints; not a timed test).
+
+1. MC-SF decision time per round with 1,000 waiting and 200 running requests (goal < 1 ms).
+2. Hindsight IP: PuLP vs highspy matrix API (build + solve) on the same instances.
+3. Hindsight IP at the paper's size (n 40-60, M 30-50, all at 0): fraction proven optimal within the limit.
+
+Run: ``python -m experiments.bench_mcsf [--quick] [--instances N] [--time-limit S]``.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from formulations.mcsf import Instance, admit_prefix, hindsight_optimal
+
+
+def decision_time(rng, n_wait=1000, n_run=200, M=16492, reps=200):
+    """Seconds per MC-SF decision (sort of the waiting list + prefix check), median over ``reps``."""
+    times, admitted = [], []
+    for _ in range(reps):
+        t = 10_000
+        rS = rng.integers(1, 40, size=n_run)
+        done = rng.integers(1, 60, size=n_run)
+        rP = t - done
+        rE = rP + done + rng.integers(1, 100, size=n_run)
+        wS = rng.integers(1, 40, size=n_wait)
+        wK = rng.integers(1, 100, size=n_wait)
+        t0 = time.perf_counter()
+        order = np.lexsort((np.arange(n_wait), wK))  # shortest predicted first, ties by id
+        m = admit_prefix(t, rP, rS, rE, wS[order].tolist(), wK[order].tolist(), M)
+        times.append(time.perf_counter() - t0)
+        admitted.append(m)
+    return float(np.median(times)), float(np.mean(admitted))
+
+
+def paper_instance(rng):
+    M = int(rng.integers(30, 51))
+    s = int(rng.integers(1, 6))
+    n = int(rng.integers(40, 61))
+    o = rng.integers(1, M - s + 1, size=n)
+    return Instance([0] * n, [s] * n, o.tolist(), M)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--instances", type=int, default=None)
+    ap.add_argument("--time-limit", type=float, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(a.seed)
+    med, adm = decision_time(rng, reps=50 if a.quick else 500)
+    print(f"MC-SF decision, 1000 waiting / 200 running: median {med * 1e3:.3f} ms (admitted {adm:.1f} on average)")
+
+    print("\nIP backends (all-at-0, M 12-16, n 8, warm start MC-SF):")
+    for k in range(2 if a.quick else 5):
+        M = int(rng.integers(12, 17))
+        o = rng.integers(1, M - 1, size=8)
+        inst = Instance([0] * 8, [1] * 8, o.tolist(), M)
+        for backend in ("highspy", "pulp"):
+            t0 = time.perf_counter()
+            r = hindsight_optimal(inst, time_limit_s=30, backend=backend, threads=2)
+            print(f"  inst {k} {backend:8s} total {time.perf_counter() - t0:6.2f} s (solve {r.solve_time_s:6.2f}) "
+                  f"obj {r.objective} {r.status} vars {r.n_vars}")
+
+    n_inst = a.instances if a.instances is not None else (2 if a.quick else 20)
+    tl = a.time_limit if a.time_limit is not None else (5.0 if a.quick else 60.0)
+    print(f"\nPaper-size IP (n 40-60, M 30-50, all at 0), {n_inst} instances, {tl:g} s each, 2 threads:")
+    proven, gaps = 0, []
+    for k in range(n_inst):
+        inst = paper_instance(rng)
+        t0 = time.perf_counter()
+        r = hindsight_optimal(inst, time_limit_s=tl, threads=2)
+        proven += r.status == "optimal"
+        gaps.append(r.gap)
+        print(f"  n={inst.n} M={inst.memory}: {r.status} obj {r.objective} (MC-SF {r.incumbent_objective}) "
+              f"gap {r.gap:.3f} vars {r.n_vars} nnz {r.n_nonzeros} build {r.build_time_s:.2f}s solve {r.solve_time_s:.1f}s")
+    print(f"  proven optimal: {proven}/{n_inst}; median gap {np.median(gaps):.3f}")
+
+
+if __name__ == "__main__":
+    main()
