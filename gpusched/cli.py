@@ -96,7 +96,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(trace, instances, router=args.router, seed=args.seed, progress=not args.quiet)
     wall_s = time.perf_counter() - start
     out = result.save(args.out)
-    print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(result.summary().to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"{result.num_unfinished} unfinished; {result.num_steps} steps; {wall_s:.1f} s wall "
           f"({len(trace) / wall_s:,.0f} requests per wall-second); results in {out}")
     return 0

@@ -70,7 +70,7 @@ class SimResult:
         out.mkdir(parents=True, exist_ok=True)
         self.requests.to_csv(out / "requests.csv", index=False)
         self.timeline.to_csv(out / "timeline.csv", index=False)
-        self.summary().to_csv(out / "summary.csv", index=False)
+        self.summary().to_csv(out / "summary.csv")
         if plots:
             self.plot_latency_cdfs(out / "latency_cdf.png")
             if len(self.timeline):
