@@ -274,13 +274,8 @@ class BlockManager:
             raise ConfigError(
                 f"BlockManager: {len(hashes)} block hashes for {num_tokens} tokens, but only "
                 f"{num_tokens // bs} full blocks of {bs} tokens; give one hash per full block")
-        ref, lru = self._ref, self._lru
-        hit = 0
-        for h in hashes:
-            if h in ref or h in lru:
-                hit += 1
-            else:
-                break
+        ref = self._ref
+        hit = self.cached_prefix_tokens(hashes) // bs
         # Blocks that take memory from the free pool: distinct non-resident hashes + private tail;
         # resident-but-unreferenced hashes leave the evictable pool, so they also reduce what is free.
         fresh = len(set(hashes).difference(ref))  # new blocks, or blocks taken out of the evictable LRU
