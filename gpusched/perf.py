@@ -46,8 +46,10 @@ One protocol, :class:`StepTimeModel`, and two implementations:
   - **LLMServingSim layerwise tables** (vLLM hooks, µs). A step is, as vLLM runs it,
     ``embedding(N) + num_layers x [2 layernorm(N) + qkv(N) + rotary(N) + attention + o(N) + gate_up(N)
     + act(N) + down(N)] + final_layernorm(N) + lm_head(S) + sampler(S)``, with the 4-D attention grid at
-    (sum of prefill chunks, sum of their cached tokens, number of decodes, mean decode context) -- the
-    same keys LLMServingSim uses -- and ``S`` the sequences that emit a token: all decodes plus the
+    (prefill chunk, its cached tokens, number of decodes, mean decode context). Several prefill chunks
+    are looked up as the one chunk of the same total length and causal work (``equivalent_chunk=True``,
+    default) rather than LLMServingSim's own key of summed lengths (``False``), which would count
+    attention between different requests. ``S`` is the sequences that emit a token: all decodes plus the
     prefill chunks that sample. By default every prefill chunk samples (``prefill_samples=True``; exact
     when chunks end their prompt, an over-estimate of one lm_head row per unfinished chunk); pass
     ``num_sampled=`` to :meth:`ProfiledStepTime.step_time_s` when the engine knows.
