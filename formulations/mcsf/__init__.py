@@ -10,3 +10,4 @@ from .engine import POLICIES, BatchRun, admit_prefix, run_batches
 from .online import alpha_beta, alpha_greedy, mc_benchmark, mcsf
 from .hindsight import HindsightResult, build_hindsight_arrays, hindsight_optimal
 from .realdata import PAPER_MEMORY_TOKENS, RealRun, llama2_70b_2xa100_batch_time_s, simulate_real
+from .policy import KvShortageError, McsfScheduler

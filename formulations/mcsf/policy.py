@@ -1,0 +1,193 @@
+"""MC-SF as an online batch scheduler for the SimPy serving engines (:class:`gpusched.policy.BatchScheduler`).
+
+Jaillet et al., arXiv 2502.07115, spec ``shared/papers/mcsf.md`` §1(c). Every step:
+
+1. every running sequence stays in the batch and decodes one token (non-preemptive, top priority);
+2. waiting sequences are sorted by predicted output length (ties by arrival index = trace row), and the
+   longest prefix that passes the future-feasibility check starts now, its whole prompt prefilled in this
+   step (the paper's model: "a request's prompt is processed in the round it is started"). The scan stops at
+   the first failure (``break``, spec §1(g).3), also when a prompt does not fit the step's token budget.
+
+Time is counted in steps, so the check is the discrete one of spec §1(c) (and of the authors' real-data
+code, whose projection in units of one average batch is the same thing, see :mod:`.realdata`).
+
+Memory unit and safety
+----------------------
+The check runs in *tokens* with :func:`.engine.admit_prefix` (reused unchanged) against
+``M = kv.num_blocks * kv.block_size_tokens``, and every sequence (running or candidate) is padded by
+``block_size_tokens - 1`` tokens. A sequence holding ``T`` KV slots occupies ``ceil(T / bs) <= (T + bs - 1) / bs``
+blocks, so a projected padded load ``<= M`` implies at most ``num_blocks`` blocks: the token check is a
+sufficient condition for the block check, conservative by less than one block per sequence. (An exact block
+check would lose ``admit_prefix``'s closed form ``load = W + t'``, since ``ceil`` is not linear.)
+
+Token convention: the theory's request holds ``s + k`` tokens after ``k`` rounds; in the engine, after
+``k`` steps a sequence has ``num_tokens = s + k`` tokens of which ``s + k - 1`` have KV (the last sampled
+token's KV is computed in the next step). The projection uses ``num_tokens``, i.e. is one token above the
+engine's real need per sequence. A running sequence with ``g`` tokens generated and prediction ``õ`` is
+projected for ``max(õ - g, 1)`` more steps, holding ``num_tokens + t'`` after ``t'`` of them. Hence with
+``õ >= o`` for every request (the oracle, or an over-estimate) every admitted sequence can grow to
+``prompt + output`` without the block manager ever running out, and nothing is preempted (spec P1).
+
+Predictions that under-estimate, or capped predictions (below), can still exhaust KV. The policy then does
+what vLLM V1 does, on the ``on_kv_shortage="preempt"`` default: recompute-preempt the newest running sequence
+until the growing one fits (it re-enters the queue with its generated tokens kept, ``num_preemptions``
+counts it); ``on_kv_shortage="raise"`` raises :class:`KvShortageError` instead.
+
+A prediction whose padded peak ``num_tokens + õ + bs - 1`` exceeds ``M`` could never pass the check and would
+block the queue forever (spec §1(g).10); it is capped at ``M - num_tokens - bs + 1``.
+
+Prefix caching is not used: KV is allocated without block hashes, so the check's accounting is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from gpusched.errors import ConfigError, GpuschedError
+from gpusched.kvcache import BlockManager
+from gpusched.policy import SeqState, StepPlan
+
+from .engine import admit_prefix
+
+__all__ = ["McsfScheduler", "KvShortageError", "PREDICTIONS"]
+
+PREDICTIONS = ("oracle",)
+
+
+class KvShortageError(GpuschedError, RuntimeError):
+    """A running sequence cannot grow (predictions below the truth) and ``on_kv_shortage="raise"``."""
+
+
+@dataclass
+class McsfScheduler:
+    """Memory-Constrained Shortest First (spec §1(c)) for :func:`simulators.serving.simulate`.
+
+    Parameters
+    ----------
+    max_num_batched_tokens : token budget of one step: decodes (one token each) first, then whole prompts
+        of admitted sequences. A prompt larger than the whole budget is admitted only as the step's first
+        prefill (else it would wait forever).
+    prediction : ``"oracle"``: ``seq.predicted_output_tokens``, falling back to the true ``seq.output_tokens``
+        when it is None (the engines do not set it, so this is the oracle prediction the authors' real-data
+        code uses, spec §1(g).11); or a callable ``f(seq) -> int >= 1`` giving the predicted output tokens.
+    fcfs : order waiting sequences by arrival instead of predicted length: MC-Benchmark (spec §1(c)).
+    on_kv_shortage : ``"preempt"`` (recompute-preempt the newest running sequence, vLLM V1 style) or
+        ``"raise"`` (:class:`KvShortageError`), when a running sequence cannot grow.
+    name : reported name.
+
+    No ``stable_decode_runs``: admission depends on a projection that changes every step.
+    """
+
+    max_num_batched_tokens: int = 8192
+    prediction: str | Callable[[SeqState], int] = "oracle"
+    fcfs: bool = False
+    on_kv_shortage: str = "preempt"
+    name: str = "mc-sf"
+
+    def __post_init__(self):
+        if not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens < 1:
+            raise ConfigError(f"McsfScheduler.max_num_batched_tokens = {self.max_num_batched_tokens!r}; it must be "
+                              f"a positive integer")
+        if not callable(self.prediction) and self.prediction not in PREDICTIONS:
+            raise ConfigError(f"McsfScheduler.prediction = {self.prediction!r}; use one of {PREDICTIONS} or a "
+                              f"callable seq -> predicted output tokens")
+        if self.on_kv_shortage not in ("preempt", "raise"):
+            raise ConfigError(f"McsfScheduler.on_kv_shortage = {self.on_kv_shortage!r}; use 'preempt' or 'raise'")
+
+    # -- predictions ------------------------------------------------------------------------------------
+    def predicted_output_tokens(self, seq: SeqState) -> int:
+        """``õ`` of ``seq`` (tokens), before capping."""
+        if callable(self.prediction):
+            p = int(self.prediction(seq))
+        else:
+            p = seq.predicted_output_tokens if seq.predicted_output_tokens is not None else seq.output_tokens
+        if p < 1:
+            raise ConfigError(f"predicted output of request {seq.request_id!r} is {p}; it must be >= 1")
+        return int(p)
+
+    def _remaining(self, seq: SeqState, pad: int, memory: int) -> int:
+        """Predicted steps left (>= 1), capped so that the padded peak fits ``memory`` (spec §1(g).10)."""
+        left = max(self.predicted_output_tokens(seq) - seq.generated_tokens, 1)
+        return max(min(left, memory - seq.num_tokens - pad), 1)
+
+    # -- the step ---------------------------------------------------------------------------------------
+    def schedule(self, waiting, running: list, kv: BlockManager, now_s: float) -> StepPlan:
+        plan = StepPlan()
+        budget = self.max_num_batched_tokens
+        # 1. running sequences continue (whole-prompt admission: each is a decode of one token)
+        i = 0
+        while i < len(running):
+            seq = running[i]
+            n = seq.num_tokens - seq.num_computed_tokens
+            grow = seq.num_computed_tokens + n - kv.tokens_of(seq.index)
+            if grow > 0 and kv.blocks_needed_to_extend(seq.index, grow) > kv.num_free_blocks:
+                if not self._make_room(seq, grow, running, waiting, kv, plan):
+                    break
+            if grow > 0:
+                kv.extend(seq.index, grow)
+            plan.entries.append((seq, n))
+            budget -= n
+            i += 1
+        if plan.preempted or not waiting:
+            return plan
+        # 2. the longest feasible prefix of the waiting queue in predicted-length order
+        bs = kv.block_size_tokens
+        pad = bs - 1
+        memory = kv.num_blocks * bs
+        m = len(running)
+        run_P = np.zeros(m, dtype=np.int64)  # everything is measured from now: P = 0, t' = steps ahead
+        run_S = np.fromiter((s.num_tokens + pad for s in running), dtype=np.int64, count=m)
+        run_E = np.fromiter((self._remaining(s, pad, memory) for s in running), dtype=np.int64, count=m)
+        if self.fcfs:
+            order = sorted(waiting, key=lambda s: (s.arrival_time_s, s.index))
+        else:
+            order = sorted(waiting, key=lambda s: (self.predicted_output_tokens(s), s.index))
+        # cheap necessary condition first (the load after the next step must fit): bounds the candidates
+        free = memory - int((run_S + 1).sum())
+        cands = []
+        prefill = 0
+        for seq in order:
+            n = seq.num_tokens - seq.num_computed_tokens
+            oversized_alone = prefill == 0 and n > self.max_num_batched_tokens
+            if free < seq.num_tokens + pad + 1 or (n > budget - prefill and not oversized_alone):
+                break
+            cands.append(seq)
+            free -= seq.num_tokens + pad + 1
+            prefill += n
+        if not cands:
+            return plan
+        k = admit_prefix(0, run_P, run_S, run_E, [s.num_tokens + pad for s in cands],
+                         [self._remaining(s, pad, memory) for s in cands], memory)
+        admitted = cands[:k]
+        for seq in admitted:
+            waiting.remove(seq)
+            n = seq.num_tokens - seq.num_computed_tokens
+            kv.allocate(seq.index, seq.num_computed_tokens + n)
+            if seq.scheduled_time_s is None:
+                seq.scheduled_time_s = now_s
+            running.append(seq)
+            plan.entries.append((seq, n))
+        return plan
+
+    def _make_room(self, seq: SeqState, grow: int, running: list, waiting, kv: BlockManager,
+                   plan: StepPlan) -> bool:
+        """KV ran short (predictions below the truth): preempt the newest until ``seq`` can grow, or raise.
+        Returns False if ``seq`` itself was preempted."""
+        if self.on_kv_shortage == "raise":
+            raise KvShortageError(
+                f"MC-SF: request {seq.request_id!r} needs {kv.blocks_needed_to_extend(seq.index, grow)} more KV "
+                f"blocks, {kv.num_free_blocks} free of {kv.num_blocks}: an output prediction was below the truth "
+                f"(generated {seq.generated_tokens}, predicted {self.predicted_output_tokens(seq)}); use "
+                f"on_kv_shortage='preempt' or over-estimating predictions")
+        while kv.blocks_needed_to_extend(seq.index, grow) > kv.num_free_blocks:
+            victim = running.pop()
+            kv.free(victim.index)
+            victim.num_computed_tokens = 0  # recompute on resume; generated tokens are kept
+            victim.num_preemptions += 1
+            waiting.appendleft(victim)
+            plan.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
