@@ -41,7 +41,9 @@ class InstanceConfig:
     step_model : the step-time model of this instance's model, GPU kind and TP degree.
     num_kv_blocks : KV capacity in blocks (from :func:`gpusched.kvcache.kv_capacity`, or an engine's
         measured block count when replaying a real run).
-    scheduler : a registered scheduler name or a :class:`~gpusched.policy.BatchScheduler` object.
+    scheduler : a registered scheduler name (a fresh scheduler per instance and run) or a
+        :class:`~gpusched.policy.BatchScheduler` object, used as given: give each instance its own if
+        the scheduler keeps state.
     scheduler_knobs : keyword arguments for a scheduler given by name.
     role : ``colocated``, or ``prefill``/``decode`` in a disaggregated cluster.
     kv_bytes_per_token : KV bytes of one token (all layers); required on prefill instances.
