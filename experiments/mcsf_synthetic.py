@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     ap.add_argument("--instances", type=int, default=None)
     ap.add_argument("--time-limit", type=float, default=None)
     a = ap.parse_args(argv)
-    df = run(a.out, quick=a.quick, seed=a.seed, n_instances=a.instances, time_limit_s=a.time_limit)
+    run(a.out, quick=a.quick, seed=a.seed, n_instances=a.instances, time_limit_s=a.time_limit)
     print((Path(a.out) / "summary.md").read_text())
 
 

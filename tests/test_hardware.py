@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from gpusched.errors import ConfigError, UnknownNameError
-from gpusched.hardware import GPUS, GpuSpec, LinkSpec, get_gpu, list_gpus
+from gpusched.hardware import GPUS, LinkSpec, get_gpu, list_gpus
 
 REQUIRED = ["A100-40GB", "A100-80GB", "H100-80GB", "H200", "L4", "T4", "A10G", "V100-16GB", "RTX-4090",
             "RTX-PRO-6000", "L40S", "A6000", "RTX-3090"]

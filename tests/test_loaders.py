@@ -5,7 +5,6 @@ computed with pandas by the people who collected the files).
 """
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
