@@ -192,7 +192,8 @@ class InstanceEngine:
 
     def _compute_time_s(self, plan: StepPlan) -> float:
         if self._decode_time is not None and plan.entries and all(
-                n == 1 and s.generated_tokens > 0 for s, n in plan.entries):
+                n == 1 and s.generated_tokens > 0 and s.num_computed_tokens == s.num_tokens - 1
+                for s, n in plan.entries):
             # decode-only: priced exactly as a fast-mode run prices it, so both modes agree to the bit
             return self._decode_time(len(plan.entries), sum(s.num_computed_tokens for s, _ in plan.entries))
         prefill_lens, prefill_cached, decode_contexts = [], [], []
