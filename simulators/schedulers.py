@@ -65,9 +65,13 @@ def _grow_or_preempt(seq: SeqState, n: int, running: list, waiting: deque, kv: B
 
 
 def _admit(seq: SeqState, n_new: int, kv: BlockManager, running: list, plan: StepPlan, now_s: float,
-           hit_tokens: int) -> None:
-    """Move ``seq`` from the head of the queue into ``running`` with ``n_new`` tokens scheduled."""
-    tokens = hit_tokens + n_new
+           hit_tokens: int, reserve_tokens: int = 0) -> None:
+    """Move ``seq`` from the head of the queue into ``running`` with ``n_new`` tokens scheduled.
+
+    KV is allocated for the ``hit_tokens + n_new`` tokens it will hold, or ``reserve_tokens`` if more
+    (a scheduler that reserves the whole prompt at admission).
+    """
+    tokens = max(hit_tokens + n_new, reserve_tokens)
     kv.allocate(seq.index, tokens, _full_block_hashes(seq, kv, tokens))
     if seq.swapped:  # its KV comes back from host memory in this step
         plan.swap_tokens += hit_tokens
@@ -256,18 +260,11 @@ class SarathiScheduler:
         while waiting and budget > 0 and len(running) < self.max_num_seqs:
             seq = waiting[0]
             hit = _prefix_hit_tokens(seq, kv, self.enable_prefix_caching)
-            hashes = _full_block_hashes(seq, kv, seq.num_tokens)
-            if not kv.can_allocate(seq.num_tokens, hashes):
+            if not kv.can_allocate(seq.num_tokens, _full_block_hashes(seq, kv, seq.num_tokens)):
                 break
             waiting.popleft()
             n = min(seq.num_tokens - hit, budget)
-            kv.allocate(seq.index, seq.num_tokens, hashes)
-            seq.num_computed_tokens = hit
-            seq.cached_tokens = hit
-            if seq.scheduled_time_s is None:
-                seq.scheduled_time_s = now_s
-            running.append(seq)
-            plan.entries.append((seq, n))
+            _admit(seq, n, kv, running, plan, now_s, hit, reserve_tokens=seq.num_tokens)
             budget -= n
         return plan
 
