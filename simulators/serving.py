@@ -113,8 +113,6 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_roles(instances)
     _check_servable(trace, instances)
-    if hash_own_blocks is None:
-        hash_own_blocks = any(getattr(cfg.build_scheduler(), "enable_prefix_caching", False) for cfg in instances)
     run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode == "fast", hash_own_blocks)
     run.env.process(run.arrivals(progress))
@@ -126,7 +124,7 @@ class _ServingRun:
     """The SimPy world of one :func:`simulate` call: engines, routing, sessions and hand-offs."""
 
     def __init__(self, trace, instances, router, decode_router, link, seed, record_timeline, check_invariants,
-                 fast, hash_own_blocks=False):
+                 fast, hash_own_blocks=None):
         self.env = env = simpy.Environment()
         self.router = make_router(router, seed=seed) if isinstance(router, str) else router
         self.decode_router = (make_router(decode_router, seed=seed) if isinstance(decode_router, str)
@@ -147,6 +145,8 @@ class _ServingRun:
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
+        if hash_own_blocks is None:
+            hash_own_blocks = any(getattr(e.scheduler, "enable_prefix_caching", False) for e in self.engines)
         self.seqs, self.next_round = _sequences(trace, block.pop(), hash_own_blocks)
 
     def arrivals(self, progress: bool):
