@@ -208,17 +208,20 @@ def test_unservable_request_is_refused():
         Instance.from_requests([(0, 1, 2.5)], 10)
 
 
-def test_admit_prefix_matches_naive_check():
-    rng = np.random.default_rng(9)
-    for _ in range(300):
-        M = int(rng.integers(10, 30))
+@pytest.mark.parametrize("n_cand, cases", [(4, 300), (25, 60)])
+def test_admit_prefix_matches_naive_check(n_cand, cases):
+    # The naive check evaluates the spec's load at every t' for every prefix, adding candidates one at a
+    # time as the paper does; admit_prefix bisects over completion points, so the answers must agree.
+    rng = np.random.default_rng(9 + n_cand)
+    for _ in range(cases):
+        M = int(rng.integers(10, 30 + 4 * n_cand))
         t = int(rng.integers(0, 5))
         k = int(rng.integers(0, 4))
         rS = rng.integers(0, 3, size=k)
         rP = t - rng.integers(1, 4, size=k)
         rE = rP + rng.integers(1, 8, size=k)
-        cS = rng.integers(0, 3, size=4)
-        cK = rng.integers(1, 8, size=4)
+        cS = rng.integers(0, 3, size=n_cand)
+        cK = rng.integers(1, 8, size=n_cand)
         got = admit_prefix(t, rP, rS, rE, cS.tolist(), cK.tolist(), M)
 
         def load(tp, m):  # spec §1(c) formula at every t' (not only completion points)
@@ -226,7 +229,7 @@ def test_admit_prefix_matches_naive_check():
             return x + sum(cS[i] + tp - t for i in range(m) if cK[i] >= tp - t)
 
         want = 0
-        for m in range(1, 5):
+        for m in range(1, n_cand + 1):
             horizon = t + int(cK[:m].max())  # spec: t' in t+1 .. t_max(U) = t + max over U of õ_i
             if all(load(tp, m) <= M for tp in range(t + 1, horizon + 1)):
                 want = m

@@ -40,7 +40,13 @@ def admit_prefix(now_it: int, run_P: np.ndarray, run_S: np.ndarray, run_E: np.nd
     Running request ``j`` projects ``run_S[j] + t' - run_P[j]`` tokens at every ``t' <= run_E[j]`` (its
     predicted last iteration); candidate ``i`` started now projects ``cand_S[i] + t' - now_it`` for
     ``t' <= now_it + cand_K[i]``. The projected load is piecewise increasing and drops only after a
-    completion, so it is checked at completion points only (spec §1(c)). Cost per candidate: O(points).
+    completion, so it is checked at completion points only (spec §1(c)), up to the last candidate's end.
+
+    The paper adds candidates one at a time and stops at the first that fails. Adding a candidate only
+    raises the load, so feasibility is monotone in the prefix length and the first failure is found by
+    bisecting over the prefix length, below a bound read off the load at ``t + 1``: O(log m) vectorised
+    checks of O(n) each after one sort (n = running + candidates), instead of m checks -- the same
+    answer, far fewer numpy calls.
 
     Args:
         now_it: the iteration counter ``t`` at which the candidates would start.
@@ -48,49 +54,43 @@ def admit_prefix(now_it: int, run_P: np.ndarray, run_S: np.ndarray, run_E: np.nd
         cand_S, cand_K: candidate prompt tokens and predicted iteration counts, in priority order.
         memory: ``M`` in tokens.
     """
-    live = run_E > now_it  # a running request past its predicted end projects nothing (spec's indicator)
-    E = run_E[live]
-    W = (run_S - run_P)[live]  # projected tokens at t' = W + t'
-    if E.size:
-        order = np.argsort(E, kind="stable")
-        E = E[order]
-        W = W[order]
-        suf_w = np.cumsum(W[::-1])[::-1]
-        first = np.searchsorted(E, E, side="left")  # all j with E_j >= E[first] are still projected there
-        pts = E.astype(np.int64)
-        loads = suf_w[first] + pts * (E.size - first)
-    else:
-        pts = np.zeros(0, dtype=np.int64)
-        loads = np.zeros(0, dtype=np.int64)
-    cap = E.size + len(cand_S) if hasattr(cand_S, "__len__") else E.size + 1024
-    mE = np.empty(cap, dtype=np.int64)
-    mW = np.empty(cap, dtype=np.int64)
-    mE[: E.size] = E
-    mW[: E.size] = W
-    cnt = E.size
-    accepted = 0
-    for s, k in zip(cand_S, cand_K):
-        e = now_it + int(k)
-        mask = pts <= e
-        if mask.any() and (loads[mask] + (s - now_it) + pts[mask]).max() > memory:
-            break
-        # load of the members at the candidate's own completion point
-        sel = mE[:cnt] >= e
-        le = int(mW[:cnt][sel].sum()) + e * int(sel.sum())
-        if le + s + k > memory:
-            break
-        loads = loads + np.where(mask, (s - now_it) + pts, 0)
-        pts = np.append(pts, e)
-        loads = np.append(loads, le + s + k)
-        if cnt == cap:
-            mE = np.concatenate([mE, np.empty(cap, dtype=np.int64)])
-            mW = np.concatenate([mW, np.empty(cap, dtype=np.int64)])
-            cap *= 2
-        mE[cnt] = e
-        mW[cnt] = s - now_it
-        cnt += 1
-        accepted += 1
-    return accepted
+    live = np.asarray(run_E) > now_it  # a running request past its predicted end projects nothing
+    run_end = np.asarray(run_E, dtype=np.int64)[live]
+    run_w = (np.asarray(run_S, dtype=np.int64) - np.asarray(run_P, dtype=np.int64))[live]  # load = w + t'
+    cand_end = now_it + np.asarray(cand_K, dtype=np.int64)
+    cand_w = np.asarray(cand_S, dtype=np.int64) - now_it
+
+    # One sort of every member by completion point serves all prefix checks: a prefix only masks members.
+    end = np.concatenate([run_end, cand_end])
+    w = np.concatenate([run_w, cand_w])
+    rank = np.concatenate([np.full(run_end.size, -1), np.arange(cand_end.size)])  # -1: running
+    order = np.argsort(end, kind="stable")
+    end, w, rank = end[order], w[order], rank[order]
+    first = np.searchsorted(end, end, side="left")  # members from here on end at or after this point
+
+    def fits(m: int) -> bool:
+        """Whether the running requests plus the first ``m`` candidates fit at every completion point."""
+        member = rank < m
+        still_w = np.cumsum(np.where(member, w, 0)[::-1])[::-1]  # sum of w over members ending >= point
+        still_n = np.cumsum(member[::-1])[::-1]
+        load = still_w[first] + end * still_n[first]
+        # Only t' up to the last candidate's end are checked (spec: t' <= t_max(U)); later points carry
+        # running requests alone, which the candidates cannot change.
+        return bool(load[member & (end <= cand_end[:m].max())].max() <= memory)
+
+    # Upper bound: every member holds its load at t+1 until its completion point, where the load is at
+    # least as high, so a prefix that overflows at t+1 cannot fit.
+    room = memory - (int(run_w.sum()) + (now_it + 1) * run_w.size)
+    good, bad = 0, int(np.searchsorted(np.cumsum(cand_w + now_it + 1), room, side="right")) + 1
+    if bad > 1 and fits(bad - 1):
+        return bad - 1
+    while bad - good > 1:  # invariant: fits(good) (or good == 0), not fits(bad) (or bad past the bound)
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 @dataclass
