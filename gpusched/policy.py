@@ -1,11 +1,13 @@
 """The contracts between serving engines (``simulators``) and online policies (``formulations``).
 
-An engine owns time, KV blocks and token accounting; a policy only decides. Three decisions exist:
+An engine owns time, KV blocks and token accounting; a policy only decides. Four decisions exist:
 
 - :class:`BatchScheduler` — which waiting/running sequences of one instance run in the next step, and
   how many new tokens each computes (prefill chunk or one decode token); it may preempt.
 - :class:`Router` — which instance an arriving request goes to.
 - :class:`AdmissionGate` — whether an arriving request is admitted at all (rejections are reported).
+- :class:`PipelineRouter` — in a layer-partitioned (pipelined) cluster, the chain of nodes and layer ranges
+  a request travels (Helix); it speaks :class:`PipelineStage` and :class:`PipelineNodeView`.
 
 Both sides speak :class:`SeqState` (one request's progress inside an instance) and :class:`StepPlan`
 (one step's schedule). Engines call the scheduler with a live :class:`~gpusched.kvcache.BlockManager`
@@ -18,7 +20,7 @@ Token accounting follows vLLM V1: ``num_tokens = prompt_tokens + generated_token
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Hashable, Mapping, Protocol, Sequence, runtime_checkable
 
 from gpusched.kvcache import BlockManager
 
@@ -150,3 +152,60 @@ class AdmissionGate(Protocol):
     name: str
 
     def admit(self, request: SeqState, instances: Sequence[InstanceView], now_s: float) -> tuple[bool, str]: ...
+
+
+# ------------------------------------------------------------------ pipelined serving (Helix-style)
+@dataclass(frozen=True)
+class PipelineStage:
+    """One hop of a request's pipeline: ``node`` computes layers ``[start_layer, end_layer)`` (end exclusive).
+
+    A request's pipeline is a list of stages whose layer ranges chain from 0 to ``L``
+    (``stages[k].end_layer == stages[k + 1].start_layer``); all its decode steps reuse it, because its KV
+    cache lives on those nodes.
+    """
+
+    node: Hashable
+    start_layer: int
+    end_layer: int
+
+    @property
+    def num_layers(self) -> int:
+        return self.end_layer - self.start_layer
+
+
+@dataclass(frozen=True)
+class PipelineNodeView:
+    """What a pipeline router may see of one compute node when it routes a request.
+
+    ``queued_tokens``: tokens waiting in the node's queue (prompt tokens, 1 per decode step);
+    ``active_requests``: unfinished requests whose pipeline includes the node; KV in token-layer slots.
+    """
+
+    node: Hashable
+    start_layer: int
+    end_layer: int
+    queued_tokens: int
+    active_requests: int
+    kv_used_slots: int
+    kv_capacity_slots: int
+
+
+@runtime_checkable
+class PipelineRouter(Protocol):
+    """Chooses each request's per-request pipeline in a pipelined (layer-partitioned) cluster.
+
+    The engine calls ``route`` when a request is to be admitted (arrival, or a retry after a rejection); a
+    ``None`` answer means "not now": the engine keeps the request waiting and retries after a request
+    finishes. It calls ``on_decode`` when a decode step of a routed request leaves the coordinator (routers
+    that balance load per token, like Helix's IWRR, charge the path), and ``release`` exactly once per
+    routed request, when its KV is freed (it finished, or the engine could not place it after routing).
+    """
+
+    name: str
+
+    def route(self, request: SeqState, nodes: Mapping[Hashable, PipelineNodeView],
+              now_s: float) -> Sequence[PipelineStage] | None: ...
+
+    def on_decode(self, request: SeqState, now_s: float) -> None: ...
+
+    def release(self, request: SeqState, now_s: float) -> None: ...

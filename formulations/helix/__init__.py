@@ -8,3 +8,5 @@ from .heuristics import (chain_placement, heuristic_placement, heuristic_result,
                          swarm_placement)
 from .arcflow import links_never_bind, solve_placement_arcflow
 from .iwrr import InterleavedWeightedRoundRobin, KVExpectation, PipelineScheduler
+from .routing import (ROUTERS, HelixRouter, RandomRouter, ShortestQueueRouter, SwarmRouter, routing_graph,
+                      stages_from_path)
