@@ -100,6 +100,24 @@ def test_ip_matches_brute_force_on_tiny_instances():
         assert mc_benchmark(inst).check() >= opt
 
 
+def test_aggregated_ip_equals_binary_ip_and_brute_force():
+    # Instances drawn with many identical requests, where the class-aggregated model differs most from the
+    # spec's binary one; both must reach the brute-force optimum, with both backends.
+    rng = np.random.default_rng(17)
+    for _ in range(12):
+        M = int(rng.integers(5, 9))
+        kinds = [(int(rng.integers(0, 2)), 1, int(rng.integers(1, 4))) for _ in range(2)]
+        reqs = [kinds[int(rng.integers(0, 2))] for _ in range(int(rng.integers(3, 5)))]
+        opt, _ = brute_force_optimum(reqs, M)
+        inst = Instance.from_requests(reqs, M)
+        for aggregate in (True, False):
+            for backend in ("highspy", "pulp"):
+                res = hindsight_optimal(inst, time_limit_s=10, warm_start=None, backend=backend,
+                                        aggregate_identical=aggregate)
+                assert res.objective == opt, (reqs, M, aggregate, backend)  # brute force
+                assert _feasible(reqs, M, res.schedule.start)
+
+
 def test_checker_agrees_with_independent_check():
     rng = np.random.default_rng(3)
     for _ in range(200):

@@ -32,7 +32,7 @@ from gpusched.errors import ConfigError, InfeasibleError, SolverError, SolverTim
 from .model import Instance, Schedule, check_schedule
 from .online import mcsf
 
-__all__ = ["HindsightResult", "hindsight_optimal", "build_hindsight_arrays"]
+__all__ = ["HindsightResult", "hindsight_optimal", "build_hindsight_arrays", "identical_classes"]
 
 
 @dataclass
@@ -71,17 +71,40 @@ class HindsightResult:
         return self.status == "optimal"
 
 
-def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None):
+def identical_classes(instance: Instance) -> tuple[np.ndarray, np.ndarray]:
+    """Classes of requests with the same ``(a, s, o)``: ``(first member of each class, class of each request)``.
+
+    Classes are numbered in order of their first member, so the numbering is deterministic.
+    """
+    key = {}
+    cls = np.empty(instance.n, dtype=np.int64)
+    for i, k in enumerate(zip(instance.arrival, instance.prompt, instance.output)):
+        cls[i] = key.setdefault(k, len(key))
+    first = np.unique(cls, return_index=True)[1]
+    return first, cls
+
+
+def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, aggregate: bool = False):
     """The IP as arrays: columns ``(i, k)``, costs ``k``, CSC memory matrix, row bounds.
 
-    Returns ``(col_req, col_start, cost, mem_indptr, mem_rows, mem_vals, rows_kept, offset)`` where memory
-    row ``r`` of the CSC matrix is round ``rows_kept[r]`` and ``offset = sum_i (o_i - a_i)`` is the constant
-    of (1).
+    With ``aggregate``, ``i`` ranges over classes of identical requests (:func:`identical_classes`) and the
+    column is the *number* of the class's requests that start at ``k`` (integer, at most the class size).
+
+    Returns ``(col_req, col_start, cost, mem_indptr, mem_rows, mem_vals, rows_kept, offset, count)`` where
+    memory row ``r`` of the CSC matrix is round ``rows_kept[r]``, ``offset = sum_i (o_i - a_i)`` is the
+    constant of (1) and ``count[i]`` is the right-hand side of (2) for row ``i`` (all ones without
+    ``aggregate``).
     """
-    a = np.asarray(instance.arrival, dtype=np.int64)
-    s = np.asarray(instance.prompt, dtype=np.int64)
-    o = np.asarray(instance.output, dtype=np.int64)
-    n = instance.n
+    offset = int((np.asarray(instance.output, dtype=np.int64) - np.asarray(instance.arrival, dtype=np.int64)).sum())
+    if aggregate:
+        first, cls = identical_classes(instance)
+        count = np.bincount(cls)
+    else:
+        first, count = np.arange(instance.n), np.ones(instance.n, dtype=np.int64)
+    a = np.asarray(instance.arrival, dtype=np.int64)[first]
+    s = np.asarray(instance.prompt, dtype=np.int64)[first]
+    o = np.asarray(instance.output, dtype=np.int64)[first]
+    n = first.size
     T = instance.serial_horizon()
     last = T - o  # spec horizon: start <= T (we also need completion <= T for a serial schedule to exist)
     if upper_bound is not None:
@@ -105,7 +128,7 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None):
     cap = np.zeros(Tmax + 2, dtype=np.int64)
     for i in range(n):
         ts = np.arange(a[i] + 1, last[i] + o[i] + 1)
-        cap[ts] += s[i] + np.minimum(o[i], ts - a[i])
+        cap[ts] += count[i] * (s[i] + np.minimum(o[i], ts - a[i]))
     binding = cap > instance.memory
     rows_kept = np.flatnonzero(binding)
     remap = np.full(Tmax + 2, -1, dtype=np.int64)
@@ -115,27 +138,29 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None):
     # recompute the column pointers after dropping entries
     counts = np.bincount(np.repeat(np.arange(col_req.size), nnz_per)[keep], minlength=col_req.size)
     mem_indptr = np.concatenate([[0], np.cumsum(counts)])
-    offset = int((o - a).sum())
-    return col_req, col_start, col_start.astype(float), mem_indptr, r[keep], vals[keep].astype(float), rows_kept, offset
+    return (col_req, col_start, col_start.astype(float), mem_indptr, r[keep], vals[keep].astype(float), rows_kept,
+            offset, count)
 
 
-def _schedule_from_x(instance: Instance, col_req, col_start, x) -> tuple[int, ...]:
+def _schedule_from_x(instance: Instance, col_req, col_start, x, members) -> tuple[int, ...]:
+    """Start of every request from the column values; ``members[i]``: the requests of row ``i`` of (2)."""
     start = [-1] * instance.n
-    best = [-1.0] * instance.n
-    for j in np.flatnonzero(x > 0.5):
-        i = int(col_req[j])
-        if x[j] > best[i]:
-            best[i], start[i] = float(x[j]), int(col_start[j])
-    if min(start, default=0) < 0:
-        raise SolverError("the solver's solution leaves a request without a start; report this instance")
+    for i, reqs in enumerate(members):
+        cols = np.flatnonzero(col_req == i)
+        starts = np.repeat(col_start[cols], np.rint(x[cols]).astype(np.int64).clip(min=0))
+        if starts.size != len(reqs):
+            raise SolverError(f"the solver's solution starts {starts.size} of the {len(reqs)} identical requests "
+                              f"{list(reqs)}; report this instance")
+        for j, k in zip(reqs, starts):  # identical requests: any assignment of the starts is the same schedule
+            start[j] = int(k)
     return tuple(start)
 
 
-def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm):
+def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows):
     import highspy
 
-    col_req, col_start, cost, mp, mr, mv, rows_kept, offset = arrays
-    n = instance.n
+    col_req, col_start, cost, mp, mr, mv, rows_kept, offset, count = arrays
+    n = count.size
     ncol = col_req.size
     nmem = rows_kept.size
     # one-start rows (2) appended below the memory rows: column j has one entry in row nmem + col_req[j]
@@ -153,9 +178,9 @@ def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm):
     lp.num_row_ = nmem + n
     lp.col_cost_ = cost
     lp.col_lower_ = np.zeros(ncol)
-    lp.col_upper_ = np.ones(ncol)
-    lp.row_lower_ = np.concatenate([np.full(nmem, -highspy.kHighsInf), np.ones(n)])
-    lp.row_upper_ = np.concatenate([np.full(nmem, float(instance.memory)), np.ones(n)])
+    lp.col_upper_ = count[col_req].astype(float)
+    lp.row_lower_ = np.concatenate([np.full(nmem, -highspy.kHighsInf), count.astype(float)])
+    lp.row_upper_ = np.concatenate([np.full(nmem, float(instance.memory)), count.astype(float)])
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
     lp.a_matrix_.start_ = indptr.astype(np.int32)
     lp.a_matrix_.index_ = idx
@@ -175,9 +200,10 @@ def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm):
     x0 = None
     if warm is not None:
         x0 = np.zeros(ncol)
-        # column of (i, p_i): columns of request i are contiguous, starting at a_i
+        # column of (row i, start p): columns of row i are contiguous, starting at i's arrival
         first = np.concatenate([[0], np.cumsum(np.bincount(col_req, minlength=n))[:-1]])
-        x0[first + (np.asarray(warm.start) - np.asarray(instance.arrival))] = 1.0
+        row_of = np.asarray(warm_rows)
+        np.add.at(x0, first[row_of] + (np.asarray(warm.start) - np.asarray(instance.arrival)), 1.0)
         h.setSolution(ncol, np.arange(ncol, dtype=np.int32), x0)
     t0 = time.perf_counter()
     h.run()
@@ -211,16 +237,17 @@ def _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm):
 
     from gpusched.solve import solve
 
-    col_req, col_start, cost, mp, mr, mv, rows_kept, offset = arrays
+    col_req, col_start, cost, mp, mr, mv, rows_kept, offset, count = arrays
     ncol = col_req.size
     prob = pulp.LpProblem("mcsf_hindsight", pulp.LpMinimize)
-    xs = [prob.add_variable(f"x_{int(col_req[j])}_{int(col_start[j])}", cat="Binary") for j in range(ncol)]
+    xs = [prob.add_variable(f"x_{int(col_req[j])}_{int(col_start[j])}", lowBound=0,
+                            upBound=int(count[col_req[j]]), cat="Integer") for j in range(ncol)]
     prob += pulp.LpAffineExpression(zip(xs, cost.tolist()), constant=float(offset))
     by_req: dict[int, list] = {}
     for j in range(ncol):
         by_req.setdefault(int(col_req[j]), []).append(xs[j])
     for i, v in by_req.items():
-        prob += pulp.lpSum(v) == 1, f"one_start_{i}"
+        prob += pulp.lpSum(v) == int(count[i]), f"one_start_{i}"
     rows: list[list] = [[] for _ in range(rows_kept.size)]
     for j in range(ncol):
         for q in range(mp[j], mp[j + 1]):
@@ -239,8 +266,16 @@ def _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm):
 
 def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: str = "highs",
                       backend: str = "highspy", threads: int | None = None, warm_start: Schedule | None | str = "mcsf",
-                      msg: bool = False) -> HindsightResult:
+                      msg: bool = False, aggregate_identical: bool = True) -> HindsightResult:
     """Solve the hindsight IP (1)-(4) for ``instance``; the minimum total end-to-end latency.
+
+    ``aggregate_identical`` (default on) solves an exact reformulation: requests with the same
+    ``(a_i, s_i, o_i)`` are interchangeable, so their binaries ``x[i,k]`` are replaced by one integer
+    ``y[c,k] = sum_{i in c} x[i,k]`` per class ``c`` with ``sum_k y[c,k] = |c|``. Every schedule maps to a
+    ``y`` with the same objective and memory use and back, so the optimum is the same; the model loses the
+    permutation symmetry that makes the branch-and-bound re-prove the same subtrees (the synthetic
+    instances draw 40-60 outputs from 30-50 values, so many requests coincide). ``False`` builds the
+    spec's binary model as written.
 
     Args:
         instance: the requests (true output lengths are used: full information).
@@ -251,6 +286,7 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
         warm_start: a feasible schedule to tighten the horizon and seed the search, ``"mcsf"`` (default:
             MC-SF's schedule) or ``None`` (spec horizon ``T = max a + sum o``, no seed).
         msg: print the solver log.
+        aggregate_identical: solve the class-aggregated model (see above).
     """
     if solver != "highs":
         raise ConfigError(f"solver {solver!r} is not supported here; use 'highs'")
@@ -265,16 +301,18 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     ub = None
     if warm is not None:
         ub = check_schedule(instance, warm.start)
-    arrays = build_hindsight_arrays(instance, ub)
+    arrays = build_hindsight_arrays(instance, ub, aggregate=aggregate_identical)
+    rows = identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
+    members = [np.flatnonzero(rows == i) for i in range(arrays[8].size)]
     build_s = time.perf_counter() - t0
     col_req, col_start = arrays[0], arrays[1]
     if backend == "highspy":
-        x, term, bound, elapsed = _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm)
+        x, term, bound, elapsed = _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, rows)
     else:
         t1 = time.perf_counter()
         x, term, bound, elapsed = _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm)
         elapsed = time.perf_counter() - t1  # PuLP's model building happens here too
-    start = _schedule_from_x(instance, col_req, col_start, x)
+    start = _schedule_from_x(instance, col_req, col_start, x, members)
     obj = check_schedule(instance, start)
     if warm is not None and ub is not None and ub < obj:  # never return worse than the incumbent
         start, obj = tuple(warm.start), ub
@@ -285,5 +323,5 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     bound_eff = float(obj) if status == "optimal" and not math.isfinite(bound) else bound
     gap = 0.0 if status == "optimal" else (obj - bound) / max(obj, 1)
     return HindsightResult(Schedule(instance, start, "hindsight"), int(obj), status, bound_eff, float(gap),
-                           float(elapsed), float(build_s), term, int(col_req.size), int(arrays[6].size + instance.n),
+                           float(elapsed), float(build_s), term, int(col_req.size), int(arrays[6].size + arrays[8].size),
                            int(arrays[3][-1] + col_req.size), ub, backend)
