@@ -136,7 +136,8 @@ def test_experiment_quick(tmp_path):
     from experiments.mcsf_simulator import run as run_experiment
 
     df = run_experiment(out_dir=tmp_path, quick=True)
-    assert set(df["scheduler"]) == {"mc-sf", "vllm-v1"}
+    assert set(df["scheduler"]) == {"mc-sf", "mc-benchmark", "vllm-v1", "vllm-v1-8k"}
+    assert set(df["regime"]) == {"h100-kv", "paper-M"}
     assert (df["finished"] == df["requests"]).all()
     assert (tmp_path / "mcsf_simulator.csv").exists() and (tmp_path / "mcsf_simulator.png").exists()
     assert (tmp_path / "mcsf_simulator.md").exists()
