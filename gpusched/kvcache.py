@@ -173,7 +173,8 @@ class BlockManager:
 
     ``num_used_blocks + num_free_blocks == num_blocks`` always, where ``num_free_blocks`` counts free plus
     cached (evictable) blocks. Every call is O(1) except those that take a ``block_hashes`` list, which
-    are O(len(block_hashes)), and eviction, O(blocks evicted).
+    are O(len(block_hashes)) (mostly C-level dict/set operations), :meth:`extend_each`, O(sequences), and
+    eviction, O(blocks evicted), done in one pass per call however many blocks the call fills.
 
     Prefix sharing: ``allocate(..., block_hashes=hs)`` gives one hash per *full* block of the prompt, in
     order (hashes are expected to be chained, i.e. each identifies its whole prefix, as in vLLM and the
@@ -306,23 +307,28 @@ class BlockManager:
                 f"KV cache overflow: allocating seq {seq_id!r} ({num_tokens} tokens) needs {need} blocks, "
                 f"{free} free of {self.num_blocks}; wait for sequences to finish, preempt one, or add capacity")
         ref, lru = self._ref, self._lru
-        new = []
-        for h in hashes:  # pin resident blocks first so that making room cannot evict them
-            if h in ref:
-                ref[h] += 1
-            elif h in lru:
-                del lru[h]
-                ref[h] = 1
-            else:
-                new.append(h)
-        for h in new:
-            if h in ref:  # a hash repeated within this prompt
-                ref[h] += 1
-            else:
-                self._make_room(1)
-                ref[h] = 1
+        if ref.keys().isdisjoint(hashes) and lru.keys().isdisjoint(hashes):
+            new = hashes  # nothing resident (the common case): no per-hash pinning
+        else:
+            new = []
+            for h in hashes:  # pin resident blocks first so that making room cannot evict them
+                if h in ref:
+                    ref[h] += 1
+                elif h in lru:
+                    del lru[h]
+                    ref[h] = 1
+                else:
+                    new.append(h)
         private = total - len(hashes)
-        self._make_room(private)
+        # One eviction for all fresh blocks: evicting the oldest cached blocks one new block at a time
+        # (as blocks are filled) removes the same blocks, since nothing joins the LRU meanwhile.
+        fresh = dict.fromkeys(new, 1)
+        self._make_room(len(fresh) + private)
+        if len(fresh) == len(new):
+            ref.update(fresh)
+        else:  # a hash repeated within this prompt shares one block
+            for h in new:
+                ref[h] = ref.get(h, 0) + 1
         self._private += private
         self._seqs[seq_id] = [num_tokens, private, hashes, len(hashes)]
         bs = self.block_size_tokens
@@ -332,16 +338,46 @@ class BlockManager:
 
     def _make_room(self, n: int) -> None:
         """Ensure ``n`` empty blocks exist by evicting the oldest cached blocks (caller checked capacity)."""
-        empty = self.num_blocks - self._private - len(self._ref) - len(self._lru)
         lru = self._lru
-        while empty < n:
-            lru.popitem(last=False)
-            empty += 1
+        evict = n - (self.num_blocks - self._private - len(self._ref) - len(lru))
+        if evict >= len(lru):
+            lru.clear()
+        elif evict > 0:
+            pop = lru.popitem
+            for _ in range(evict):
+                pop(False)
 
     def blocks_needed_to_extend(self, seq_id, n: int = 1) -> int:
         """New blocks :meth:`extend` by ``n`` tokens would take."""
         rec = self._get(seq_id)
         return max(0, -(-(rec[0] + n) // self.block_size_tokens) - rec[1] - rec[3])
+
+    def grow_to(self, seq_id, num_tokens: int) -> bool:
+        """Make the sequence hold at least ``num_tokens`` tokens if the blocks that takes are free.
+
+        Returns False, changing nothing, when they are not; this is :meth:`extend` by the missing
+        tokens guarded by :meth:`blocks_needed_to_extend` ``<=`` :attr:`num_free_blocks`, in one call
+        (schedulers call it for every running sequence at every step).
+        """
+        try:
+            rec = self._seqs[seq_id]
+        except KeyError:
+            self._get(seq_id)
+            raise
+        if num_tokens <= rec[0]:
+            return True
+        need = -(-num_tokens // self.block_size_tokens) - rec[1] - rec[3]
+        if need > 0:
+            lru = self._lru
+            empty = self.num_blocks - self._private - len(self._ref) - len(lru)
+            if need > empty:
+                if need > empty + len(lru):
+                    return False
+                self._make_room(need)
+            self._private += need
+            rec[1] += need
+        rec[0] = num_tokens
+        return True
 
     def extend(self, seq_id, num_new_tokens: int = 1) -> None:
         """Grow a sequence by ``num_new_tokens``; takes a block only when crossing a block boundary.
@@ -370,6 +406,41 @@ class BlockManager:
             rec[1] += need
         rec[0] = t
 
+    def extend_each(self, seq_ids, num_new_tokens: int) -> None:
+        """:meth:`extend` every sequence of ``seq_ids`` by ``num_new_tokens``, in one call.
+
+        The same blocks end up taken and evicted as by one :meth:`extend` per sequence (eviction takes
+        the oldest cached blocks and nothing joins the cache in between). Raises KVCacheOverflowError,
+        changing nothing, if the new blocks are not free together.
+        """
+        if num_new_tokens < 0:
+            raise ConfigError(f"BlockManager: num_new_tokens must be >= 0, got {num_new_tokens!r}")
+        seqs, bs = self._seqs, self.block_size_tokens
+        recs = [seqs[i] if i in seqs else self._get(i) for i in seq_ids]
+        free = self.num_free_blocks
+        if len(recs) * -(-num_new_tokens // bs) > free:  # may not fit (a record grows by at most that): check
+            need = sum(max(0, -(-(rec[0] + num_new_tokens) // bs) - rec[1] - rec[3]) for rec in recs)
+            if need > free:
+                raise KVCacheOverflowError(
+                    f"KV cache overflow: extending {len(recs)} sequences by {num_new_tokens} tokens needs {need} "
+                    f"blocks, {free} free of {self.num_blocks}; preempt a sequence or add capacity")
+        need = 0
+        for rec in recs:
+            t = rec[0] + num_new_tokens
+            k = -(-t // bs) - rec[1] - rec[3]
+            if k > 0:
+                rec[1] += k
+                need += k
+            rec[0] = t
+        if need:
+            self._make_room(need)
+            self._private += need
+
+    def free_slots_of(self, seq_id) -> int:
+        """Token slots of the sequence's blocks not yet filled (it grows this much before a new block)."""
+        rec = self._get(seq_id)
+        return (rec[1] + rec[3]) * self.block_size_tokens - rec[0]
+
     def free(self, seq_id, block_hashes=None) -> None:
         """Release a sequence. Its private blocks become empty; its hashed blocks whose refcount drops to
         zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head).
@@ -386,22 +457,32 @@ class BlockManager:
             self._get(seq_id)
             raise
         ref, lru = self._ref, self._lru
-        if block_hashes:
+        if block_hashes and private > 0:
             later = tuple(block_hashes[len(hashes): tokens // self.block_size_tokens])
-            for h in reversed(later):
-                if h not in ref and h not in lru and private > 0:
-                    lru[h] = None  # the block stays resident, now as a cached (evictable) block
-                    private -= 1
-                    self._private -= 1
+            if ref.keys().isdisjoint(later) and lru.keys().isdisjoint(later):
+                keep = dict.fromkeys(reversed(later))  # none resident yet (the common case)
+            else:
+                keep = dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru)
+            if len(keep) > private:  # only as many as the sequence's own blocks, tail first
+                keep = dict.fromkeys(list(keep)[:private])
+            lru.update(keep)  # the blocks stay resident, now as cached (evictable) blocks
+            private -= len(keep)
+            self._private -= len(keep)
         self._private -= private
         if hashes:
-            for h in reversed(hashes):
-                c = ref[h] - 1
-                if c:
-                    ref[h] = c
-                else:
+            counts = list(map(ref.__getitem__, hashes))
+            if max(counts) == 1:  # no other holder and no repeat (the common case): all become cached
+                for h in hashes:
                     del ref[h]
-                    lru[h] = None
+                lru.update(dict.fromkeys(reversed(hashes)))
+            else:
+                for h in reversed(hashes):
+                    c = ref[h] - 1
+                    if c:
+                        ref[h] = c
+                    else:
+                        del ref[h]
+                        lru[h] = None
 
     def reset_prefix_cache(self) -> None:
         """Drop every unreferenced cached block (they become empty)."""

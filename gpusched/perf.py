@@ -428,6 +428,30 @@ class ProfiledStepTime:
             return base + self.model.num_layers * self.grids["attention"](0, 0, batch_size, mean_ctx)
         return base + self.model.num_layers * self._g(self.grids["decode"](batch_size, mean_ctx))
 
+    def decode_run_ends_s(self, start_s: float, batch_size: int, context_sum: int, steps: int) -> list[float]:
+        """End times (s) of ``steps`` back-to-back decode-only steps from ``start_s``, every context one
+        token longer at each step: ``ends[k] = ends[k-1] + decode_step_time_s(batch_size, context_sum +
+        k * batch_size)`` with ``ends[-1] = start_s``.
+
+        Bit-for-bit equal to that loop (engines rely on it: fast and step modes must agree exactly): the
+        H100 format runs the same float operations in the same order, with the batch-size work done once
+        (see :meth:`Grid2D.along_b`); other formats run the loop.
+        """
+        t, ends = start_s, []
+        base = self.__dict__.get("_decode_base", {}).get(batch_size)
+        if self.fmt != "h100" or base is None or context_sum < 0:  # also validates, fills the cache
+            for k in range(steps):
+                t = t + self.decode_step_time_s(batch_size, context_sum + k * batch_size)
+                ends.append(t)
+            return ends
+        layers, launch, floor = self.model.num_layers, self.launch_overhead_s, self.kernel_floor_s
+        mean_ctx = [(context_sum + k * batch_size) / batch_size for k in range(steps)]
+        for x in self.grids["decode"].along_b(batch_size, mean_ctx):
+            x = x - launch
+            t = t + (base + layers * (x if x >= floor else floor))  # max(x, floor), as _g
+            ends.append(t)
+        return ends
+
     def _decode_base_s(self, batch_size: int) -> float:
         """A decode-only step of ``batch_size`` sequences minus its attention (seconds)."""
         contexts = [0] * batch_size

@@ -98,6 +98,44 @@ class Grid2D:
             z10 = max(z10, z00); z11 = max(z11, z01); z01 = max(z01, z00); z11 = max(z11, z10)
         return (z00 * (1 - s) * (1 - t) + z10 * s * (1 - t) + z01 * (1 - s) * t + z11 * s * t)
 
+    def along_b(self, u: float, vs) -> list[float]:
+        """``[self(u, v) for v in vs]``, bit for bit, with the ``a``-axis work done once.
+
+        Why: a decode run prices tens of steps at one batch size (``u``) and growing context (``v``).
+        Each value goes through the same float operations as :meth:`__call__` in the same order (the
+        products ``z * (1 - s)`` and ``z * s`` that do not depend on ``v`` are formed once: the
+        expression is evaluated left to right, so they are the same intermediate values).
+        """
+        a, b, z = self.a, self.b, self.z
+        i, s = _seg(a, u)
+        i1 = min(i + 1, len(a) - 1)
+        zi, zi1 = z[i], z[i1]
+        n = len(b)
+        last = n - 1
+        out = []
+        if s > 1.0:  # extrapolating along a: every value takes the clipped path
+            return [self(u, v) for v in vs]
+        r, q = 1 - s, s
+        lo = [x * r for x in zi]  # z[i][j] * (1 - s), per j
+        hi = [x * q for x in zi1]  # z[i1][j] * s, per j
+        for v in vs:
+            if n == 1:
+                j, t = 0, 0.0
+            else:
+                j = bisect_right(b, v) - 1
+                if j < 0:
+                    j, t = 0, 0.0
+                else:
+                    if j > n - 2:
+                        j = n - 2
+                    t = (v - b[j]) / (b[j + 1] - b[j])
+            if t > 1.0:
+                out.append(self(u, v))
+                continue
+            j1 = j + 1 if j < last else last
+            out.append(lo[j] * (1 - t) + hi[j] * (1 - t) + lo[j1] * t + hi[j1] * t)
+        return out
+
 
 def monotone_envelope(z: np.ndarray) -> np.ndarray:
     """Largest array <= ``z`` that is non-decreasing along every axis: ``min`` over all dominating entries.

@@ -5,6 +5,10 @@ wall-second and simulated-over-wall time, for the trace once and repeated back t
 cost's growth with trace length can be read off (it should be linear).
 
     python -m simulators.bench            # or: gpusched bench [--repeats 1,10] [--mode fast|step]
+
+On the 2-core development machine (shared with other jobs, so +-20 %): ~1,700-2,000 requests per
+wall-second for x1 (412,517 steps), ~1,150 for x10 under heavier load; the code before bulk KV eviction
+and per-run decode pricing did ~1,100 (x1) and ~950 (x10) in the same session.
 """
 from __future__ import annotations
 

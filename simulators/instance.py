@@ -76,6 +76,7 @@ class InstanceEngine:
         self.fast = fast
         # decode-only steps are priced through the model's scalar shortcut when it has one
         self._decode_time = getattr(step_model, "decode_step_time_s", None)
+        self._decode_ends = getattr(step_model, "decode_run_ends_s", self._decode_run_ends_s)
         self._wake: simpy.Event | None = None
         self._run: _DecodeRun | None = None
         self.process = env.process(self._loop())
@@ -151,8 +152,9 @@ class InstanceEngine:
         if (plan.preempted or len(plan.entries) != len(self.running) or self._decode_time is None
                 or not getattr(self.scheduler, "stable_decode_runs", False)):
             return False
-        for seq, n in plan.entries:
-            if n != 1 or seq.generated_tokens == 0 or seq.num_computed_tokens != seq.num_tokens - 1:
+        for seq, n in plan.entries:  # a decode: one token, the last sampled one (num_tokens - 1 computed)
+            if n != 1 or seq.generated_tokens == 0 or \
+                    seq.num_computed_tokens != seq.prompt_tokens + seq.generated_tokens - 1:
                 return False
         return True
 
@@ -170,14 +172,23 @@ class InstanceEngine:
 
     def _finish_run(self, run: "_DecodeRun", steps: int) -> None:
         """Apply ``steps`` decode steps at once: the KV of steps 2.. and the accounting of all."""
-        kv = self.kv
-        for seq in run.seqs:
-            if steps > 1:
-                kv.extend(seq.index, steps - 1)
-            seq.num_computed_tokens += steps - 1  # the last step is applied by _complete
-            seq.generated_tokens += steps - 1
-        entries = [(seq, 1) for seq in run.seqs]
+        if steps > 1:
+            more = steps - 1  # the last step is applied by _complete
+            self.kv.extend_each([seq.index for seq in run.seqs], more)
+            for seq in run.seqs:
+                seq.num_computed_tokens += more
+                seq.generated_tokens += more
+        entries = run.entries
         self._account(entries, run.ends[steps - 1], run.start_s, steps * len(entries), len(entries), steps)
+
+    def _decode_run_ends_s(self, start_s: float, batch: int, context_sum: int, steps: int) -> list[float]:
+        """End times of ``steps`` decode steps from ``start_s``, summed one step at a time as step mode
+        does (for step models without their own ``decode_run_ends_s``)."""
+        t, ends = start_s, []
+        for s in range(steps):
+            t = t + self._decode_time(batch, context_sum + s * batch)
+            ends.append(t)
+        return ends
 
     def _step_time_s(self, plan: StepPlan) -> float:
         swap_s = 0.0
@@ -191,21 +202,20 @@ class InstanceEngine:
         return swap_s + self._compute_time_s(plan)
 
     def _compute_time_s(self, plan: StepPlan) -> float:
-        if self._decode_time is not None and plan.entries and all(
-                n == 1 and s.generated_tokens > 0 and s.num_computed_tokens == s.num_tokens - 1
-                for s, n in plan.entries):
-            # decode-only: priced exactly as a fast-mode run prices it, so both modes agree to the bit
-            return self._decode_time(len(plan.entries), sum(s.num_computed_tokens for s, _ in plan.entries))
         prefill_lens, prefill_cached, decode_contexts = [], [], []
         num_sampled = 0  # sequences that emit a token at the end of this step (LM head + sampler work)
         for seq, n in plan.entries:
-            if n == 1 and seq.generated_tokens > 0 and seq.num_computed_tokens == seq.num_tokens - 1:
-                decode_contexts.append(seq.num_computed_tokens)
+            c, g = seq.num_computed_tokens, seq.generated_tokens
+            if n == 1 and g > 0 and c == seq.prompt_tokens + g - 1:  # a decode (see _starts_decode_run)
+                decode_contexts.append(c)
                 num_sampled += 1
             else:
                 prefill_lens.append(n)
-                prefill_cached.append(seq.num_computed_tokens)
-                num_sampled += seq.num_computed_tokens + n >= seq.num_tokens
+                prefill_cached.append(c)
+                num_sampled += c + n >= seq.prompt_tokens + g
+        if self._decode_time is not None and not prefill_lens:
+            # decode-only: priced exactly as a fast-mode run prices it, so both modes agree to the bit
+            return self._decode_time(len(decode_contexts), sum(decode_contexts))
         return self.step_model.step_time_s(prefill_lens=prefill_lens, decode_contexts=decode_contexts,
                                            prefill_cached=prefill_cached, num_sampled=num_sampled)
 
@@ -213,16 +223,19 @@ class InstanceEngine:
         """Account for a finished step: tokens computed, tokens sampled, sequences finished."""
         finished = []
         for seq, n in entries:
-            seq.num_computed_tokens += n
-            if seq.num_computed_tokens < seq.num_tokens:
+            c = seq.num_computed_tokens + n
+            seq.num_computed_tokens = c
+            g = seq.generated_tokens
+            if c < seq.prompt_tokens + g:
                 continue  # a prefill chunk that did not reach the end of the prompt
-            seq.generated_tokens += 1
-            if seq.generated_tokens == 1:
+            g += 1
+            seq.generated_tokens = g
+            if g == 1:
                 seq.first_token_time_s = now_s
                 if self.on_first_token is not None and self.role == "prefill":
                     finished.append(seq)
                     continue
-            if seq.generated_tokens >= seq.output_tokens:
+            if g >= seq.output_tokens:
                 seq.finish_time_s = now_s
                 finished.append(seq)
         if finished:
@@ -243,21 +256,28 @@ class InstanceEngine:
             self._wake.succeed()
 
     def _check(self, entries) -> None:
+        """Invariants after a step: KV within capacity; no sequence scheduled twice; for every scheduled
+        sequence, computed tokens within its length, generated within its output, and (unless it has
+        finished and freed its KV) no more computed tokens than the KV slots it holds. O(batch)."""
         kv = self.kv
         if kv.num_used_blocks > kv.num_blocks:
             raise SimulationInvariantError(
                 f"instance {self.index}: {kv.num_used_blocks} KV blocks in use > capacity {kv.num_blocks}")
-        seen = set()
+        if len({id(seq) for seq, _ in entries}) != len(entries):
+            seen = set()
+            for seq, _ in entries:
+                if id(seq) in seen:
+                    raise SimulationInvariantError(f"instance {self.index}: {seq} scheduled twice in one step")
+                seen.add(id(seq))
+        tokens_of = kv.tokens_of
         for seq, _ in entries:
-            if id(seq) in seen:
-                raise SimulationInvariantError(f"instance {self.index}: {seq} scheduled twice in one step")
-            seen.add(id(seq))
-            if seq.num_computed_tokens > seq.num_tokens or seq.generated_tokens > seq.output_tokens:
+            c, g = seq.num_computed_tokens, seq.generated_tokens
+            if c > seq.prompt_tokens + g or g > seq.output_tokens:
                 raise SimulationInvariantError(f"instance {self.index}: token accounting broken for {seq}")
-            if seq.finish_time_s is None and kv.tokens_of(seq.index) < seq.num_computed_tokens:
+            if seq.finish_time_s is None and tokens_of(seq.index) < c:
                 raise SimulationInvariantError(
                     f"instance {self.index}: {seq} computed more tokens than the KV slots it holds "
-                    f"({kv.tokens_of(seq.index)})")
+                    f"({tokens_of(seq.index)})")
 
 
 class _DecodeRun:
@@ -275,12 +295,13 @@ class _DecodeRun:
     does. ``crossings`` lists, sorted, the step indices at which some sequence enters a new KV block.
     """
 
-    __slots__ = ("seqs", "start_s", "ends", "crossings", "cut")
+    __slots__ = ("seqs", "entries", "start_s", "ends", "crossings", "cut")
 
     MAX_STEPS = 32  # priced ahead per run (a longer run continues as a new one); 16-128 are within 5 %
 
     def __init__(self, engine: InstanceEngine, plan: StepPlan):
         kv = engine.kv
+        self.entries = plan.entries
         seqs = [seq for seq, _ in plan.entries]
         self.seqs = seqs
         self.start_s = engine.clock
@@ -288,23 +309,19 @@ class _DecodeRun:
         steps = min(min(seq.output_tokens - seq.generated_tokens for seq in seqs), self.MAX_STEPS)
         bs = kv.block_size_tokens
         crossings = []
+        slots = kv.free_slots_of
         for seq in seqs:  # step s (>= 1) needs tokens_of + s slots
-            first = kv.blocks_of(seq.index) * bs - kv.tokens_of(seq.index) + 1
-            crossings.extend(range(first, steps, bs))
+            first = slots(seq.index) + 1
+            if first < steps:
+                crossings.extend(range(first, steps, bs))
         crossings.sort()
         free = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
         if len(crossings) > free:
             steps = crossings[free]  # that step would need a block that is not free
             del crossings[free:]
         self.crossings = crossings
-        batch, ctx = len(seqs), sum(seq.num_computed_tokens for seq in seqs)
-        price = engine._decode_time
-        t = self.start_s
-        ends = []
-        for s in range(steps):
-            t = t + price(batch, ctx + s * batch)
-            ends.append(t)
-        self.ends = ends
+        self.ends = engine._decode_ends(self.start_s, len(seqs), sum(seq.num_computed_tokens for seq in seqs),
+                                        steps)
 
     def blocks_taken_by(self, steps_done: int) -> int:
         """KV blocks the run has added once ``steps_done`` steps have ended (the next one is scheduled)."""

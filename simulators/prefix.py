@@ -69,6 +69,10 @@ class SessionBlockHashes(TraceBlockHashes):
     def _at(self, b: int) -> int:
         return _SESSION_TAG - (self.session << 32) - b
 
+    def __iter__(self):  # lazily: a prefix probe usually stops at the first block
+        top = _SESSION_TAG - (self.session << 32)
+        return iter(range(top, top - self.length, -1))
+
     def __getitem__(self, index):
         if isinstance(index, slice):  # consecutive blocks have consecutive (decreasing) hashes
             start, stop, step = index.indices(self.length)

@@ -52,15 +52,12 @@ def _grow_or_preempt(seq: SeqState, n: int, running: list, waiting: deque, kv: B
     Slots already reserved (a whole prompt reserved at admission) are used first. Returns False when
     ``seq`` itself had to be preempted (it was the newest left).
     """
-    grow = seq.num_computed_tokens + n - kv.tokens_of(seq.index)
-    if grow <= 0:
-        return True
-    while kv.blocks_needed_to_extend(seq.index, grow) > kv.num_free_blocks:
+    target = seq.num_computed_tokens + n
+    while not kv.grow_to(seq.index, target):
         victim = running.pop()
         _preempt(victim, waiting, kv, plan, swap)
         if victim is seq:
             return False
-    kv.extend(seq.index, grow)
     return True
 
 
@@ -144,16 +141,20 @@ class VllmV1Scheduler:
         budget = self.max_num_batched_tokens
         limit = self.long_prefill_token_threshold
         swap = self.preemption == "swap"
+        entries, grow_to = plan.entries, kv.grow_to
         i = 0
         while i < len(running) and budget > 0:
             seq = running[i]
-            n = seq.num_tokens - seq.num_computed_tokens
+            c = seq.num_computed_tokens
+            n = seq.prompt_tokens + seq.generated_tokens - c  # num_tokens - computed, inlined (hot loop)
             if 0 < limit < n:
                 n = limit
-            n = min(n, budget)
-            if not _grow_or_preempt(seq, n, running, waiting, kv, plan, swap):
+            if n > budget:
+                n = budget
+            # the common case (the blocks are free) in one call; a failed grow_to changes nothing
+            if not grow_to(seq.index, c + n) and not _grow_or_preempt(seq, n, running, waiting, kv, plan, swap):
                 break
-            plan.entries.append((seq, n))
+            entries.append((seq, n))
             budget -= n
             i += 1
         if plan.preempted:

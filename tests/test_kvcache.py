@@ -190,6 +190,8 @@ ops = st.lists(
         st.tuples(st.just("alloc"), st.integers(0, 5), st.integers(0, 40), st.integers(0, 2), st.integers(0, 10)),
         st.tuples(st.just("extend"), st.integers(0, 5), st.integers(0, 9)),
         st.tuples(st.just("free"), st.integers(0, 5)),
+        st.tuples(st.just("grow"), st.integers(0, 5), st.integers(-3, 9)),
+        st.tuples(st.just("extend_each"), st.integers(0, 5), st.integers(0, 9)),
     ),
     max_size=60,
 )
@@ -231,6 +233,28 @@ def test_block_manager_matches_reference(total, ops):
             else:
                 with pytest.raises(KVCacheOverflowError):
                     bm.extend(sid, n)
+        elif kind == "grow":  # grow_to: extend by the missing tokens if the blocks are free, else nothing
+            if sid not in ref.seqs:
+                with pytest.raises(UnknownNameError):
+                    bm.grow_to(sid, op[2])
+                continue
+            t = ref.seqs[sid][0]
+            target = t + op[2]
+            need = max(0, math.ceil(target / BS) - math.ceil(t / BS))
+            fits = need <= total - ref.used()
+            assert bm.grow_to(sid, target) == fits
+            if fits and target > t:
+                ref.extend(sid, target - t)
+        elif kind == "extend_each":  # all live sequences at once, all or nothing
+            n, sids = op[2], sorted(ref.seqs)[: sid + 1]
+            need = sum(math.ceil((ref.seqs[s][0] + n) / BS) - math.ceil(ref.seqs[s][0] / BS) for s in sids)
+            if need <= total - ref.used():
+                bm.extend_each(sids, n)
+                for s in sids:
+                    ref.extend(s, n)
+            else:
+                with pytest.raises(KVCacheOverflowError):
+                    bm.extend_each(sids, n)
         else:
             if sid not in ref.seqs:
                 with pytest.raises(UnknownNameError):
@@ -246,6 +270,7 @@ def test_block_manager_matches_reference(total, ops):
         assert all(bm.is_cached(h) for h in ref.lru)
         for sid2, (t, hs) in ref.seqs.items():
             assert bm.tokens_of(sid2) == t and bm.blocks_of(sid2) == math.ceil(t / BS)
+            assert bm.free_slots_of(sid2) == math.ceil(t / BS) * BS - t
         # refcounts: every live hash is held exactly by the sequences listing it
         counts = {}
         for _, hs in ref.seqs.values():
