@@ -1,7 +1,7 @@
 """MC-SF (Jaillet et al., "Online Scheduling for LLM Inference with KV Cache Constraints", arXiv 2502.07115).
 
 The discrete-time model and schedule checker (:mod:`.model`), the hindsight-optimal IP (1)-(4)
-(:mod:`.hindsight`), MC-SF and the paper's baselines (:mod:`.online`, on the shared batch loop of
+(:mod:`.hindsight`) with a cheap combinatorial lower bound (:mod:`.bounds`), MC-SF and the paper's baselines (:mod:`.online`, on the shared batch loop of
 :mod:`.engine`), and the real-data simulation with the paper's Llama-2-70B iteration-time formula
 (:mod:`.realdata`). Conventions: ``shared/papers/mcsf.md``.
 """
@@ -9,5 +9,6 @@ from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule, 
 from .engine import POLICIES, BatchRun, admit_prefix, run_batches
 from .online import alpha_beta, alpha_greedy, mc_benchmark, mcsf
 from .hindsight import HindsightResult, build_hindsight_arrays, hindsight_optimal
+from .bounds import latency_lower_bound
 from .realdata import PAPER_MEMORY_TOKENS, RealRun, llama2_70b_2xa100_batch_time_s, simulate_real
 from .policy import KvShortageError, McsfScheduler
