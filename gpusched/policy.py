@@ -107,10 +107,19 @@ class BatchScheduler(Protocol):
     token it schedules, and frees the blocks of what it preempts. It returns the plan; an empty plan
     means "nothing can run now" and the engine waits for the next arrival or finish.
 
-    A scheduler may declare ``stable_decode_runs = True``: it promises that after a step in which it
-    decoded every running sequence (and preempted nothing), it would keep scheduling exactly that until
-    a sequence finishes, a request arrives, or KV growth runs out of free blocks. Engines then advance
-    such runs in one event (fast mode). Without the attribute every step is scheduled one by one.
+    A scheduler may declare ``stable_decode_runs = True``. It promises two things:
+
+    - after a step in which it decoded every running sequence (and preempted nothing), it would keep
+      scheduling exactly that until a sequence finishes, a request arrives, or KV growth runs out of
+      free blocks;
+    - after a step in which it scheduled every running sequence and preempted nothing, if no request
+      is waiting and every running sequence is decoding (``num_computed_tokens == num_tokens - 1``,
+      ``generated_tokens >= 1``), its next plan decodes all of them, one token each, in ``running``
+      order, preempting nothing, whenever KV for that token of each is free.
+
+    Engines then advance such runs in one event (fast mode) and, in the second case, grow the KV
+    themselves (``BlockManager.grow_each_to``) instead of calling ``schedule``: the scheduler must not
+    rely on being called at every step. Without the attribute every step is scheduled one by one.
     """
 
     name: str
@@ -209,3 +218,14 @@ class PipelineRouter(Protocol):
     def on_decode(self, request: SeqState, now_s: float) -> None: ...
 
     def release(self, request: SeqState, now_s: float) -> None: ...
+
+
+@runtime_checkable
+class KVExpectingRouter(PipelineRouter, Protocol):
+    """A :class:`PipelineRouter` that keeps its own *expected* KV use per node (Helix's ``KVExpectation``).
+
+    Optional: an engine's offline feeder reads it, as Helix's feeder reads its scheduler's expectation,
+    instead of the KV actually allocated. Values are token-layer slots per node name.
+    """
+
+    def expected_kv_used_slots(self) -> Mapping[Hashable, int]: ...

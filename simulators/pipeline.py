@@ -6,13 +6,24 @@ with a :class:`~gpusched.policy.PipelineRouter` and returns a
 
 How a request moves:
 
-1. **Admission.** The coordinator asks the router for the request's stages. The engine then reserves, on every
-   stage node, the request's *final* KV footprint, ``(prompt + output tokens) x stage layers`` token-layer
-   slots (so KV never overflows and nothing is ever preempted; Helix's own simulator relies on the router's
-   KV-expectation margin instead). If the router says ``None`` or a node lacks room, the request waits in a
-   FIFO at the coordinator (``release`` is called on a refused route) and the head is retried whenever a
-   request finishes. A request refused while nothing is in flight can never be served and is reported with
-   that reason (Helix's online mode asserts instead).
+1. **Admission.** The coordinator asks the router for the request's stages. KV accounting (``kv_mode``):
+
+   * ``"grow"`` (default; what Helix's simulator does, ``KVCache.initialize_query_kv_cache`` /
+     ``grow_query_kv_cache``): on every stage node the engine allocates ``prompt x stage layers`` token-layer
+     slots at admission and ``stage layers`` more for each decode step (when the step leaves the
+     coordinator). Admission itself only checks that the prompt fits; keeping room for the growth is the
+     router's job (Helix's KV *expectation*, ``⌊x + 240 ρ⌋`` per layer) or the feeder's (a fixed in-flight
+     count). If a decode step does not fit, Helix's simulator stops on an assertion ("Exceed KV-cache
+     capacity"); we raise :class:`~gpusched.errors.KVCacheOverflowError` naming node, request and slots
+     (no preemption: the paper has none). Helix allocates the prompt's slots when the prompt reaches each
+     node; we do so at admission, which holds them a few hundred ms early (slightly conservative).
+   * ``"reserve"``: the request's *final* footprint ``(prompt + output) x stage layers`` is reserved at
+     admission (an oracle that knows output lengths; KV never overflows, nothing is preempted).
+
+   If the router says ``None`` or a node lacks room, the request waits in a FIFO at the coordinator
+   (``release`` is called on a refused route) and the head is retried whenever a request finishes. A
+   request refused while nothing is in flight can never be served and is reported with that reason
+   (Helix's online mode asserts instead).
 2. **Prompt.** The prompt's tokens leave the source, cross each link (latency + bytes / bandwidth; a directed
    link sends one transfer at a time, FIFO) and queue at each stage node. Reaching the sink yields the first
    output token.
@@ -29,11 +40,19 @@ the first layer.
 Modes:
 
 * ``online``: requests arrive at the trace's ``arrival_time_s``;
-* ``offline``: closed loop: ``offline_in_flight`` requests start at 0 and each finish launches the next trace
-  row (arrival = launch); with ``offline_kv_threshold`` Helix's feeder is used after the ``offline_in_flight``
-  initial requests (Helix: 20): whenever a prompt or a request finishes, launch while the bottleneck KV usage
-  (max over layers of reserved / capacity, each node's slots split evenly over its layers) is at most the
-  threshold. Usage is measured on the engine's reservations (Helix measures its expectation).
+* ``offline``: closed loop over the trace rows (arrival = launch). Without ``offline_kv_threshold``:
+  ``offline_in_flight`` requests start at 0 and each finished request launches one more (Helix's feeder for
+  its baseline schedulers, which cannot refuse work: a fixed, hand-picked in-flight count). With
+  ``offline_kv_threshold`` the ``offline_in_flight`` initial requests (Helix: 20) are followed by
+
+  * ``offline_feeder="helix"`` (default, ``OfflineRequestFeeder.check_launch_new_query``): each time a prompt
+    or a request finishes, launch **one** request if the bottleneck KV usage is at most the threshold;
+  * ``offline_feeder="fill"``: at those events launch *while* the usage is at most the threshold.
+
+  Bottleneck usage = max over layers of used / capacity, each node's slots split evenly over its layers.
+  "Used" is the router's KV *expectation* if the router offers one
+  (:class:`~gpusched.policy.KVExpectingRouter`, as Helix's feeder reads its scheduler's), else the
+  engine's allocated KV.
 
 The run stops at ``duration_s``; decode throughput counts decode-step tokens reaching the sink in
 ``[warmup_s, duration_s]``. Invariants are asserted as the run goes: KV reserved never exceeds a node's
@@ -47,7 +66,7 @@ from typing import Hashable, Sequence
 
 import simpy
 
-from gpusched.errors import ConfigError
+from gpusched.errors import ConfigError, KVCacheOverflowError
 from gpusched.policy import PipelineNodeView, PipelineRouter, PipelineStage, SeqState
 from gpusched.workload import Trace
 
@@ -55,21 +74,25 @@ from simulators.pipeline_results import PipelineResult, build_result
 from simulators.pipeline_spec import SINK, SOURCE, PipelineCluster
 
 MODES = ("online", "offline")
+KV_MODES = ("grow", "reserve")
+OFFLINE_FEEDERS = ("helix", "fill")
 
 
 class _Flight:
     """Engine-side state of one request: its stages, KV reservations and decode timing."""
 
-    __slots__ = ("seq", "stages", "reserved", "step_start_s", "decode_latency_sum_s", "status", "in_prompt")
+    __slots__ = ("seq", "stages", "reserved", "step_start_s", "decode_latency_sum_s", "status", "in_prompt",
+                 "layers_by_node")
 
     def __init__(self, seq: SeqState) -> None:
         self.seq = seq
         self.stages: list[PipelineStage] | None = None
-        self.reserved: list[tuple[Hashable, int]] = []
+        self.reserved: dict[Hashable, int] = {}  # node -> token-layer slots held
         self.step_start_s = 0.0
         self.decode_latency_sum_s = 0.0
         self.status = "waiting"
         self.in_prompt = True
+        self.layers_by_node: dict = {}
 
 
 class _Node:
@@ -94,9 +117,14 @@ class PipelineEngine:
 
     def __init__(self, cluster: PipelineCluster, router: PipelineRouter, trace: Trace, *, mode: str = "online",
                  duration_s: float = 600.0, warmup_s: float = 0.0, offline_in_flight: int = 20,
-                 offline_kv_threshold: float | None = None, record_batches: bool = False) -> None:
+                 offline_kv_threshold: float | None = None, record_batches: bool = False,
+                 kv_mode: str = "grow", offline_feeder: str = "helix") -> None:
         if mode not in MODES:
             raise ConfigError(f"mode {mode!r} unknown; use one of {MODES}")
+        if kv_mode not in KV_MODES:
+            raise ConfigError(f"kv_mode {kv_mode!r} unknown; use one of {KV_MODES}")
+        if offline_feeder not in OFFLINE_FEEDERS:
+            raise ConfigError(f"offline_feeder {offline_feeder!r} unknown; use one of {OFFLINE_FEEDERS}")
         if not duration_s > warmup_s >= 0:
             raise ConfigError(f"need duration_s > warmup_s >= 0, got duration_s={duration_s}, warmup_s={warmup_s}")
         if mode == "offline" and offline_kv_threshold is None and offline_in_flight < 1:
@@ -108,6 +136,7 @@ class PipelineEngine:
         self.cluster, self.router, self.trace, self.mode = cluster, router, trace, mode
         self.duration_s, self.warmup_s = float(duration_s), float(warmup_s)
         self.offline_in_flight, self.offline_kv_threshold = offline_in_flight, offline_kv_threshold
+        self.kv_mode, self.offline_feeder = kv_mode, offline_feeder
         self.env = simpy.Environment()
         self.nodes = {n: _Node(n, s) for n, s in cluster.nodes.items()}
         self.link_free_at: dict[tuple, float] = {}
@@ -166,10 +195,11 @@ class PipelineEngine:
             return False
         stages = list(stages)
         self._check_stages(f, stages)
-        total = f.seq.prompt_tokens + f.seq.output_tokens
-        need: dict = {}
+        per_layer = f.seq.prompt_tokens + (f.seq.output_tokens if self.kv_mode == "reserve" else 0)
+        layers: dict = {}
         for st in stages:
-            need[st.node] = need.get(st.node, 0) + total * st.num_layers
+            layers[st.node] = layers.get(st.node, 0) + st.num_layers
+        need = {n: per_layer * k for n, k in layers.items()}
         if any(self.nodes[n].kv_used + c > self.nodes[n].spec.kv_capacity_slots for n, c in need.items()):
             self.router.release(f.seq, now)
             return False
@@ -179,7 +209,8 @@ class PipelineEngine:
             node.kv_peak = max(node.kv_peak, node.kv_used)
             node.active += 1
             assert node.kv_used <= node.spec.kv_capacity_slots, "KV reserved above capacity"
-            f.reserved.append((n, c))
+            f.reserved[n] = c
+        f.layers_by_node = layers
         f.stages, f.status = stages, "running"
         f.seq.scheduled_time_s = now
         f.step_start_s = now
@@ -331,42 +362,65 @@ class PipelineEngine:
             self._finish(f)
             return
         f.step_start_s = now
+        if self.kv_mode == "grow":
+            self._grow_kv(f)
         self.router.on_decode(seq, now)
         self._send_from_source(f, 1)
+
+    def _grow_kv(self, f: _Flight) -> None:
+        """One more token of KV on every stage (Helix: ``grow_query_kv_cache``); overflow stops the run."""
+        for n, k in f.layers_by_node.items():
+            node = self.nodes[n]
+            if node.kv_used + k > node.spec.kv_capacity_slots:
+                raise KVCacheOverflowError(
+                    f"t = {self.env.now:.3f} s: request {f.seq.request_id!r} needs {k} more KV slots on node {n!r}, "
+                    f"which holds {node.kv_used} of {node.spec.kv_capacity_slots} (Helix's simulator asserts here "
+                    f"too); admit less: a lower offline_in_flight / offline_kv_threshold, a router with KV "
+                    f"expectation, or kv_mode='reserve'")
+            node.kv_used += k
+            node.kv_peak = max(node.kv_peak, node.kv_used)
+            f.reserved[n] += k
 
     def _finish(self, f: _Flight) -> None:
         now = self.env.now
         f.seq.finish_time_s = now
         f.status = "finished"
         self.live -= 1
-        for n, c in f.reserved:
+        for n, c in f.reserved.items():
             self.nodes[n].kv_used -= c
             self.nodes[n].active -= 1
-        f.reserved = []
+        f.reserved = {}
         self.router.release(f.seq, now)
         self._drain()
         if self.mode == "offline":
             self._feed()
 
     def _bottleneck_kv_usage(self) -> float:
+        """Max over layers of used / capacity; "used" is the router's expectation when it keeps one."""
+        expected = getattr(self.router, "expected_kv_used_slots", None)
+        used_by = expected() if callable(expected) else {n: x.kv_used for n, x in self.nodes.items()}
         worst = 0.0
         for nodes in self._layer_cover:
             cap = sum(n.spec.kv_capacity_slots / n.spec.num_layers for n in nodes)
-            used = sum(n.kv_used / n.spec.num_layers for n in nodes)
+            used = sum(used_by.get(n.name, 0) / n.spec.num_layers for n in nodes)
             worst = max(worst, used / cap if cap else 1.0)
         return worst
 
     def _feed(self) -> None:
         """Offline closed loop: keep the in-flight target (or Helix's KV-usage rule) satisfied."""
+        launched = 0
         while True:
             if self.offline_kv_threshold is None or self.env.now == 0:
                 if self.live >= self.offline_in_flight:
                     return
             elif self.waiting or self._bottleneck_kv_usage() > self.offline_kv_threshold:
-                return
+                return  # (a refused request waiting at the coordinator also stops the feeder)
+            elif self.offline_feeder == "helix" and launched:
+                return  # Helix launches at most one request per finished prompt / request
             f = self._new_flight(self.env.now)
             if f is None:
                 return
+            launched += 1
             if not self._offer(f) and f.status == "waiting":
                 return  # it waits for a finish; a rejected one is replaced at once
 
@@ -403,7 +457,8 @@ class PipelineEngine:
 
 def simulate_pipeline(cluster: PipelineCluster, router: PipelineRouter, trace: Trace, *, mode: str = "online",
                       duration_s: float = 600.0, warmup_s: float = 0.0, offline_in_flight: int = 20,
-                      offline_kv_threshold: float | None = None, record_batches: bool = False) -> PipelineResult:
+                      offline_kv_threshold: float | None = None, record_batches: bool = False,
+                      kv_mode: str = "grow", offline_feeder: str = "helix") -> PipelineResult:
     """Serve ``trace`` on ``cluster`` with ``router``; see the module docstring for the model.
 
     ``trace`` gives lengths (and, online, arrival times in seconds); offline it is consumed in row order.
@@ -411,4 +466,4 @@ def simulate_pipeline(cluster: PipelineCluster, router: PipelineRouter, trace: T
     """
     return PipelineEngine(cluster, router, trace, mode=mode, duration_s=duration_s, warmup_s=warmup_s,
                           offline_in_flight=offline_in_flight, offline_kv_threshold=offline_kv_threshold,
-                          record_batches=record_batches).run()
+                          record_batches=record_batches, kv_mode=kv_mode, offline_feeder=offline_feeder).run()

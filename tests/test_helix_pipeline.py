@@ -134,7 +134,8 @@ def _rows(n, seed=0):
 def test_invariants_under_kv_pressure():
     # KV of C = 3000 slots: a request reserves (prompt + output) * 1 slot on C, so only a few fit at once
     rows = _rows(60) + [[60, 3.5, 5000, 5]]  # the last never fits: reported, not dropped
-    res = simulate_pipeline(_diamond(kv=3000), RandomPathRouter(PATHS, seed=2), _trace(rows), duration_s=500)
+    res = simulate_pipeline(_diamond(kv=3000), RandomPathRouter(PATHS, seed=2), _trace(rows), duration_s=500,
+                            kv_mode="reserve")
     req = res.requests
     assert len(req) == 61
     assert (req.status == "finished").sum() == 60
@@ -151,7 +152,8 @@ def test_invariants_under_kv_pressure():
 
 
 def test_unfinished_requests_have_a_reason():
-    res = simulate_pipeline(_diamond(kv=3000), RandomPathRouter(PATHS), _trace(_rows(60)), duration_s=2.0)
+    res = simulate_pipeline(_diamond(kv=3000), RandomPathRouter(PATHS), _trace(_rows(60)), duration_s=2.0,
+                            kv_mode="reserve")
     st = res.requests.status
     assert st.isin(["finished"]).any() and (~st.isin(["finished"])).any()
     assert st[st != "finished"].str.startswith("unfinished:").all()
@@ -159,8 +161,8 @@ def test_unfinished_requests_have_a_reason():
 
 
 def test_deterministic_with_seed():
-    runs = [simulate_pipeline(_diamond(3000), RandomPathRouter(PATHS, seed=5), _trace(_rows(40)), duration_s=50)
-            for _ in range(2)]
+    runs = [simulate_pipeline(_diamond(3000), RandomPathRouter(PATHS, seed=5), _trace(_rows(40)), duration_s=50,
+                              kv_mode="reserve") for _ in range(2)]
     pd.testing.assert_frame_equal(runs[0].requests, runs[1].requests)
     pd.testing.assert_frame_equal(runs[0].nodes, runs[1].nodes)
 
@@ -177,7 +179,7 @@ def test_offline_closed_loop_keeps_in_flight():
     assert res.decode_throughput_tokens_per_s == res.summary["decode_tokens_in_window"] / 4.0
     # Helix's KV-usage feeder: launch while the bottleneck layer's KV use <= threshold
     res = simulate_pipeline(_diamond(kv=3000), RandomPathRouter(PATHS), _trace(_rows(400)), mode="offline",
-                            duration_s=5.0, offline_kv_threshold=0.5)
+                            duration_s=5.0, offline_kv_threshold=0.5, kv_mode="reserve", offline_feeder="fill")
     assert (res.nodes.kv_peak_slots <= res.nodes.kv_capacity_slots).all() and res.summary["finished"] > 0
 
 

@@ -163,3 +163,18 @@ def test_bad_router_inputs():
     r.route(_seq(0), {}, 0.0)
     with pytest.raises(ConfigError, match="routed twice"):
         r.route(_seq(0), {}, 0.0)
+
+
+def test_expected_kv_used_slots_for_the_feeder():
+    # spec §1.f case 8 costs: one online request of 763 tokens on 10 layers expects floor(763 + 144) * 10 = 9070
+    # slots; after release nothing is expected. This is what the engine's offline feeder reads.
+    from gpusched.policy import KVExpectingRouter
+
+    pr = HelixProblem(10, {"A": [1000.0] * 10}, {})
+    r = HelixRouter(pr, {"A": (0, 10)}, {"A": 1_000_000}, mode="online")
+    assert isinstance(r, KVExpectingRouter)
+    s = _seq(0, prompt=763)
+    r.route(s, {}, 0.0)
+    assert r.expected_kv_used_slots() == {"A": 9070}
+    r.release(s, 1.0)
+    assert r.expected_kv_used_slots() == {"A": 0}

@@ -139,6 +139,11 @@ class HelixRouter:
     def release(self, request: SeqState, now_s: float) -> None:
         self.scheduler.finish(request.request_id, self._paths.pop(request.request_id))
 
+    def expected_kv_used_slots(self) -> dict:
+        """``{node: KV_i - expected free slots}`` (spec §1.c-6); what Helix's offline feeder measures."""
+        kv = self.scheduler.kv or {}
+        return {n: e.capacity_slots - e.free_slots for n, e in kv.items()}
+
 
 class _WalkRouter:
     """A walk over :func:`routing_graph`; subclasses pick one successor per vertex."""
