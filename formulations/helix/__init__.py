@@ -7,6 +7,9 @@ from .milp import (PlacementModel, PlacementResult, build_placement_model, inter
 from .heuristics import (chain_placement, heuristic_placement, heuristic_result, petals_placement,
                          swarm_placement)
 from .arcflow import links_never_bind, solve_placement_arcflow
+from .coverbound import CoverBound, cover_bound_at_level, cover_weight, layer_cover_bound
+from .optimality import OptimalityProof, hub_feasibility_model, prove_optimal
+from .bruteforce import brute_force_optimum, count_placements
 from .iwrr import InterleavedWeightedRoundRobin, KVExpectation, PipelineScheduler
 from .routing import (ROUTERS, HelixRouter, RandomRouter, ShortestQueueRouter, SwarmRouter, routing_graph,
                       stages_from_path)
