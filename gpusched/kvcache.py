@@ -230,6 +230,26 @@ class BlockManager:
         """Tokens the sequence currently holds."""
         return self._get(seq_id)[0]
 
+    def tokens_each(self, seq_ids) -> list[int]:
+        """:meth:`tokens_of` of every sequence of ``seq_ids``, in one call (an engine checks a whole batch)."""
+        seqs = self._seqs
+        try:
+            return [seqs[i][0] for i in seq_ids]
+        except KeyError:
+            for i in seq_ids:
+                self._get(i)
+            raise
+
+    def free_slots_each(self, seq_ids) -> list[int]:
+        """:meth:`free_slots_of` of every sequence of ``seq_ids``, in one call (token slots)."""
+        seqs, bs = self._seqs, self.block_size_tokens
+        try:
+            return [(rec[1] + rec[3]) * bs - rec[0] for rec in map(seqs.__getitem__, seq_ids)]
+        except KeyError:
+            for i in seq_ids:
+                self._get(i)
+            raise
+
     def blocks_of(self, seq_id) -> int:
         """Blocks the sequence currently references (private + shared)."""
         rec = self._get(seq_id)
@@ -379,6 +399,39 @@ class BlockManager:
         rec[0] = num_tokens
         return True
 
+    def grow_each_to(self, seq_ids, num_tokens_each) -> bool:
+        """:meth:`grow_to` every sequence of ``seq_ids`` to the matching entry of ``num_tokens_each``, all
+        or nothing: return False, changing nothing, if the blocks they take together are not free.
+
+        When it succeeds the same blocks end up taken and evicted as by one :meth:`grow_to` per sequence
+        in order (each would succeed, since free blocks only shrink, and eviction takes the oldest
+        cached blocks while nothing joins the cache in between).
+        """
+        seqs, bs = self._seqs, self.block_size_tokens
+        try:
+            recs = [seqs[i] for i in seq_ids]
+        except KeyError:
+            for i in seq_ids:
+                self._get(i)
+            raise
+        grow, need = [], 0
+        for rec, t in zip(recs, num_tokens_each):
+            if t > rec[0]:
+                k = -(-t // bs) - rec[1] - rec[3]
+                if k > 0:
+                    need += k
+                grow.append((rec, t, k))
+        if need > self.num_free_blocks:
+            return False
+        for rec, t, k in grow:
+            if k > 0:
+                rec[1] += k
+            rec[0] = t
+        if need:
+            self._make_room(need)
+            self._private += need
+        return True
+
     def extend(self, seq_id, num_new_tokens: int = 1) -> None:
         """Grow a sequence by ``num_new_tokens``; takes a block only when crossing a block boundary.
 
@@ -406,8 +459,9 @@ class BlockManager:
             rec[1] += need
         rec[0] = t
 
-    def extend_each(self, seq_ids, num_new_tokens: int) -> None:
-        """:meth:`extend` every sequence of ``seq_ids`` by ``num_new_tokens``, in one call.
+    def extend_each(self, seq_ids, num_new_tokens: int) -> list[int]:
+        """:meth:`extend` every sequence of ``seq_ids`` by ``num_new_tokens``, in one call; return the
+        tokens each now holds (as :meth:`tokens_each`, which an engine checking invariants needs next).
 
         The same blocks end up taken and evicted as by one :meth:`extend` per sequence (eviction takes
         the oldest cached blocks and nothing joins the cache in between). Raises KVCacheOverflowError,
@@ -425,6 +479,7 @@ class BlockManager:
                     f"KV cache overflow: extending {len(recs)} sequences by {num_new_tokens} tokens needs {need} "
                     f"blocks, {free} free of {self.num_blocks}; preempt a sequence or add capacity")
         need = 0
+        held = []
         for rec in recs:
             t = rec[0] + num_new_tokens
             k = -(-t // bs) - rec[1] - rec[3]
@@ -432,9 +487,11 @@ class BlockManager:
                 rec[1] += k
                 need += k
             rec[0] = t
+            held.append(t)
         if need:
             self._make_room(need)
             self._private += need
+        return held
 
     def free_slots_of(self, seq_id) -> int:
         """Token slots of the sequence's blocks not yet filled (it grows this much before a new block)."""

@@ -389,24 +389,44 @@ class ProfiledStepTime:
         if self.fmt == "llmservingsim":
             return self._lss_step(n, prefill_lens, prefill_cached, nd, mean_ctx, num_sampled)
         g = self._g
-        layer = sum(g(op(n)) for op in self._ops)
+        # the terms that depend on the step's token count only, cached per count (engines price tens of
+        # thousands of steps over a few thousand distinct counts); added in the same order as uncached
+        by_tokens = self.__dict__.setdefault("_token_terms", {})
+        terms = by_tokens.get(n)
+        if terms is None:
+            terms = by_tokens[n] = self._token_terms_s(n)
+        linear, elementwise, comm = terms
+        layer = linear
         layer += self._prefill_attn_s(prefill_lens, prefill_cached)
         if nd:
             layer += g(self.grids["decode"](nd, mean_ctx))
-        bw, floor = self.elementwise_bandwidth_bytes_per_s, self.kernel_floor_s
-        layer += sum(max(n * nb / bw, floor) for nb in self._elem)
+        layer += elementwise
+        if comm is not None:
+            layer += comm
         m = self.model
-        if self.include_comm and self.tp > 1:
-            link = self.gpu.nvlink_bandwidth_bytes_per_s
-            link = link / 2 if link else self.gpu.pcie_bandwidth_bytes_per_s
-            layer += 2 * _ring_allreduce_s(n * m.hidden_size * _dtype_bytes(self.dtype), self.tp, link,
-                                           self.allreduce_latency_s)
+        bw, floor = self.elementwise_bandwidth_bytes_per_s, self.kernel_floor_s
         t = m.num_layers * layer
         if self.include_lm_head and num_sampled:
             k, nout, b = m.hidden_size, m.vocab_size // self.tp, _dtype_bytes(self.dtype)
             t += max(2.0 * num_sampled * k * nout / self.gpu.dense_bf16_flops_per_s,
                      b * (k * nout + num_sampled * (k + nout)) / bw, floor)
         return t
+
+    def _token_terms_s(self, n: int) -> tuple[float, float, float | None]:
+        """Per-layer seconds of a step of ``n`` tokens that depend on ``n`` only: the linear layers, the
+        elementwise kernels, and the TP all-reduces (None without TP communication)."""
+        g = self._g
+        linear = sum(g(op(n)) for op in self._ops)
+        bw, floor = self.elementwise_bandwidth_bytes_per_s, self.kernel_floor_s
+        elementwise = sum(max(n * nb / bw, floor) for nb in self._elem)
+        comm = None
+        if self.include_comm and self.tp > 1:
+            m = self.model
+            link = self.gpu.nvlink_bandwidth_bytes_per_s
+            link = link / 2 if link else self.gpu.pcie_bandwidth_bytes_per_s
+            comm = 2 * _ring_allreduce_s(n * m.hidden_size * _dtype_bytes(self.dtype), self.tp, link,
+                                         self.allreduce_latency_s)
+        return linear, elementwise, comm
 
     def decode_step_time_s(self, batch_size: int, context_sum: int) -> float:
         """Seconds of a decode-only step of ``batch_size`` sequences whose cached contexts sum to

@@ -7,7 +7,9 @@ sequence that has sampled all its output tokens finishes and frees its KV.
 
 Invariants checked as it runs (``check_invariants=True``): KV blocks in use never exceed capacity,
 a sequence's computed tokens never exceed its length nor the KV slots it holds, and a plan never
-schedules a sequence twice. Violations raise :class:`SimulationInvariantError`.
+schedules a sequence twice. Violations raise :class:`SimulationInvariantError`. The checks ride along
+the passes that account a step (no pass of their own); a decode run is checked once at its end, on
+every sequence, against the KV the block manager reports (see :meth:`InstanceEngine._finish_run`).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ class InstanceEngine:
         # decode-only steps are priced through the model's scalar shortcut when it has one
         self._decode_time = getattr(step_model, "decode_step_time_s", None)
         self._decode_ends = getattr(step_model, "decode_run_ends_s", self._decode_run_ends_s)
+        self._runs = fast and self._decode_time is not None and getattr(scheduler, "stable_decode_runs", False)
         self._wake: simpy.Event | None = None
         self._run: _DecodeRun | None = None
         self.process = env.process(self._loop())
@@ -110,7 +113,15 @@ class InstanceEngine:
     # -- the iteration loop -------------------------------------------------------------------------
     def _loop(self):
         env = self.env
+        run = None
         while True:
+            if run is not None:  # the scheduler's promise made the next plan known: a decode run
+                self._run = run
+                steps = yield from self._wait_for_run(run)
+                self._run = None
+                self._finish_run(run, steps)
+                run = self._continue_run()
+                continue
             plan = self.scheduler.schedule(self.waiting, self.running, self.kv, self.clock)
             if not plan:
                 if self.running and self.check_invariants:
@@ -122,41 +133,83 @@ class InstanceEngine:
                 self._wake = None
                 self.clock = env.now
                 continue
-            if self.fast and self._starts_decode_run(plan):
-                run = _DecodeRun(self, plan)
-                self._run = run
-                steps = yield from self._wait_for_run(run)
-                self._run = None
-                self._finish_run(run, steps)
+            run = self._start_run(plan) if self._runs else None
+            if run is not None:
                 continue
+            everyone = not plan.preempted and len(plan.entries) == len(self.running)
             start = self.clock
             end = start + self._step_time_s(plan)
             yield env.timeout(max(end - env.now, 0.0))
             self._account(plan.entries, end, start, plan.num_tokens, len(plan.entries), 1)
+            if everyone and self._runs:
+                run = self._continue_run()
 
     def _account(self, entries, end_s: float, start_s: float, tokens: int, seqs: int, steps: int) -> None:
         self.clock = end_s
         self.busy_time_s += end_s - start_s
         self.num_steps += steps
+        if self.check_invariants and len({id(seq) for seq, _ in entries}) != len(entries):
+            self._raise_twice(entries)
         self._complete(entries, end_s)
-        if self.check_invariants:
-            self._check(entries)
+        self._end_step(tokens, seqs, steps)
+
+    def _end_step(self, tokens: int, seqs: int, steps: int) -> None:
+        """After a step's sequences are accounted: the KV capacity check, the timeline row."""
+        kv = self.kv
+        if self.check_invariants and kv.num_used_blocks > kv.num_blocks:
+            raise SimulationInvariantError(
+                f"instance {self.index}: {kv.num_used_blocks} KV blocks in use > capacity {kv.num_blocks}")
         if self.timeline is not None:
-            self.timeline.append((end_s, self.index, self.kv.num_used_blocks, len(self.running),
+            self.timeline.append((self.clock, self.index, kv.num_used_blocks, len(self.running),
                                   len(self.waiting), tokens, seqs, steps))
 
     # -- fast mode: runs of identical decode steps ----------------------------------------------------
-    def _starts_decode_run(self, plan: StepPlan) -> bool:
-        """Whether the steps after ``plan`` will repeat it (same sequences, one decode token each) until a
-        sequence finishes, KV must be reclaimed, or a request arrives; see :class:`_DecodeRun`."""
-        if (plan.preempted or len(plan.entries) != len(self.running) or self._decode_time is None
-                or not getattr(self.scheduler, "stable_decode_runs", False)):
-            return False
-        for seq, n in plan.entries:  # a decode: one token, the last sampled one (num_tokens - 1 computed)
-            if n != 1 or seq.generated_tokens == 0 or \
-                    seq.num_computed_tokens != seq.prompt_tokens + seq.generated_tokens - 1:
-                return False
-        return True
+    def _start_run(self, plan: StepPlan) -> "_DecodeRun | None":
+        """A decode run starting with ``plan``, or None if the steps after it will not repeat it.
+
+        They repeat it (same sequences, one decode token each) when it decodes every running sequence
+        and preempts nothing, until a sequence finishes, KV must be reclaimed, or a request arrives
+        (see :class:`_DecodeRun`). One pass over the plan both tests this and gathers the run's inputs.
+        """
+        entries = plan.entries
+        if plan.preempted or len(entries) != len(self.running):
+            return None
+        ids, context_sum, steps = [], 0, _DecodeRun.MAX_STEPS
+        for seq, n in entries:  # a decode: one token, the last sampled one (num_tokens - 1 computed)
+            c, g = seq.num_computed_tokens, seq.generated_tokens
+            if n != 1 or g == 0 or c != seq.prompt_tokens + g - 1:
+                return None
+            ids.append(seq.index)
+            context_sum += c
+            left = seq.output_tokens - g
+            if left < steps:
+                steps = left
+        if self.check_invariants and len(set(ids)) != len(ids):  # seq.index is unique per request
+            self._raise_twice(entries)
+        return _DecodeRun(self, [seq for seq, _ in entries], ids, context_sum, steps)
+
+    def _continue_run(self) -> "_DecodeRun | None":
+        """The decode run that the scheduler's ``stable_decode_runs`` promise makes the next step, without
+        calling it: called after a step that scheduled every running sequence and preempted nothing, when
+        nothing waits and every running sequence is decoding; the engine grows their KV by the token as
+        the scheduler would. None (nothing changed) when that does not hold or the KV is not free."""
+        running = self.running
+        if self.waiting or not running:
+            return None
+        ids, targets, context_sum, steps = [], [], 0, _DecodeRun.MAX_STEPS
+        for seq in running:
+            c, g = seq.num_computed_tokens, seq.generated_tokens
+            if g == 0 or c != seq.prompt_tokens + g - 1:
+                return None
+            ids.append(seq.index)
+            targets.append(c + 1)
+            context_sum += c
+            left = seq.output_tokens - g
+            if left < steps:
+                steps = left
+        if not self.kv.grow_each_to(ids, targets):
+            return None
+        return _DecodeRun(self, list(running), ids, context_sum, steps)
 
     def _wait_for_run(self, run: "_DecodeRun"):
         """Wait until the run's last step ends; an arrival cuts it after the step in flight."""
@@ -171,15 +224,36 @@ class InstanceEngine:
                 last = min(last, bisect_left(run.ends, env.now))
 
     def _finish_run(self, run: "_DecodeRun", steps: int) -> None:
-        """Apply ``steps`` decode steps at once: the KV of steps 2.. and the accounting of all."""
-        if steps > 1:
-            more = steps - 1  # the last step is applied by _complete
-            self.kv.extend_each([seq.index for seq in run.seqs], more)
-            for seq in run.seqs:
-                seq.num_computed_tokens += more
-                seq.generated_tokens += more
-        entries = run.entries
-        self._account(entries, run.ends[steps - 1], run.start_s, steps * len(entries), len(entries), steps)
+        """Apply ``steps`` decode steps at once: the KV of steps 2.. (the scheduler allocated step 1's),
+        the tokens computed and sampled, the finished sequences, in one pass over the run's sequences.
+
+        Checks: every sequence holds at least the KV slots of its computed tokens (as the block manager
+        reports them after the run) and generated no more than its output; ``computed = prompt +
+        generated - 1`` held at the run's start (:meth:`_start_run`) and both grow by ``steps``.
+        """
+        kv, end = self.kv, run.ends[steps - 1]
+        self.clock = end
+        self.busy_time_s += end - run.start_s
+        self.num_steps += steps
+        held = kv.extend_each(run.ids, steps - 1) if steps > 1 else kv.tokens_each(run.ids)
+        check = self.check_invariants
+        finished = []
+        for seq, h in zip(run.seqs, held):
+            c = seq.num_computed_tokens + steps
+            g = seq.generated_tokens + steps
+            seq.num_computed_tokens = c
+            seq.generated_tokens = g
+            if g >= seq.output_tokens:
+                if check and g > seq.output_tokens:
+                    self._raise_accounting(seq)
+                seq.finish_time_s = end
+                finished.append(seq)
+            if check and h < c:
+                self._raise_kv_short(seq, h)
+        if finished:
+            self._retire(finished, end)
+        n = len(run.seqs)
+        self._end_step(steps * n, n, steps)
 
     def _decode_run_ends_s(self, start_s: float, batch: int, context_sum: int, steps: int) -> list[float]:
         """End times of ``steps`` decode steps from ``start_s``, summed one step at a time as step mode
@@ -220,34 +294,47 @@ class InstanceEngine:
                                            prefill_cached=prefill_cached, num_sampled=num_sampled)
 
     def _complete(self, entries, now_s: float) -> None:
-        """Account for a finished step: tokens computed, tokens sampled, sequences finished."""
+        """Account for a finished step: tokens computed, tokens sampled, sequences finished.
+
+        Checks (``check_invariants``), before finished sequences free their KV: computed tokens within
+        the sequence's length and its KV slots, generated tokens within its output.
+        """
         finished = []
+        hand_off = self.on_first_token is not None and self.role == "prefill"
+        tokens_of = self.kv.tokens_of if self.check_invariants else None
         for seq, n in entries:
             c = seq.num_computed_tokens + n
             seq.num_computed_tokens = c
             g = seq.generated_tokens
-            if c < seq.prompt_tokens + g:
-                continue  # a prefill chunk that did not reach the end of the prompt
-            g += 1
-            seq.generated_tokens = g
-            if g == 1:
-                seq.first_token_time_s = now_s
-                if self.on_first_token is not None and self.role == "prefill":
+            if c >= seq.prompt_tokens + g:  # else a prefill chunk that did not reach the end of the prompt
+                g += 1
+                seq.generated_tokens = g
+                if g == 1:
+                    seq.first_token_time_s = now_s
+                if g == 1 and hand_off:
                     finished.append(seq)
-                    continue
-            if g >= seq.output_tokens:
-                seq.finish_time_s = now_s
-                finished.append(seq)
+                elif g >= seq.output_tokens:
+                    seq.finish_time_s = now_s
+                    finished.append(seq)
+            if tokens_of is not None:
+                if c > seq.prompt_tokens + g or g > seq.output_tokens:
+                    self._raise_accounting(seq)
+                if tokens_of(seq.index) < c:
+                    self._raise_kv_short(seq, tokens_of(seq.index))
         if finished:
-            done = {id(s) for s in finished}
-            self.running = [s for s in self.running if id(s) not in done]
-            for seq in finished:
-                if seq.finish_time_s is None:  # a prefill instance hands the sequence (and its KV) off
-                    self.on_first_token(seq, now_s)
-                    continue
-                self.kv.free(seq.index, seq.block_hashes)
-                if self.on_finish is not None:
-                    self.on_finish(seq, now_s)
+            self._retire(finished, now_s)
+
+    def _retire(self, finished: list[SeqState], now_s: float) -> None:
+        """Take finished (or handed-off) sequences out of ``running``; free the KV of finished ones."""
+        done = {id(s) for s in finished}
+        self.running = [s for s in self.running if id(s) not in done]
+        for seq in finished:
+            if seq.finish_time_s is None:  # a prefill instance hands the sequence (and its KV) off
+                self.on_first_token(seq, now_s)
+                continue
+            self.kv.free(seq.index, seq.block_hashes)
+            if self.on_finish is not None:
+                self.on_finish(seq, now_s)
 
     def release(self, seq: SeqState) -> None:
         """Free the KV a handed-off sequence still holds here, and wake the loop if it was idle."""
@@ -255,29 +342,19 @@ class InstanceEngine:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
-    def _check(self, entries) -> None:
-        """Invariants after a step: KV within capacity; no sequence scheduled twice; for every scheduled
-        sequence, computed tokens within its length, generated within its output, and (unless it has
-        finished and freed its KV) no more computed tokens than the KV slots it holds. O(batch)."""
-        kv = self.kv
-        if kv.num_used_blocks > kv.num_blocks:
-            raise SimulationInvariantError(
-                f"instance {self.index}: {kv.num_used_blocks} KV blocks in use > capacity {kv.num_blocks}")
-        if len({id(seq) for seq, _ in entries}) != len(entries):
-            seen = set()
-            for seq, _ in entries:
-                if id(seq) in seen:
-                    raise SimulationInvariantError(f"instance {self.index}: {seq} scheduled twice in one step")
-                seen.add(id(seq))
-        tokens_of = kv.tokens_of
+    def _raise_twice(self, entries) -> None:
+        seen = set()
         for seq, _ in entries:
-            c, g = seq.num_computed_tokens, seq.generated_tokens
-            if c > seq.prompt_tokens + g or g > seq.output_tokens:
-                raise SimulationInvariantError(f"instance {self.index}: token accounting broken for {seq}")
-            if seq.finish_time_s is None and tokens_of(seq.index) < c:
-                raise SimulationInvariantError(
-                    f"instance {self.index}: {seq} computed more tokens than the KV slots it holds "
-                    f"({tokens_of(seq.index)})")
+            if id(seq) in seen or seq.index in seen:
+                raise SimulationInvariantError(f"instance {self.index}: {seq} scheduled twice in one step")
+            seen.update((id(seq), seq.index))
+
+    def _raise_accounting(self, seq: SeqState) -> None:
+        raise SimulationInvariantError(f"instance {self.index}: token accounting broken for {seq}")
+
+    def _raise_kv_short(self, seq: SeqState, held_tokens: int) -> None:
+        raise SimulationInvariantError(
+            f"instance {self.index}: {seq} computed more tokens than the KV slots it holds ({held_tokens})")
 
 
 class _DecodeRun:
@@ -295,33 +372,30 @@ class _DecodeRun:
     does. ``crossings`` lists, sorted, the step indices at which some sequence enters a new KV block.
     """
 
-    __slots__ = ("seqs", "entries", "start_s", "ends", "crossings", "cut")
+    __slots__ = ("seqs", "ids", "start_s", "ends", "crossings", "cut")
 
     MAX_STEPS = 32  # priced ahead per run (a longer run continues as a new one); 16-128 are within 5 %
 
-    def __init__(self, engine: InstanceEngine, plan: StepPlan):
+    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int, steps: int):
+        """``seqs``: the sequences decoded; ``ids``: their indices; ``context_sum``: their computed tokens
+        summed; ``steps``: at most this many (no sequence emits its last token before the last step)."""
         kv = engine.kv
-        self.entries = plan.entries
-        seqs = [seq for seq, _ in plan.entries]
         self.seqs = seqs
+        self.ids = ids
         self.start_s = engine.clock
         self.cut = False
-        steps = min(min(seq.output_tokens - seq.generated_tokens for seq in seqs), self.MAX_STEPS)
         bs = kv.block_size_tokens
         crossings = []
-        slots = kv.free_slots_of
-        for seq in seqs:  # step s (>= 1) needs tokens_of + s slots
-            first = slots(seq.index) + 1
-            if first < steps:
-                crossings.extend(range(first, steps, bs))
+        for free_slots in kv.free_slots_each(ids):  # step s (>= 1) needs tokens held + s slots
+            if free_slots + 1 < steps:
+                crossings.extend(range(free_slots + 1, steps, bs))
         crossings.sort()
         free = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
         if len(crossings) > free:
             steps = crossings[free]  # that step would need a block that is not free
             del crossings[free:]
         self.crossings = crossings
-        self.ends = engine._decode_ends(self.start_s, len(seqs), sum(seq.num_computed_tokens for seq in seqs),
-                                        steps)
+        self.ends = engine._decode_ends(self.start_s, len(ids), context_sum, steps)
 
     def blocks_taken_by(self, steps_done: int) -> int:
         """KV blocks the run has added once ``steps_done`` steps have ended (the next one is scheduled)."""

@@ -183,6 +183,11 @@ class VllmV0Scheduler:
     A step that can admit at least one waiting prompt (FCFS, whole prompt within the token budget,
     under ``max_num_seqs``, KV for the whole prompt free) is a prefill-only step; otherwise every
     running sequence decodes one token, preempting the newest when KV cannot grow.
+
+    A whole prompt (or a preempted sequence recomputed whole) must fit one step's budget, so, as vLLM V0
+    requires ``max_num_batched_tokens >= max_model_len`` without chunked prefill, a run is refused
+    before it starts when some request's prompt + output exceeds ``max_num_batched_tokens``
+    (:attr:`whole_sequence_budget`; otherwise that request would block the FCFS queue forever).
     """
 
     max_num_batched_tokens: int = 2048
@@ -190,6 +195,11 @@ class VllmV0Scheduler:
     enable_prefix_caching: bool = False
     name: str = "vllm-v0"
     stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
+
+    @property
+    def whole_sequence_budget(self) -> int:
+        """Tokens one step can prefill for one sequence: its prompt + output must fit (no chunking)."""
+        return self.max_num_batched_tokens
 
     def __post_init__(self):
         _check_positive(self, "max_num_batched_tokens", "max_num_seqs")

@@ -142,6 +142,7 @@ class _ServingRun:
             for i, cfg in enumerate(instances)
         ]
         _check_budgets(self.engines)
+        _check_whole_prefills(trace, self.engines)
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
@@ -268,6 +269,21 @@ def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:
             f"{int(row['prompt_tokens'])} + output {int(row['output_tokens'])}) but the largest instance holds "
             f"{biggest}; {too_big.size} request(s) like it can never run. Give the instances more KV "
             f"(more GPUs/TP, a larger GPU) or filter the trace explicitly")
+
+
+def _check_whole_prefills(trace: Trace, engines: list[InstanceEngine]) -> None:
+    """Schedulers without chunked prefill (``whole_sequence_budget``) must fit every request in one step."""
+    need = trace.df["prompt_tokens"] + trace.df["output_tokens"]
+    for engine in engines:
+        budget = getattr(engine.scheduler, "whole_sequence_budget", None)
+        if budget is not None and int(need.max()) > budget:
+            i = int(need.to_numpy().argmax())
+            raise ConfigError(
+                f"instance {engine.index}: scheduler {engine.scheduler.name!r} prefills whole sequences, but "
+                f"request {trace.df['request_id'].iloc[i]!r} has prompt + output = {int(need.iloc[i])} tokens "
+                f"> max_num_batched_tokens={budget} ({int((need > budget).sum())} request(s) like it would "
+                f"block the queue forever); raise max_num_batched_tokens to >= {int(need.max())} (vLLM V0 "
+                f"requires it >= max_model_len) or use a chunked-prefill scheduler (vllm-v1, sarathi)")
 
 
 def _check_budgets(engines: list[InstanceEngine]) -> None:

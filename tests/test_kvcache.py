@@ -192,6 +192,7 @@ ops = st.lists(
         st.tuples(st.just("free"), st.integers(0, 5)),
         st.tuples(st.just("grow"), st.integers(0, 5), st.integers(-3, 9)),
         st.tuples(st.just("extend_each"), st.integers(0, 5), st.integers(0, 9)),
+        st.tuples(st.just("grow_each"), st.integers(0, 5), st.integers(-3, 9)),
     ),
     max_size=60,
 )
@@ -255,6 +256,16 @@ def test_block_manager_matches_reference(total, ops):
             else:
                 with pytest.raises(KVCacheOverflowError):
                     bm.extend_each(sids, n)
+        elif kind == "grow_each":  # grow_each_to: each to its own target (k-th gets op[2] + k more), all or nothing
+            sids = sorted(ref.seqs)[: sid + 1]
+            targets = [ref.seqs[s][0] + op[2] + k for k, s in enumerate(sids)]
+            need = sum(max(0, math.ceil(t / BS) - math.ceil(ref.seqs[s][0] / BS)) for s, t in zip(sids, targets))
+            fits = need <= total - ref.used()
+            assert bm.grow_each_to(sids, targets) == fits
+            if fits:
+                for s, t in zip(sids, targets):
+                    if t > ref.seqs[s][0]:
+                        ref.extend(s, t - ref.seqs[s][0])
         else:
             if sid not in ref.seqs:
                 with pytest.raises(UnknownNameError):
@@ -271,6 +282,9 @@ def test_block_manager_matches_reference(total, ops):
         for sid2, (t, hs) in ref.seqs.items():
             assert bm.tokens_of(sid2) == t and bm.blocks_of(sid2) == math.ceil(t / BS)
             assert bm.free_slots_of(sid2) == math.ceil(t / BS) * BS - t
+        live = sorted(ref.seqs)
+        assert bm.tokens_each(live) == [ref.seqs[s][0] for s in live]
+        assert bm.free_slots_each(live) == [math.ceil(ref.seqs[s][0] / BS) * BS - ref.seqs[s][0] for s in live]
         # refcounts: every live hash is held exactly by the sequences listing it
         counts = {}
         for _, hs in ref.seqs.values():

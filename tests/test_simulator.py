@@ -142,6 +142,15 @@ def test_token_budget_smaller_than_a_block_is_refused():
         simulate(make_trace([(0.0, 8, 2)]), one_instance(max_num_batched_tokens=8))
 
 
+def test_whole_prefill_scheduler_refuses_a_sequence_longer_than_its_budget():
+    # vllm-v0 prefills whole sequences: 30 + 5 = 35 tokens cannot fit a 32-token step, and would block
+    # the FCFS queue forever; vllm-v1 chunks the prompt and serves the same request.
+    trace = make_trace([(0.0, 30, 5)])
+    with pytest.raises(ConfigError, match="prompt \\+ output = 35 tokens > max_num_batched_tokens=32"):
+        simulate(trace, one_instance(scheduler="vllm-v0", max_num_batched_tokens=32))
+    assert simulate(trace, one_instance(max_num_batched_tokens=32)).requests["finished"].all()
+
+
 def test_unknown_scheduler_and_router_names():
     with pytest.raises(UnknownNameError, match="vllm-v1"):
         simulate(make_trace([(0.0, 8, 2)]), one_instance(scheduler="fifo-magic"))
