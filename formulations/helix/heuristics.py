@@ -64,12 +64,20 @@ def swarm_placement(problem: HelixProblem, num_stages: int | None = None) -> dic
     return {i: out[i] for i in problem.nodes}
 
 
-def _regions(problem: HelixProblem) -> list[list[Node]]:
-    """Connected components of the links at least as fast as the median link (regions of a geo cluster)."""
-    caps = sorted(problem.links.values())
-    if not caps:
+def _regions(problem: HelixProblem, min_gap_ratio: float = 10.0) -> list[list[Node]]:
+    """Connected components of the fast links (the regions of a geo cluster), largest first.
+
+    Links count as fast above the widest gap in their sorted capacities, when that gap is a factor of
+    at least ``min_gap_ratio`` (a geo cluster's cross-region links are ~100x slower than its in-region
+    ones); with no such gap the cluster is one region. A median rule fails on geo clusters, where the
+    slow cross-region pairs outnumber the fast ones.
+    """
+    caps = sorted(c for c in problem.links.values() if c > 0)
+    ratios = [(b / a, b) for a, b in zip(caps, caps[1:])]
+    widest = max(ratios, default=(1.0, 0.0))
+    if widest[0] < min_gap_ratio:
         return [list(problem.nodes)]
-    thr = caps[len(caps) // 2] * 0.5
+    thr = widest[1]
     parent = {i: i for i in problem.nodes}
 
     def find(x):
