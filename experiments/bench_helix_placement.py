@@ -66,7 +66,7 @@ def run_instance(name: str, time_limit_s: float, threads: int, prove_ideas_too: 
     pub = max_flow(pr, load_helix_placement(DATA_DIR / "placements" / sol, pr)).value_tokens_per_s
     add("published", pub, status=note)
     best_val, best_pl, best_ub = -1.0, None, ub0
-    for h in ("petals", "swarm", "chain"):
+    for h in ("petals", "swarm", "chain", "regional"):
         try:
             r = heuristic_result(pr, h)
         except Exception as e:  # e.g. swarm needs >= P nodes

@@ -4,8 +4,9 @@ For each cluster (``--clusters single24 cluster42 geo24``; LLaMA-2-70B) it simul
 
 * systems: ``helix/helix`` (published Gurobi layout + IWRR over max-flow arc flows with KV expectation),
   ``swarm/swarm`` (published Swarm layout + Swarm-style router), ``sp/fixed`` and ``sp+/fixed`` (separate
-  homogeneous chains, :mod:`experiments.helix_separate`; SP+ on 42 nodes only), ``ours/helix`` (the chain
-  heuristic :func:`formulations.helix.chain_placement`, far higher max flow, + IWRR);
+  homogeneous chains, :mod:`experiments.helix_separate`; SP+ on 42 nodes only), ``ours/helix`` (our best
+  heuristic placement, ``heuristic_placement(problem, "best")``: the chain on one-region clusters, the
+  regional plan on the geo cluster; far higher max flow, + IWRR);
 * ablations: placement only (IWRR on the Swarm and Petals layouts; Petals with partial inference as in the
   paper) and scheduling only (Helix layout with the Swarm, random and shortest-queue routers);
 * modes: ``offline`` (closed loop) and ``online`` (Azure-conversation arrivals rescaled so that the prompt +
@@ -67,7 +68,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from experiments.helix_setup import kv_capacities, pipeline_cluster, prompt_limits  # noqa: E402
-from formulations.helix import (DATA_DIR, ROUTERS, HelixRouter, chain_placement, load_helix_placement,  # noqa: E402
+from formulations.helix import (DATA_DIR, ROUTERS, HelixRouter, heuristic_placement, load_helix_placement,  # noqa: E402
                                 load_helix_problem, max_flow)
 from experiments.helix_separate import SEPARATE, chain_cluster, separate_chains  # noqa: E402
 from gpusched.errors import ConfigError, KVCacheOverflowError  # noqa: E402
@@ -128,7 +129,7 @@ RATIOS = [
      {("single24", "offline"): 214.1 / 169.5, ("geo24", "offline"): 99.8 / 87.4}),
     ("scheduling only: IWRR / shortest-queue, Helix layout", ("helix", "helix"), ("helix", SR),
      {("geo24", "offline"): 99.8 / 83.6}),
-    ("ours (chain, higher max flow) / published Helix layout, IWRR", ("ours", "helix"), ("helix", "helix"), {}),
+    ("ours (best heuristic, higher max flow) / published Helix layout, IWRR", ("ours", "helix"), ("helix", "helix"), {}),
 ]
 #: the systems of Fig 5/7/8 and the two ablations (Fig 9a, 10a)
 SYSTEMS = [("helix", "helix"), ("swarm", "swarm"), ("sp", "fixed"), ("sp+", "fixed"), ("ours", "helix")]
@@ -249,7 +250,7 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
         cfile, layouts, rate = CLUSTERS[cname]
         pr = load_helix_problem(DATA_DIR / "clusters" / cfile, MODEL)
         placements = {k: load_helix_placement(DATA_DIR / "placements" / v, pr) for k, v in layouts.items()}
-        placements["ours"] = chain_placement(pr)
+        placements["ours"] = heuristic_placement(pr, "best")
         rate = online_rate or rate
         for pname, rname in combos:
             separate = pname in ("sp", "sp+")

@@ -4,8 +4,9 @@ from .problem import (DATA_DIR, HELIX_MODELS, HelixModel, HelixProblem, load_hel
 from .flow import FlowResult, chaining_arcs, max_flow
 from .milp import (PlacementModel, PlacementResult, build_placement_model, interchangeable_classes,
                    prune_links, solve_placement)
-from .heuristics import (chain_placement, heuristic_placement, heuristic_result, petals_placement,
-                         swarm_placement)
+from .chain import chain_placement, fast_link_regions
+from .regional import regional_chain_placement
+from .heuristics import HEURISTICS, heuristic_placement, heuristic_result, petals_placement, swarm_placement
 from .arcflow import links_never_bind, solve_placement_arcflow
 from .coverbound import CoverBound, cover_bound_at_level, cover_weight, layer_cover_bound
 from .optimality import OptimalityProof, hub_feasibility_model, prove_optimal
