@@ -169,24 +169,19 @@ class InstanceEngine:
 
         They repeat it (same sequences, one decode token each) when it decodes every running sequence
         and preempts nothing, until a sequence finishes, KV must be reclaimed, or a request arrives
-        (see :class:`_DecodeRun`). One pass over the plan both tests this and gathers the run's inputs.
+        (see :class:`_DecodeRun`).
         """
         entries = plan.entries
-        if plan.preempted or len(entries) != len(self.running):
+        if plan.preempted or len(entries) != len(self.running) or any(n != 1 for _, n in entries):
             return None
-        ids, context_sum, steps = [], 0, _DecodeRun.MAX_STEPS
-        for seq, n in entries:  # a decode: one token, the last sampled one (num_tokens - 1 computed)
-            c, g = seq.num_computed_tokens, seq.generated_tokens
-            if n != 1 or g == 0 or c != seq.prompt_tokens + g - 1:
-                return None
-            ids.append(seq.index)
-            context_sum += c
-            left = seq.output_tokens - g
-            if left < steps:
-                steps = left
+        seqs = [seq for seq, _ in entries]
+        inputs = _decode_run_inputs(seqs)
+        if inputs is None:
+            return None
+        ids, context_sum, steps = inputs
         if self.check_invariants and len(set(ids)) != len(ids):  # seq.index is unique per request
             self._raise_twice(entries)
-        return _DecodeRun(self, [seq for seq, _ in entries], ids, context_sum, steps)
+        return _DecodeRun(self, seqs, ids, context_sum, steps)
 
     def _continue_run(self) -> "_DecodeRun | None":
         """The decode run that the scheduler's ``stable_decode_runs`` promise makes the next step, without
@@ -196,18 +191,11 @@ class InstanceEngine:
         running = self.running
         if self.waiting or not running:
             return None
-        ids, targets, context_sum, steps = [], [], 0, _DecodeRun.MAX_STEPS
-        for seq in running:
-            c, g = seq.num_computed_tokens, seq.generated_tokens
-            if g == 0 or c != seq.prompt_tokens + g - 1:
-                return None
-            ids.append(seq.index)
-            targets.append(c + 1)
-            context_sum += c
-            left = seq.output_tokens - g
-            if left < steps:
-                steps = left
-        if not self.kv.grow_each_to(ids, targets):
+        inputs = _decode_run_inputs(running)
+        if inputs is None:
+            return None
+        ids, context_sum, steps = inputs
+        if not self.kv.grow_each_to(ids, [seq.num_computed_tokens + 1 for seq in running]):
             return None
         return _DecodeRun(self, list(running), ids, context_sum, steps)
 
@@ -355,6 +343,24 @@ class InstanceEngine:
     def _raise_kv_short(self, seq: SeqState, held_tokens: int) -> None:
         raise SimulationInvariantError(
             f"instance {self.index}: {seq} computed more tokens than the KV slots it holds ({held_tokens})")
+
+
+def _decode_run_inputs(seqs) -> "tuple[list[int], int, int] | None":
+    """``(indices, computed tokens summed, most steps)`` of sequences that are all decoding (the last
+    sampled token is the only one not computed: ``computed = prompt + generated - 1``), or None.
+    ``most steps``: no sequence emits its last output token before the last one (capped at
+    :attr:`_DecodeRun.MAX_STEPS`)."""
+    ids, context_sum, steps = [], 0, _DecodeRun.MAX_STEPS
+    for seq in seqs:
+        c, g = seq.num_computed_tokens, seq.generated_tokens
+        if g == 0 or c != seq.prompt_tokens + g - 1:
+            return None
+        ids.append(seq.index)
+        context_sum += c
+        left = seq.output_tokens - g
+        if left < steps:
+            steps = left
+    return ids, context_sum, steps
 
 
 class _DecodeRun:

@@ -273,16 +273,20 @@ def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:
 
 def _check_whole_prefills(trace: Trace, engines: list[InstanceEngine]) -> None:
     """Schedulers without chunked prefill (``whole_sequence_budget``) must fit every request in one step."""
+    budgets = [(e, e.scheduler.whole_sequence_budget) for e in engines
+               if getattr(e.scheduler, "whole_sequence_budget", None) is not None]
+    if not budgets:
+        return
     need = trace.df["prompt_tokens"] + trace.df["output_tokens"]
-    for engine in engines:
-        budget = getattr(engine.scheduler, "whole_sequence_budget", None)
-        if budget is not None and int(need.max()) > budget:
-            i = int(need.to_numpy().argmax())
+    i = int(need.to_numpy().argmax())
+    longest = int(need.iloc[i])
+    for engine, budget in budgets:
+        if longest > budget:
             raise ConfigError(
                 f"instance {engine.index}: scheduler {engine.scheduler.name!r} prefills whole sequences, but "
-                f"request {trace.df['request_id'].iloc[i]!r} has prompt + output = {int(need.iloc[i])} tokens "
+                f"request {trace.df['request_id'].iloc[i]!r} has prompt + output = {longest} tokens "
                 f"> max_num_batched_tokens={budget} ({int((need > budget).sum())} request(s) like it would "
-                f"block the queue forever); raise max_num_batched_tokens to >= {int(need.max())} (vLLM V0 "
+                f"block the queue forever); raise max_num_batched_tokens to >= {longest} (vLLM V0 "
                 f"requires it >= max_model_len) or use a chunked-prefill scheduler (vllm-v1, sarathi)")
 
 

@@ -42,14 +42,19 @@ def fast_link_regions(problem: HelixProblem, min_gap_ratio: float = 10.0) -> lis
     return sorted(comps.values(), key=len, reverse=True)
 
 
+def max_layers_at(table: tuple[float, ...], theta: float) -> int:
+    """Most layers ``k`` with ``T(k) >= theta`` (0 if none); ``table`` = ``T(1..K)`` in tokens/s."""
+    ks = [k for k, t in enumerate(table, 1) if t >= theta]
+    return max(ks) if ks else 0
+
+
 def chain_placement(problem: HelixProblem) -> dict[Node, tuple[int, int]]:
     """Single pipeline at the largest bottleneck ``θ`` such that ``Σ_i max{k : T_i(k) >= θ} >= L``."""
     L = problem.num_layers
     nodes = problem.nodes
 
     def kk(i, theta):
-        ks = [k for k, t in enumerate(problem.throughput[i], 1) if t >= theta]
-        return max(ks) if ks else 0
+        return max_layers_at(problem.throughput[i], theta)
 
     cand = sorted({t for tab in problem.throughput.values() for t in tab}, reverse=True)
     theta = next((t for t in cand if sum(kk(i, t) for i in nodes) >= L), None)

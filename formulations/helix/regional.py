@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gpusched.errors import ConfigError
 
-from .chain import chain_placement, fast_link_regions
+from .chain import chain_placement, fast_link_regions, max_layers_at
 from .flow import flow_value_or_zero, max_flow
 from .problem import HelixProblem, Node
 
@@ -49,12 +49,6 @@ class _Block:
     throughput: float
 
 
-def _max_k(table: tuple[float, ...], theta: float) -> int:
-    """Most layers ``k`` with ``T(k) >= theta`` (0 if none); ``table`` = ``T(1..K)`` in tokens/s."""
-    ks = [k for k, t in enumerate(table, 1) if t >= theta]
-    return max(ks) if ks else 0
-
-
 def _max_min_chain(problem: HelixProblem, nodes: list, n: int):
     """Split ``n`` layers over ``nodes`` (kept in order) to maximise the chain's bottleneck.
 
@@ -82,7 +76,7 @@ def _split_chains(problem: HelixProblem, nodes: list, p: int, theta: float) -> t
     """Nodes into ``p`` chains, longest-first onto the shortest chain, each node at ``max_k(theta)``
     layers; returns the chains and the fewest layers any chain covers at bottleneck ``theta``."""
     chains, sums = [[] for _ in range(p)], [0] * p
-    items = sorted(((_max_k(problem.throughput[i], theta), j, i) for j, i in enumerate(nodes)),
+    items = sorted(((max_layers_at(problem.throughput[i], theta), j, i) for j, i in enumerate(nodes)),
                    key=lambda x: (-x[0], x[1]))
     for k, _, i in items:
         c = min(range(p), key=lambda q: (sums[q], q))
@@ -98,7 +92,7 @@ def _end_group(problem: HelixProblem, nodes: list, w: int, f: float, taken: set)
     length ``l``. Returns ``(gain, l, members)`` maximising ``l - cost`` (two greedy member orders per
     ``l``), or ``None``.
     """
-    cost = {i: _max_k(problem.throughput[i], f) for i in nodes}
+    cost = {i: max_layers_at(problem.throughput[i], f) for i in nodes}
     best = None
     for ell in range(1, max(problem.max_layers(i) for i in nodes) + 1):
         cand = [i for i in nodes if i not in taken and problem.max_layers(i) >= ell]
@@ -125,7 +119,7 @@ def _widened_parts(problem: HelixProblem, nodes: list, shape: _Shape, f: float):
         taken |= set(g[2]) if g else set()
         groups.append(g)
     singles = [i for i in nodes if i not in taken]
-    cover = sum(_max_k(problem.throughput[i], f) for i in singles) + sum(g[1] for g in groups if g)
+    cover = sum(max_layers_at(problem.throughput[i], f) for i in singles) + sum(g[1] for g in groups if g)
     return cover, (groups[0], groups[1], singles)
 
 
