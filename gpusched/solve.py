@@ -35,14 +35,14 @@ from gpusched.errors import (
     UnboundedError,
 )
 
-__all__ = ["SolveResult", "solve", "solve_highs_lp", "SOLVERS"]
+__all__ = ["SolveResult", "solve", "solve_highs_lp", "prepare_highs_threads", "SOLVERS"]
 
 SOLVERS = ("highs", "cbc")
 _HIGHS_DEFAULT_MIP_REL_GAP = 1e-4
 _highs_threads_in_use: list = [None]  # thread count HiGHS's process-wide scheduler was last set up for
 
 
-def _prepare_highs_threads(threads: int | None) -> None:
+def prepare_highs_threads(threads: int | None) -> None:
     """HiGHS keeps ONE thread scheduler per process: asking for a different ``threads`` than the one it
     was initialised with fails ("scheduler has already been initialized", model status 'Not Set').
     Reset it whenever the requested count changes."""
@@ -191,7 +191,7 @@ def solve(
     if name == "highs":
         if not pulp.HiGHS().available():
             raise SolverError("HiGHS (highspy) is not available; install highspy or pass solver='cbc'")
-        _prepare_highs_threads(threads)
+        prepare_highs_threads(threads)
         s = pulp.HiGHS(msg=msg, timeLimit=time_limit_s, gapRel=mip_gap, threads=threads)
         problem.solve(s)
         elapsed = time.perf_counter() - t0
@@ -321,7 +321,7 @@ def solve_highs_lp(
             is_mip = True
             lp.integrality_ = [highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous for k in integ]
 
-    _prepare_highs_threads(threads)
+    prepare_highs_threads(threads)
     h = highspy.Highs()
     h.setOptionValue("output_flag", bool(msg))
     h.setOptionValue("time_limit", float(time_limit_s))

@@ -13,7 +13,7 @@ import pytest
 
 from gpusched.errors import ConfigError, DoesNotFitError, InfeasibleError
 from formulations.mcsf import (Instance, InfeasibleScheduleError, admit_prefix, alpha_beta, alpha_greedy,
-                               check_schedule, hindsight_optimal, mc_benchmark, mcsf, memory_profile, run_batches,
+                               check_schedule, hindsight_optimal, latency_lower_bound, mc_benchmark, mcsf, memory_profile, run_batches,
                                simulate_real)
 
 
@@ -86,14 +86,15 @@ def test_case_F_hand_check():
     assert prof[4] == 10 and prof[5] == 8 and prof[12] == 9  # hand: 5+5; 6+2; 1+8
 
 
-def test_ip_matches_brute_force_on_tiny_instances():
+@pytest.mark.parametrize("solver", ["highs", "cp-sat", "cp-sat+highs"])
+def test_ip_matches_brute_force_on_tiny_instances(solver):
     rng = np.random.default_rng(7)
     for _ in range(25):
         reqs, M = _random_tiny(rng)
         opt, _ = brute_force_optimum(reqs, M)
         inst = Instance.from_requests(reqs, M)
         for warm in ("mcsf", None):
-            res = hindsight_optimal(inst, time_limit_s=10, warm_start=warm)
+            res = hindsight_optimal(inst, time_limit_s=10, warm_start=warm, solver=solver, threads=1)
             assert res.status == "optimal" and res.objective == opt, (reqs, M)  # brute force
             assert _feasible(reqs, M, res.schedule.start)
         assert mcsf(inst).check() >= opt  # P2
@@ -256,14 +257,39 @@ def test_admit_prefix_matches_naive_check(n_cand, cases):
         assert got == want
 
 
-def test_time_limited_ip_is_not_reported_optimal():
+def test_cpsat_and_highs_agree_on_small_instances():
+    # Two independent exact models of the same problem (time-indexed IP on HiGHS, cumulative ramps on
+    # CP-SAT): beyond brute-force size their proven optima must coincide. Instances with identical
+    # requests exercise both symmetry treatments (class aggregation vs start-order constraints).
+    rng = np.random.default_rng(23)
+    for _ in range(4):
+        M = int(rng.integers(10, 14))
+        s = int(rng.integers(1, 3))
+        n = int(rng.integers(6, 9))
+        inst = Instance(rng.integers(0, 4, size=n).tolist(), [s] * n, rng.integers(1, M - s + 1, size=n).tolist(), M)
+        ip = hindsight_optimal(inst, time_limit_s=30, threads=1)
+        cp = hindsight_optimal(inst, time_limit_s=30, threads=1, solver="cp-sat")
+        assert ip.is_optimal and cp.is_optimal
+        assert ip.objective == cp.objective  # second solver
+        assert cp.schedule.check() == cp.objective
+
+
+def test_unknown_solver_is_refused():
+    inst = Instance([0], [1], [2], 5)
+    with pytest.raises(ConfigError, match="'gurobi'"):
+        hindsight_optimal(inst, solver="gurobi")
+
+
+@pytest.mark.parametrize("solver", ["highs", "cp-sat", "cp-sat+highs"])
+def test_time_limited_ip_is_not_reported_optimal(solver):
     rng = np.random.default_rng(1)
     M, s, o = _paper_like(rng, 45, 45)
     inst = Instance([0] * o.size, [s] * o.size, o.tolist(), M)
-    res = hindsight_optimal(inst, time_limit_s=0.5, threads=1)
-    assert res.termination != "optimal"  # HiGHS says "Time limit reached" (or stops in presolve)
+    res = hindsight_optimal(inst, time_limit_s=0.5, threads=1, solver=solver)
+    assert res.termination != "optimal"  # the solver says "time limit reached" (HiGHS may stop in presolve)
     assert res.status == "feasible" and res.gap > 0
     assert res.objective <= mcsf(inst).total_latency  # the MC-SF warm start is an incumbent
+    assert latency_lower_bound(inst) <= res.best_bound <= res.objective
 
 
 def test_real_variant_mcsf_beats_fcfs_check_on_a_burst():

@@ -12,6 +12,7 @@ import highspy
 import numpy as np
 
 from gpusched.errors import InfeasibleError, SolverError, SolverTimeoutError, UnboundedError
+from gpusched.solve import prepare_highs_threads
 
 
 class ModelBuilder:
@@ -111,6 +112,7 @@ def solve(h: highspy.Highs, *, time_limit_s: float, threads: int = 1, seed: int 
     if not time_limit_s > 0:
         raise SolverError(f"time_limit_s must be > 0, got {time_limit_s!r}")
     h.setOptionValue("time_limit", float(time_limit_s))
+    prepare_highs_threads(int(threads))
     h.setOptionValue("threads", int(threads))
     h.setOptionValue("random_seed", int(seed))
     h.setOptionValue("mip_rel_gap", float(mip_rel_gap))

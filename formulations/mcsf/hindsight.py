@@ -17,7 +17,8 @@ absolute gap below 1 (``mip_abs_gap = 1 - 1e-6``, ``mip_rel_gap = 0``): "optimal
 
 Two builders: ``backend="highspy"`` (column-wise arrays into ``highspy.Highs`` directly, the default: see
 ``experiments/bench_mcsf.py`` for the measurement) and ``backend="pulp"`` (a ``pulp.LpProblem`` solved by
-:func:`gpusched.solve.solve`).
+:func:`gpusched.solve.solve`). ``solver="cp-sat"`` solves the same problem as a constraint program instead
+(:mod:`.cpsat`).
 """
 from __future__ import annotations
 
@@ -28,11 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpusched.errors import ConfigError, InfeasibleError, SolverError, SolverTimeoutError, UnboundedError
+from gpusched.solve import prepare_highs_threads
 
+from .bounds import latency_lower_bound
+from .cpsat import solve_hindsight_cpsat
 from .model import Instance, Schedule, check_schedule
 from .online import mcsf
 
-__all__ = ["HindsightResult", "hindsight_optimal", "build_hindsight_arrays", "identical_classes"]
+__all__ = ["SOLVERS", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays", "identical_classes"]
+
+SOLVERS = ("highs", "cp-sat", "cp-sat+highs")  # see hindsight_optimal
 
 
 @dataclass
@@ -43,13 +49,15 @@ class HindsightResult:
         schedule: the best schedule found (checked against the model).
         objective: its total end-to-end latency (rounds).
         status: ``"optimal"`` (proven) or ``"feasible"`` (stopped by the time limit; see ``gap``).
-        best_bound: proven lower bound on the optimum.
+        best_bound: proven lower bound on the optimum: the larger of the solver's and
+            :func:`.bounds.latency_lower_bound` (equal to ``objective`` when optimal).
         gap: ``(objective - best_bound) / objective`` (0 when optimal).
         solve_time_s: seconds in the solver; build_time_s: seconds building the model.
         termination: ``"optimal"``, ``"time_limit"``, ... (the solver's reason to stop).
-        n_vars, n_rows, n_nonzeros: model size after tightening.
+        n_vars, n_rows, n_nonzeros: model size after tightening (CP-SAT: start variables, 1 cumulative
+            constraint, its layer intervals).
         incumbent_objective: total latency of the warm-start schedule (``None`` if none was given).
-        backend: ``"highspy"`` or ``"pulp"``.
+        backend: ``"highspy"``, ``"pulp"``, ``"cp-sat"`` or ``"cp-sat+highs"``.
     """
 
     schedule: Schedule
@@ -194,6 +202,7 @@ def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # integer objective: a gap below 1 proves optimality
+    prepare_highs_threads(threads)
     if threads is not None:
         h.setOptionValue("threads", int(threads))
     h.passModel(lp)
@@ -280,16 +289,20 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     Args:
         instance: the requests (true output lengths are used: full information).
         time_limit_s: solver wall-clock limit, seconds. A run stopped by it is reported ``"feasible"``.
-        solver: ``"highs"`` (the only one wired to the matrix backend).
+        solver: ``"highs"`` (the IP above, default), ``"cp-sat"`` (the same problem as a constraint
+            program on OR-Tools CP-SAT, :mod:`.cpsat`: weaker bounds, much better schedules on the
+            paper-size instances; ``backend`` and ``aggregate_identical`` do not apply to it) or
+            ``"cp-sat+highs"`` (CP-SAT for half the time limit, then the IP warm-started from its schedule
+            for the rest: the better schedule and the stronger bound of the two; the times add up).
         backend: ``"highspy"`` (matrix API, default) or ``"pulp"``.
-        threads: solver threads (``None``: HiGHS default).
+        threads: solver threads (``None``: the solver's default).
         warm_start: a feasible schedule to tighten the horizon and seed the search, ``"mcsf"`` (default:
             MC-SF's schedule) or ``None`` (spec horizon ``T = max a + sum o``, no seed).
         msg: print the solver log.
         aggregate_identical: solve the class-aggregated model (see above).
     """
-    if solver != "highs":
-        raise ConfigError(f"solver {solver!r} is not supported here; use 'highs'")
+    if solver not in SOLVERS:
+        raise ConfigError(f"solver {solver!r} is not supported; use one of {SOLVERS}")
     if backend not in ("highspy", "pulp"):
         raise ConfigError(f"backend must be 'highspy' or 'pulp', got {backend!r}")
     if not (time_limit_s > 0 and math.isfinite(time_limit_s)):
@@ -301,6 +314,10 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     ub = None
     if warm is not None:
         ub = check_schedule(instance, warm.start)
+    if solver == "cp-sat":
+        return _hindsight_cpsat(instance, time_limit_s, threads, msg, warm, ub, time.perf_counter() - t0)
+    if solver == "cp-sat+highs":
+        return _hindsight_portfolio(instance, time_limit_s, threads, msg, warm, aggregate_identical)
     arrays = build_hindsight_arrays(instance, ub, aggregate=aggregate_identical)
     rows = identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
     members = [np.flatnonzero(rows == i) for i in range(arrays[8].size)]
@@ -319,9 +336,46 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     # HiGHS-direct runs use an absolute gap < 1, so its "optimal" is exact; via PuLP the default relative gap
     # applies, so optimality is only claimed when the bound proves it (integer objective).
     proven = (term == "optimal" and backend == "highspy") or (math.isfinite(bound) and obj - bound < 1.0 - 1e-9)
+    return _result(instance, start, obj, proven, bound, elapsed, build_s, term, int(col_req.size),
+                   int(arrays[6].size + arrays[8].size), int(arrays[3][-1] + col_req.size), ub, backend)
+
+
+def _hindsight_cpsat(instance, time_limit_s, threads, msg, warm, ub, build_s) -> HindsightResult:
+    out = solve_hindsight_cpsat(instance, time_limit_s, workers=threads, warm=warm, upper_bound=ub, msg=msg)
+    if out.termination == "infeasible":
+        raise InfeasibleError("hindsight model (CP-SAT): no schedule within the horizon")
+    if out.start is None and warm is None:
+        raise SolverTimeoutError(f"hindsight model (CP-SAT): {time_limit_s} s time limit hit with no feasible "
+                                 f"schedule; pass a warm start or more time")
+    start = out.start if out.start is not None else tuple(warm.start)
+    obj = check_schedule(instance, start)
+    if ub is not None and ub < obj:  # never return worse than the incumbent
+        start, obj = tuple(warm.start), ub
+    proven = out.termination == "optimal" or obj - out.best_bound < 1.0 - 1e-9
+    return _result(instance, start, obj, proven, out.best_bound, out.solve_time_s, build_s, out.termination,
+                   out.n_vars, 1, out.n_intervals, ub, "cp-sat")
+
+
+def _hindsight_portfolio(instance, time_limit_s, threads, msg, warm, aggregate_identical) -> HindsightResult:
+    cp = hindsight_optimal(instance, time_limit_s / 2, "cp-sat", threads=threads, warm_start=warm, msg=msg)
+    if cp.is_optimal:
+        return cp
+    ip = hindsight_optimal(instance, time_limit_s / 2, "highs", threads=threads, warm_start=cp.schedule, msg=msg,
+                           aggregate_identical=aggregate_identical)
+    best = ip if ip.objective <= cp.objective else cp
+    bound = max(cp.best_bound, ip.best_bound)
+    proven = ip.is_optimal or best.objective - bound < 1.0 - 1e-9
+    return _result(instance, best.schedule.start, best.objective, proven, bound, cp.solve_time_s + ip.solve_time_s,
+                   cp.build_time_s + ip.build_time_s, ip.termination, ip.n_vars, ip.n_rows, ip.n_nonzeros,
+                   cp.incumbent_objective, "cp-sat+highs")
+
+
+def _result(instance, start, obj, proven, bound, elapsed, build_s, term, n_vars, n_rows, n_nonzeros, ub,
+            backend) -> HindsightResult:
+    bound = max(bound, latency_lower_bound(instance))  # the solver's bound is -inf if it stopped in its root LP
+    proven = proven or obj - bound < 1.0 - 1e-9
     status = "optimal" if proven else "feasible"
-    bound_eff = float(obj) if status == "optimal" and not math.isfinite(bound) else bound
+    bound_eff = float(obj) if status == "optimal" else bound
     gap = 0.0 if status == "optimal" else (obj - bound) / max(obj, 1)
     return HindsightResult(Schedule(instance, start, "hindsight"), int(obj), status, bound_eff, float(gap),
-                           float(elapsed), float(build_s), term, int(col_req.size), int(arrays[6].size + arrays[8].size),
-                           int(arrays[3][-1] + col_req.size), ub, backend)
+                           float(elapsed), float(build_s), term, n_vars, n_rows, n_nonzeros, ub, backend)

@@ -1,0 +1,118 @@
+"""The hindsight problem of :mod:`.hindsight` as a constraint program (OR-Tools CP-SAT): a second exact solver.
+
+Same problem, different model. A request started at round ``p`` holds ``s + (t - p)`` tokens in rounds
+``t = p+1 .. p+o``; that ramp is a stack of ``o`` fixed-size intervals tied to ``p``: one of height
+``s + 1`` over rounds ``p+1 .. p+o`` and one of height 1 over rounds ``p+j .. p+o`` for ``j = 2..o``. At
+round ``p + d`` exactly the first ``d`` are active, ``s + 1 + (d - 1) = s + d`` tokens, so one cumulative
+constraint of capacity ``M`` over all the stacks is the memory rows (3) of the IP, and the objective is (1).
+
+Why a second model: the IP's LP relaxation lets a request split across start rounds and so smears its ramp;
+on the paper-size instances (n 40-60, M 30-50) its bound stays near the area bound of :mod:`.bounds` and
+HiGHS cannot close the gap. CP-SAT reasons on the ramps directly (timetabling, energetic reasoning) and
+its search finds schedules better than MC-SF's within seconds where HiGHS only returns the warm start; its
+bound is weak, so the combinatorial lower bound of :mod:`.bounds` is added as a constraint on the objective
+(valid: every schedule meets it).
+
+Added constraints, all valid (no optimum is cut off):
+
+* the horizon of :mod:`.hindsight` (start ``<= a_i + U - sum o`` given a schedule of total latency ``U``);
+* identical requests (same ``a, s, o``) start in index order (they are interchangeable);
+* total latency ``>=`` :func:`.bounds.latency_lower_bound`.
+
+Determinism: with one worker CP-SAT is deterministic for a fixed seed; with several the incumbent found
+within a time limit can vary from run to run (a proven optimum's value never does).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from gpusched.errors import SolverError
+
+from .bounds import latency_lower_bound
+from .model import Instance, Schedule
+
+__all__ = ["CpSatOutcome", "solve_hindsight_cpsat"]
+
+
+@dataclass(frozen=True)
+class CpSatOutcome:
+    """Raw result of :func:`solve_hindsight_cpsat`: ``start`` is ``None`` when no schedule was found."""
+
+    start: tuple[int, ...] | None
+    termination: str  # "optimal", "time_limit" or "infeasible"
+    best_bound: float
+    solve_time_s: float
+    n_vars: int
+    n_intervals: int
+
+
+def _hint_in_class_order(instance: Instance, start) -> list[int]:
+    """``start`` with each class of identical requests' starts sorted, to satisfy the symmetry constraint."""
+    by_class: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(instance.arrival, instance.prompt, instance.output)):
+        by_class.setdefault(key, []).append(i)
+    hint = list(start)
+    for members in by_class.values():
+        for i, p in zip(members, sorted(start[i] for i in members)):
+            hint[i] = p
+    return hint
+
+
+def solve_hindsight_cpsat(instance: Instance, time_limit_s: float, workers: int | None = None,
+                          warm: Schedule | None = None, upper_bound: int | None = None,
+                          seed: int = 0, msg: bool = False) -> CpSatOutcome:
+    """Minimise total latency with CP-SAT (see the module docstring).
+
+    Args:
+        instance: the requests (true output lengths).
+        time_limit_s: wall-clock limit, seconds.
+        workers: CP-SAT search workers (``None``: CP-SAT's default, all cores).
+        warm: a feasible schedule given as a hint.
+        upper_bound: total latency of a feasible schedule, to tighten the start windows.
+        seed: CP-SAT's random seed.
+        msg: print CP-SAT's search log.
+    """
+    from ortools.sat.python import cp_model
+
+    a, s, o, M = instance.arrival, instance.prompt, instance.output, instance.memory
+    m = cp_model.CpModel()
+    horizon = instance.serial_horizon()  # spec horizon T = max a + sum o; completion <= T
+    slack = None if upper_bound is None else int(upper_bound) - sum(o)
+    starts, layers, heights = [], [], []
+    for i in range(instance.n):
+        hi = horizon - o[i] if slack is None else min(horizon - o[i], a[i] + slack)
+        p = m.new_int_var(a[i], max(hi, a[i]), f"p{i}")
+        starts.append(p)
+        for j in range(1, o[i] + 1):  # layer j covers rounds p+j .. p+o: interval [p+j, p+o+1)
+            layers.append(m.new_fixed_size_interval_var(p + j, o[i] - j + 1, f"layer{i}_{j}"))
+            heights.append(s[i] + 1 if j == 1 else 1)
+    m.add_cumulative(layers, heights, M)
+    previous: dict[tuple, int] = {}
+    for i, key in enumerate(zip(a, s, o)):
+        if key in previous:
+            m.add(starts[previous[key]] <= starts[i])
+        previous[key] = i
+    total_latency = sum(starts) + (sum(o) - sum(a))
+    m.add(total_latency >= latency_lower_bound(instance))
+    m.minimize(total_latency)
+    if warm is not None:
+        for p, value in zip(starts, _hint_in_class_order(instance, warm.start)):
+            m.add_hint(p, value)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = float(time_limit_s)
+    solver.parameters.random_seed = int(seed)
+    solver.parameters.log_search_progress = bool(msg)
+    if workers is not None:
+        solver.parameters.num_workers = int(workers)
+    t0 = time.perf_counter()
+    status = solver.solve(m)
+    elapsed = time.perf_counter() - t0
+    if status == cp_model.MODEL_INVALID:
+        raise SolverError(f"CP-SAT rejected the hindsight model: {m.validate()}; report this instance")
+    if status == cp_model.INFEASIBLE:
+        return CpSatOutcome(None, "infeasible", float("inf"), elapsed, instance.n, len(layers))
+    found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+    start = tuple(int(solver.value(p)) for p in starts) if found else None
+    term = "optimal" if status == cp_model.OPTIMAL else "time_limit"
+    return CpSatOutcome(start, term, float(solver.best_objective_bound), elapsed, instance.n, len(layers))
