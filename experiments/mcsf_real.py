@@ -11,10 +11,12 @@ Length sources (the paper used a 10k subset of LMSYS-Chat-1M, which is not avail
 * ``lmsys-lognormal``: a reconstruction, NOT data: log-normal prompt/output lengths matched to the paper's
   reported LMSYS means and medians (prompt 40.62 / 11, output 85.32 / 45), rounded, >= 1.
 
-Alpha baselines need a batch cap the paper does not give (spec §1(g).7); ``batch_cap`` (default 256 jobs) is
-ours. A run that livelocks or exceeds 30x MC-SF's batch count is recorded as infeasible.
+Alpha baselines need a batch cap B the paper does not give (spec §1(g).7); ``batch_cap`` (default 256 jobs,
+vLLM's default ``max_num_seqs``) is ours. A run that livelocks or exceeds 30x MC-SF's batch count is recorded
+as infeasible. Because the paper's "alpha-greedy is feasible only for alpha >= 0.21 / 0.24" depends on B, the
+experiment also maps feasibility over a grid of (B, alpha) on the largest stream (``alpha_grid.csv/png``).
 
-Run: ``python -m experiments.mcsf_real [--quick]``.
+Run: ``python -m experiments.mcsf_real [--quick] [--grid-only]``.
 """
 from __future__ import annotations
 
@@ -32,6 +34,9 @@ SHAREGPT = "length_stats/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
 LMSYS_STATS = {"prompt": (40.62, 11.0), "output": (85.32, 45.0)}  # (mean, median), spec §1(d)
 ALPHA_GREEDY = (0.1, 0.2, 0.25, 0.3)
 ALPHA_BETA = ((0.1, 0.1), (0.2, 0.2))
+GRID_ALPHAS = tuple(round(0.05 + 0.01 * k, 2) for k in range(46))  # 0.05 .. 0.50
+GRID_CAPS = (64, 96, 128, 160, 256)
+PAPER_SMALLEST_ALPHA = {50.0: 0.21, 10.0: 0.24}  # spec §1(e) row 6: high / low demand
 PAPER_MD = """Paper (spec §1(e), secondary sources): MC-SF average latency 32.11 vs MC-Benchmark 46.47 (~31% lower; lambda
 unknown); high demand slope ~1/6 (MC-SF) vs ~1/2 (benchmark); low demand ~1/800 vs ~1/100; alpha-greedy feasible
 only for alpha >= 0.21 (high) / 0.24 (low); MC-SF beats all six alpha/beta configurations."""
@@ -102,8 +107,84 @@ def run(out_dir: str = "results/mcsf_real", quick: bool = False, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     res.to_csv(out / "latency.csv", index=False)
     _plot(res, out / "latency.png")
-    (out / "summary.md").write_text(_markdown(res, quick, seed, batch_cap))
+    grid = alpha_grid("lmsys-lognormal", rates, max(sizes), seed, caps=(64, 256) if quick else GRID_CAPS,
+                      alphas=(0.1, 0.3, 0.5) if quick else GRID_ALPHAS)
+    grid.to_csv(out / "alpha_grid.csv", index=False)
+    _plot_grid(grid, out / "alpha_grid.png")
+    (out / "summary.md").write_text(_markdown(res, quick, seed, batch_cap) + "\n" + _grid_markdown(grid))
     return res
+
+
+def alpha_grid(lengths: str, rates, n: int, seed: int, caps=GRID_CAPS, alphas=GRID_ALPHAS) -> pd.DataFrame:
+    """Alpha-greedy over a grid of batch caps and alphas on one ``n``-request stream per rate: feasible (finished
+    within 30x MC-SF's batches, no livelock), resets and average latency per cell."""
+    from tqdm import tqdm
+
+    rows = []
+    for rate in rates:
+        df = make_stream(lengths, rate, n, seed)
+        args = (df.arrival_time_s, df.prompt_tokens, df.output_tokens)
+        limit = 30 * simulate_real(*args, "mcsf", memory_tokens=PAPER_MEMORY_TOKENS).n_batches
+        for cap, alpha in tqdm([(c, a) for c in caps for a in alphas], desc=f"alpha grid {rate:g}/s", leave=False,
+                               disable=len(caps) * len(alphas) < 20):
+            row = {"lengths": lengths, "rate_per_s": rate, "n_requests": n, "batch_cap": cap, "alpha": alpha}
+            try:
+                r = simulate_real(*args, "alpha-greedy", memory_tokens=PAPER_MEMORY_TOKENS, alpha=alpha,
+                                  batch_cap=cap, seed=seed, max_batches=limit)
+                row.update(feasible=True, resets=r.resets, avg_latency_s=r.average_latency_s)
+            except InfeasibleError:
+                row.update(feasible=False, resets=np.nan, avg_latency_s=np.nan)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def smallest_feasible_alpha(cells: pd.DataFrame) -> tuple[float, float]:
+    """``(smallest feasible alpha, smallest alpha from which every larger one on the grid is feasible)`` of one
+    (rate, cap) slice of :func:`alpha_grid` (NaN when none). They differ because feasibility is not monotone
+    in alpha: a larger threshold changes which requests meet in a batch."""
+    cells = cells.sort_values("alpha")
+    alphas, ok = cells.alpha.to_numpy(float), cells.feasible.to_numpy(bool)
+    ok_from_here_up = np.logical_and.accumulate(ok[::-1])[::-1]
+    first = float(alphas[ok].min()) if ok.any() else np.nan
+    tail = float(alphas[ok_from_here_up].min()) if ok_from_here_up.any() else np.nan
+    return first, tail
+
+
+def _grid_markdown(grid: pd.DataFrame) -> str:
+    n = int(grid.n_requests.iloc[0])
+    lines = [f"## Alpha-greedy feasibility over (batch cap B, alpha), {grid.lengths.iloc[0]}, {n} requests", "",
+             "| rate (req/s) | B | smallest feasible alpha | feasible for all alpha >= | paper (B unknown) |", "|---|---|---|---|---|"]
+    for (rate, cap), cells in grid.groupby(["rate_per_s", "batch_cap"]):
+        first, tail = smallest_feasible_alpha(cells)
+        lines.append(f"| {rate:g} | {cap} | {first:.2f} | {tail:.2f} | {PAPER_SMALLEST_ALPHA.get(rate, 'n/a')} |")
+    lines += ["", f"Alphas {grid.alpha.min():.2f}..{grid.alpha.max():.2f} on the grid; NaN = none feasible. A full "
+              "reset puts the same FCFS head of the queue back into the next batch, so a batch whose requests cannot "
+              "fit together livelocks: feasibility is mostly decided by B."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_grid(grid: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted(grid.rate_per_s.unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(rates), figsize=(5.5 * len(rates), 2.8), squeeze=False)
+    for ax, rate in zip(axes[0], rates):
+        d = grid[grid.rate_per_s == rate].pivot(index="batch_cap", columns="alpha", values="feasible").astype(float)
+        ax.imshow(d.to_numpy(), aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, origin="lower",
+                  extent=(d.columns.min() - 0.005, d.columns.max() + 0.005, -0.5, len(d.index) - 0.5))
+        ax.set_yticks(range(len(d.index)), [str(c) for c in d.index])
+        if rate in PAPER_SMALLEST_ALPHA:
+            ax.axvline(PAPER_SMALLEST_ALPHA[rate], color="k", ls="--", lw=1, label="paper's smallest feasible alpha")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(f"alpha-greedy feasible (green), {rate:g} req/s", fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("batch cap B")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _plot(res: pd.DataFrame, path: Path) -> None:
@@ -163,7 +244,17 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/mcsf_real")
     ap.add_argument("--lengths", nargs="*", default=None)
+    ap.add_argument("--grid-only", action="store_true", help="only the (B, alpha) feasibility grid, 10k requests")
     a = ap.parse_args(argv)
+    if a.grid_only:
+        grid = alpha_grid("lmsys-lognormal", (50.0, 10.0), 10_000, a.seed)
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        grid.to_csv(out / "alpha_grid.csv", index=False)
+        _plot_grid(grid, out / "alpha_grid.png")
+        (out / "alpha_grid.md").write_text(_grid_markdown(grid))
+        print(_grid_markdown(grid))
+        return
     run(a.out, quick=a.quick, seed=a.seed, lengths=a.lengths)
     print((Path(a.out) / "summary.md").read_text())
 

@@ -319,4 +319,17 @@ def test_real_experiment_quick(tmp_path):
     df = mcsf_real.run(str(tmp_path), quick=True)
     sf = df[(df.policy == "MC-SF")]
     assert (sf.resets == 0).all() and (sf.peak_memory_tokens <= 16492).all()
-    assert {"latency.csv", "latency.png", "summary.md"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"latency.csv", "latency.png", "summary.md", "alpha_grid.csv", "alpha_grid.png"} <= {
+        p.name for p in tmp_path.iterdir()}
+
+
+def test_smallest_feasible_alpha_handles_non_monotone_feasibility():
+    import pandas as pd
+
+    from experiments.mcsf_real import smallest_feasible_alpha
+
+    cells = pd.DataFrame({"alpha": [0.4, 0.1, 0.3, 0.2, 0.5], "feasible": [False, False, True, False, True]})
+    assert smallest_feasible_alpha(cells) == (0.3, 0.5)  # hand: 0.3 is feasible but 0.4 is not
+    none = cells.assign(feasible=False)
+    assert all(np.isnan(smallest_feasible_alpha(none)))
+    assert smallest_feasible_alpha(cells.assign(feasible=True)) == (0.1, 0.1)
