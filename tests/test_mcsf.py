@@ -213,6 +213,19 @@ def test_p6_alpha_greedy_resets_where_mcsf_has_none():
     assert ab.resets > 0 and ab.is_feasible
 
 
+def test_alpha_greedy_livelock_is_found_before_the_arrivals_end():
+    # hand: M=10, cap 2, two (s=1, o=5) requests at 0 hold 2*(1+5) = 12 > 10 at t=5 and, being the FCFS head,
+    # are re-admitted together after every reset; the request arriving at round 1000 queues behind them and
+    # cannot change that, so the livelock is certain at the second reset (round 10), long before round 1000.
+    arrival, prompt, iters = [0, 0, 1000], [1, 1, 1], [5, 5, 1]
+    with pytest.raises(InfeasibleError, match="livelocks"):
+        run_batches(arrival, prompt, iters, iters, 10, "alpha-greedy", batch_cap=2, max_batches=100)
+    # without a cap the admission takes the whole queue, so a later arrival could change the next cycle: only
+    # the batch limit ends the run before round 1000
+    with pytest.raises(InfeasibleError, match="did not finish within 100 batches"):
+        run_batches(arrival, prompt, iters, iters, 10, "alpha-greedy", max_batches=100)
+
+
 # ---------------------------------------------------------------- errors, check, IP status
 def test_unservable_request_is_refused():
     with pytest.raises(DoesNotFitError, match="s\\+o"):

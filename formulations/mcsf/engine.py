@@ -21,6 +21,7 @@ Policies (spec §1(c)):
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -136,8 +137,9 @@ def run_batches(arrival, prompt, iters, pred_iters, memory: int, policy: str, *,
         seed: randomness of ``alpha-beta``'s clearing.
         max_batches: give up (raise :class:`~gpusched.errors.InfeasibleError`) after this many batches.
 
-    Raises :class:`~gpusched.errors.InfeasibleError` when an alpha rule livelocks (the same waiting set is
-    reset twice with nothing completed and no arrival left) or ``max_batches`` is exceeded.
+    Raises :class:`~gpusched.errors.InfeasibleError` when alpha-greedy livelocks (the same set of requests
+    reset twice in a row, nothing completed in between, and no arrival able to change the next cycle) or
+    ``max_batches`` is exceeded.
     """
     if policy not in POLICIES:
         raise ConfigError(f"unknown policy {policy!r}; choose one of {POLICIES}")
@@ -188,6 +190,7 @@ def run_batches(arrival, prompt, iters, pred_iters, memory: int, policy: str, *,
     finished = 0
     last_full_reset: frozenset | None = None
     completed_since_reset = False
+    drained_since_reset = False  # an admission took the whole queue, so new arrivals could change the next one
 
     def reset(ids):
         nonlocal sum_w, sum_P, restarts
@@ -241,9 +244,10 @@ def run_batches(arrival, prompt, iters, pred_iters, memory: int, policy: str, *,
             else:
                 usage = sum_w + it * len(P)
                 if usage <= (1.0 - alpha) * memory:
-                    room = len(waiting) if batch_cap is None else max(batch_cap - len(P), 0)
+                    room = math.inf if batch_cap is None else batch_cap - len(P)
                     while waiting and len(new) < room:
                         new.append(heapq.heappop(waiting)[1])
+                    drained_since_reset |= not waiting and len(new) < room
         # --- run one batch ------------------------------------------------------------------------------
         n_dec = len(P)
         ctx_sum = it * n_dec - sum_P  # decode context = tokens processed so far
@@ -272,13 +276,17 @@ def run_batches(arrival, prompt, iters, pred_iters, memory: int, policy: str, *,
             overflow += 1
             if policy == "alpha-greedy":
                 resets += 1
-                state = frozenset(P) | frozenset(j for _, j in waiting)
-                if last_full_reset == state and not completed_since_reset and nxt >= n:
+                # Livelock: FCFS puts the reset requests back at the head of the queue in the same order (new
+                # arrivals queue behind them) and admission depends only on their ages, so if this cycle reset
+                # the same set as the last, with no completion and never short of queued requests, every
+                # later cycle repeats it.
+                state = frozenset(P)
+                if last_full_reset == state and not completed_since_reset and (not drained_since_reset or nxt >= n):
                     raise InfeasibleError(
                         f"alpha-greedy with alpha={alpha} livelocks: the same {len(state)} requests overflow "
                         f"M = {memory} and are reset again and again ({finished}/{n} done); raise alpha")
                 last_full_reset = state
-                completed_since_reset = False
+                completed_since_reset = drained_since_reset = False
                 reset(sorted(P))
                 continue
             if policy == "alpha-beta":
