@@ -158,8 +158,8 @@ def _grid_markdown(grid: pd.DataFrame) -> str:
         first, tail = smallest_feasible_alpha(cells)
         lines.append(f"| {rate:g} | {cap} | {first:.2f} | {tail:.2f} | {PAPER_SMALLEST_ALPHA.get(rate, 'n/a')} |")
     lines += ["", f"Alphas {grid.alpha.min():.2f}..{grid.alpha.max():.2f} on the grid; NaN = none feasible. A full "
-              "reset puts the same FCFS head of the queue back into the next batch, so a batch whose requests cannot "
-              "fit together livelocks: feasibility is mostly decided by B."]
+              "reset puts the same FCFS head of the queue back into the next batch; if those requests cannot fit "
+              "together the run livelocks, so the cap B matters as much as alpha."]
     return "\n".join(lines) + "\n"
 
 
