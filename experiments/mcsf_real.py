@@ -244,6 +244,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="results/mcsf_real")
     ap.add_argument("--lengths", nargs="*", default=None)
+    ap.add_argument("--sizes", nargs="*", type=int, default=None,
+                    help="stream lengths (default 1000..10000 by 1000; ShareGPT streams take minutes per 1000)")
     ap.add_argument("--grid-only", action="store_true", help="only the (B, alpha) feasibility grid, 10k requests")
     a = ap.parse_args(argv)
     if a.grid_only:
@@ -255,7 +257,7 @@ def main(argv=None) -> None:
         (out / "alpha_grid.md").write_text(_grid_markdown(grid))
         print(_grid_markdown(grid))
         return
-    run(a.out, quick=a.quick, seed=a.seed, lengths=a.lengths)
+    run(a.out, quick=a.quick, seed=a.seed, lengths=a.lengths, sizes=a.sizes)
     print((Path(a.out) / "summary.md").read_text())
 
 

@@ -27,10 +27,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from gpusched.errors import SolverError
 
 from .bounds import latency_lower_bound
-from .model import Instance, Schedule
+from .model import Instance, Schedule, identical_classes
 
 __all__ = ["CpSatOutcome", "solve_hindsight_cpsat"]
 
@@ -49,11 +51,10 @@ class CpSatOutcome:
 
 def _hint_in_class_order(instance: Instance, start) -> list[int]:
     """``start`` with each class of identical requests' starts sorted, to satisfy the symmetry constraint."""
-    by_class: dict[tuple, list[int]] = {}
-    for i, key in enumerate(zip(instance.arrival, instance.prompt, instance.output)):
-        by_class.setdefault(key, []).append(i)
+    cls = identical_classes(instance)[1]
     hint = list(start)
-    for members in by_class.values():
+    for c in range(cls.max() + 1 if cls.size else 0):
+        members = np.flatnonzero(cls == c)
         for i, p in zip(members, sorted(start[i] for i in members)):
             hint[i] = p
     return hint
@@ -88,11 +89,11 @@ def solve_hindsight_cpsat(instance: Instance, time_limit_s: float, workers: int 
             layers.append(m.new_fixed_size_interval_var(p + j, o[i] - j + 1, f"layer{i}_{j}"))
             heights.append(s[i] + 1 if j == 1 else 1)
     m.add_cumulative(layers, heights, M)
-    previous: dict[tuple, int] = {}
-    for i, key in enumerate(zip(a, s, o)):
-        if key in previous:
-            m.add(starts[previous[key]] <= starts[i])
-        previous[key] = i
+    cls = identical_classes(instance)[1]
+    for c in range(cls.max() + 1 if cls.size else 0):  # identical requests start in index order
+        members = np.flatnonzero(cls == c)
+        for i, j in zip(members, members[1:]):
+            m.add(starts[i] <= starts[j])
     total_latency = sum(starts) + (sum(o) - sum(a))
     m.add(total_latency >= latency_lower_bound(instance))
     m.minimize(total_latency)

@@ -33,10 +33,10 @@ from gpusched.solve import prepare_highs_threads
 
 from .bounds import latency_lower_bound
 from .cpsat import solve_hindsight_cpsat
-from .model import Instance, Schedule, check_schedule
+from .model import Instance, Schedule, check_schedule, identical_classes
 from .online import mcsf
 
-__all__ = ["SOLVERS", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays", "identical_classes"]
+__all__ = ["SOLVERS", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays"]
 
 SOLVERS = ("highs", "cp-sat", "cp-sat+highs")  # see hindsight_optimal
 
@@ -77,19 +77,6 @@ class HindsightResult:
     @property
     def is_optimal(self) -> bool:
         return self.status == "optimal"
-
-
-def identical_classes(instance: Instance) -> tuple[np.ndarray, np.ndarray]:
-    """Classes of requests with the same ``(a, s, o)``: ``(first member of each class, class of each request)``.
-
-    Classes are numbered in order of their first member, so the numbering is deterministic.
-    """
-    key = {}
-    cls = np.empty(instance.n, dtype=np.int64)
-    for i, k in enumerate(zip(instance.arrival, instance.prompt, instance.output)):
-        cls[i] = key.setdefault(k, len(key))
-    first = np.unique(cls, return_index=True)[1]
-    return first, cls
 
 
 def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, aggregate: bool = False):

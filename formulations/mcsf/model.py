@@ -20,7 +20,7 @@ import numpy as np
 from gpusched.errors import ConfigError, DoesNotFitError
 
 __all__ = ["Instance", "Schedule", "InfeasibleScheduleError", "memory_profile", "schedule_violations",
-           "check_schedule"]
+           "check_schedule", "identical_classes"]
 
 
 class InfeasibleScheduleError(ConfigError):
@@ -115,6 +115,19 @@ class Instance:
     def serial_horizon(self) -> int:
         """``T = max_i a_i + sum_i o_i``: the spec's IP horizon, long enough for a serial schedule."""
         return (max(self.arrival) if self.n else 0) + sum(self.output)
+
+
+def identical_classes(instance: Instance) -> tuple[np.ndarray, np.ndarray]:
+    """Classes of requests with the same ``(a, s, o)``: ``(first member of each class, class of each request)``.
+
+    Classes are numbered in order of their first member, so the numbering is deterministic.
+    """
+    key = {}
+    cls = np.empty(instance.n, dtype=np.int64)
+    for i, k in enumerate(zip(instance.arrival, instance.prompt, instance.output)):
+        cls[i] = key.setdefault(k, len(key))
+    first = np.unique(cls, return_index=True)[1]
+    return first, cls
 
 
 def memory_profile(instance: Instance, start: Sequence[int]) -> np.ndarray:
