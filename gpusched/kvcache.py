@@ -18,8 +18,9 @@ loop, so it keeps only ints and dicts: no block objects, no per-token state.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 
 from gpusched.errors import ConfigError, DoesNotFitError, KVCacheOverflowError, UnknownNameError
 
@@ -193,7 +194,7 @@ class BlockManager:
         # seq_id -> [num_tokens, num_private_blocks, hashes (tuple), num_hashed_blocks]
         self._seqs: dict = {}
         self._ref: dict = {}  # hash -> refcount (>= 1) of hashed blocks in use
-        self._lru: OrderedDict = OrderedDict()  # hash -> None, unreferenced cached blocks, oldest first
+        self._lru = _CachedBlocks()  # unreferenced cached blocks, oldest first
         self._private = 0  # private blocks in use
         self.prefix_query_tokens = 0  # tokens offered for prefix matching (full hashed blocks)
         self.prefix_hit_tokens = 0  # of which found cached
@@ -228,7 +229,10 @@ class BlockManager:
 
     def tokens_of(self, seq_id) -> int:
         """Tokens the sequence currently holds."""
-        return self._get(seq_id)[0]
+        try:
+            return self._seqs[seq_id][0]  # engines check every scheduled sequence at every step
+        except KeyError:
+            return self._get(seq_id)[0]  # raises UnknownNameError
 
     def tokens_each(self, seq_ids) -> list[int]:
         """:meth:`tokens_of` of every sequence of ``seq_ids``, in one call (an engine checks a whole batch)."""
@@ -261,7 +265,7 @@ class BlockManager:
         An engine probes this before deciding how many prompt tokens to schedule (vLLM's
         ``get_computed_blocks``).
         """
-        ref, lru = self._ref, self._lru
+        ref, lru = self._ref, self._lru.keys()  # a dict view: a C-level ``in``
         hit = 0
         for h in block_hashes:
             if h in ref or h in lru:
@@ -283,29 +287,32 @@ class BlockManager:
                 f"BlockManager: unknown seq_id {seq_id!r} (not allocated, or already freed)") from None
 
     def _plan(self, num_tokens: int, block_hashes):
-        """(blocks that must come from the free pool, prefix-hit blocks, hashes tuple, blocks needed)."""
+        """(blocks that must come from the free pool, prefix-hit blocks, hashes tuple, blocks needed,
+        whether any of the hashes is resident)."""
         if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
             raise ConfigError(f"BlockManager: num_tokens must be an int >= 0, got {num_tokens!r}")
         bs = self.block_size_tokens
         total = -(-num_tokens // bs)
         if not block_hashes:
-            return total, 0, (), total
+            return total, 0, (), total, False
         hashes = tuple(block_hashes)
         if len(hashes) > num_tokens // bs:
             raise ConfigError(
                 f"BlockManager: {len(hashes)} block hashes for {num_tokens} tokens, but only "
                 f"{num_tokens // bs} full blocks of {bs} tokens; give one hash per full block")
+        private = total - len(hashes)
         ref = self._ref
+        if ref.keys().isdisjoint(hashes) and self._lru.keys().isdisjoint(hashes):  # the common case
+            return len(set(hashes)) + private, 0, hashes, total, False
         hit = self.cached_prefix_tokens(hashes) // bs
         # Blocks that take memory from the free pool: distinct non-resident hashes + private tail;
         # resident-but-unreferenced hashes leave the evictable pool, so they also reduce what is free.
         fresh = len(set(hashes).difference(ref))  # new blocks, or blocks taken out of the evictable LRU
-        return fresh + (total - len(hashes)), hit, hashes, total
+        return fresh + private, hit, hashes, total, True
 
     def can_allocate(self, num_tokens: int, block_hashes=None) -> bool:
         """Whether :meth:`allocate` of ``num_tokens`` (with these hashes) would succeed now."""
-        need, _, _, _ = self._plan(num_tokens, block_hashes)
-        return need <= self.num_free_blocks
+        return self._plan(num_tokens, block_hashes)[0] <= self.num_free_blocks
 
     def blocks_needed_to_allocate(self, num_tokens: int, block_hashes=None) -> int:
         """Free blocks :meth:`allocate` would consume (prefix hits on in-use blocks cost nothing)."""
@@ -318,32 +325,32 @@ class BlockManager:
             ConfigError: ``seq_id`` already allocated, or more hashes than full blocks.
             KVCacheOverflowError: not enough free + evictable blocks (nothing is changed).
         """
-        if seq_id in self._seqs:
-            raise ConfigError(f"BlockManager: seq_id {seq_id!r} is already allocated; free it first or use extend()")
-        need, hit, hashes, total = self._plan(num_tokens, block_hashes)
-        free = self.num_free_blocks
-        if need > free:
+        hit_tokens = self.allocate_if_free(seq_id, num_tokens, block_hashes)
+        if hit_tokens is None:
+            need, free = self.blocks_needed_to_allocate(num_tokens, block_hashes), self.num_free_blocks
             raise KVCacheOverflowError(
                 f"KV cache overflow: allocating seq {seq_id!r} ({num_tokens} tokens) needs {need} blocks, "
                 f"{free} free of {self.num_blocks}; wait for sequences to finish, preempt one, or add capacity")
-        ref, lru = self._ref, self._lru
-        if ref.keys().isdisjoint(hashes) and lru.keys().isdisjoint(hashes):
-            new = hashes  # nothing resident (the common case): no per-hash pinning
-        else:
-            new = []
-            for h in hashes:  # pin resident blocks first so that making room cannot evict them
-                if h in ref:
-                    ref[h] += 1
-                elif h in lru:
-                    del lru[h]
-                    ref[h] = 1
-                else:
-                    new.append(h)
+        return hit_tokens
+
+    def allocate_if_free(self, seq_id, num_tokens: int, block_hashes=None) -> int | None:
+        """:meth:`allocate` if the blocks it takes are free (returns the tokens found cached), else None,
+        changing nothing: a scheduler's admission check and allocation in one pass over the hashes.
+
+        Raises ConfigError as :meth:`allocate`.
+        """
+        if seq_id in self._seqs:
+            raise ConfigError(f"BlockManager: seq_id {seq_id!r} is already allocated; free it first or use extend()")
+        need, hit, hashes, total, resident = self._plan(num_tokens, block_hashes)
+        if need > self.num_free_blocks:
+            return None
+        new = self._pin_resident(hashes) if resident else hashes
         private = total - len(hashes)
         # One eviction for all fresh blocks: evicting the oldest cached blocks one new block at a time
         # (as blocks are filled) removes the same blocks, since nothing joins the LRU meanwhile.
         fresh = dict.fromkeys(new, 1)
         self._make_room(len(fresh) + private)
+        ref = self._ref
         if len(fresh) == len(new):
             ref.update(fresh)
         else:  # a hash repeated within this prompt shares one block
@@ -356,16 +363,28 @@ class BlockManager:
         self.prefix_hit_tokens += hit * bs
         return hit * bs
 
+    def _pin_resident(self, hashes) -> list:
+        """Reference the resident blocks among ``hashes`` (taking cached ones out of the LRU) before
+        making room, so that eviction cannot take them; return the other hashes (blocks to fill)."""
+        ref, lru = self._ref, self._lru.keys()
+        new, revived = [], []
+        for h in hashes:
+            if h in ref:
+                ref[h] += 1
+            elif h in lru:
+                revived.append(h)
+                ref[h] = 1
+            else:
+                new.append(h)
+        self._lru.discard(revived)
+        return new
+
     def _make_room(self, n: int) -> None:
         """Ensure ``n`` empty blocks exist by evicting the oldest cached blocks (caller checked capacity)."""
         lru = self._lru
         evict = n - (self.num_blocks - self._private - len(self._ref) - len(lru))
-        if evict >= len(lru):
-            lru.clear()
-        elif evict > 0:
-            pop = lru.popitem
-            for _ in range(evict):
-                pop(False)
+        if evict > 0:
+            lru.evict(evict)
 
     def blocks_needed_to_extend(self, seq_id, n: int = 1) -> int:
         """New blocks :meth:`extend` by ``n`` tokens would take."""
@@ -513,33 +532,41 @@ class BlockManager:
         except KeyError:
             self._get(seq_id)
             raise
-        ref, lru = self._ref, self._lru
+        ref = self._ref
+        cached = ()  # the blocks that become cached, in LRU order (the tail's first)
         if block_hashes and private > 0:
-            later = tuple(block_hashes[len(hashes): tokens // self.block_size_tokens])
-            if ref.keys().isdisjoint(later) and lru.keys().isdisjoint(later):
-                keep = dict.fromkeys(reversed(later))  # none resident yet (the common case)
-            else:
-                keep = dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru)
-            if len(keep) > private:  # only as many as the sequence's own blocks, tail first
-                keep = dict.fromkeys(list(keep)[:private])
-            lru.update(keep)  # the blocks stay resident, now as cached (evictable) blocks
-            private -= len(keep)
-            self._private -= len(keep)
+            cached = self._kept_private(block_hashes[len(hashes): tokens // self.block_size_tokens], private)
+            private -= len(cached)
+            self._private -= len(cached)
         self._private -= private
         if hashes:
             counts = list(map(ref.__getitem__, hashes))
             if max(counts) == 1:  # no other holder and no repeat (the common case): all become cached
                 for h in hashes:
                     del ref[h]
-                lru.update(dict.fromkeys(reversed(hashes)))
+                cached += hashes[::-1]
             else:
+                released = []
                 for h in reversed(hashes):
                     c = ref[h] - 1
                     if c:
                         ref[h] = c
                     else:
                         del ref[h]
-                        lru[h] = None
+                        released.append(h)
+                cached += tuple(released)
+        self._lru.add(cached)
+
+    def _kept_private(self, later, private: int) -> tuple:
+        """Hashes, tail first, under which a freed sequence's private blocks stay cached: those of ``later``
+        (its full blocks past the hashed prefix) not resident yet, at most ``private`` of them."""
+        ref, lru = self._ref, self._lru.keys()
+        later = tuple(later)
+        if ref.keys().isdisjoint(later) and lru.isdisjoint(later):
+            keep = tuple(dict.fromkeys(reversed(later)))  # none resident yet (the common case)
+        else:
+            keep = tuple(dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru))
+        return keep[:private]  # only as many as the sequence's own blocks
 
     def reset_prefix_cache(self) -> None:
         """Drop every unreferenced cached block (they become empty)."""
@@ -548,3 +575,100 @@ class BlockManager:
     def __repr__(self) -> str:
         return (f"BlockManager(num_blocks={self.num_blocks}, block_size_tokens={self.block_size_tokens}, "
                 f"used={self.num_used_blocks}, cached={self.num_cached_blocks}, seqs={len(self._seqs)})")
+
+
+class _CachedBlocks:
+    """The hashes of unreferenced cached blocks in LRU order, oldest first (a :class:`BlockManager`'s
+    evictable pool): ``in``, ``len``, ``keys()`` as a dict's, plus :meth:`add`, :meth:`discard`,
+    :meth:`evict`, :meth:`clear`.
+
+    Why not an OrderedDict: blocks join in batches (those a freed sequence leaves) and leave mostly
+    oldest first, many at a time (eviction). Keeping each batch as one tuple, with a plain dict from
+    hash to batch for membership, roughly halves the per-block cost of an OrderedDict's linked list.
+    A block taken out of the middle (a prefix hit pins it again) only leaves the dict; its stale entry
+    in its batch is skipped when eviction reaches it, and the batches are rebuilt once stale entries
+    outnumber cached blocks by 1024 (so memory stays proportional to the pool).
+    """
+
+    __slots__ = ("_batch_of", "_batches", "_head", "_stale")
+
+    def __init__(self):
+        self._batch_of: dict = {}  # hash -> its batch: [hashes oldest first, how many still cached]
+        self._batches: deque = deque()  # oldest first
+        self._head = 0  # entries at the start of the oldest batch already evicted
+        self._stale = 0  # entries past the head that are no longer cached here
+
+    def __len__(self) -> int:
+        return len(self._batch_of)
+
+    def __contains__(self, block_hash) -> bool:
+        return block_hash in self._batch_of
+
+    def keys(self):
+        return self._batch_of.keys()
+
+    def add(self, hashes: tuple) -> None:
+        """Cache these blocks as the newest, in order (distinct hashes, none cached already)."""
+        if hashes:
+            batch = [hashes, len(hashes)]
+            self._batches.append(batch)
+            self._batch_of.update(zip(hashes, repeat(batch)))
+
+    def discard(self, hashes) -> None:
+        """Take these cached blocks (distinct) out of the pool."""
+        pop = self._batch_of.pop
+        for h in hashes:
+            pop(h)[1] -= 1
+        self._stale += len(hashes)
+        if self._stale > len(self._batch_of) + 1024:
+            self._compact()
+
+    def clear(self) -> None:
+        self._batch_of.clear()
+        self._batches.clear()
+        self._head = self._stale = 0
+
+    def evict(self, n: int) -> None:
+        """Drop the ``n`` oldest blocks (all of them if ``n`` >= the pool)."""
+        if n >= len(self._batch_of):
+            self.clear()
+            return
+        while n > 0:
+            batch = self._batches[0]
+            cached = batch[1]
+            self._evict_from_oldest(batch, n)
+            n -= cached - batch[1]
+            if self._head == len(batch[0]):  # the oldest batch is used up
+                self._batches.popleft()
+                self._head = 0
+
+    def _evict_from_oldest(self, batch: list, n: int) -> None:
+        """Evict up to ``n`` blocks of the oldest batch, from the head on; move the head past them."""
+        hashes, batch_of, start = batch[0], self._batch_of, self._head
+        if batch[1] == len(hashes) - start:  # no stale entry in what is left of it: drop a slice
+            end = min(start + n, len(hashes))
+            for h in hashes[start:end]:
+                del batch_of[h]
+            batch[1] -= end - start
+        else:
+            end = start
+            while n > 0 and end < len(hashes):
+                h = hashes[end]
+                end += 1
+                if batch_of.get(h) is batch:
+                    del batch_of[h]
+                    batch[1] -= 1
+                    n -= 1
+                else:
+                    self._stale -= 1
+        self._head = end
+
+    def _compact(self) -> None:
+        """Rebuild the batches as one, without stale entries (same order)."""
+        batch_of, head = self._batch_of, self._head
+        order = []
+        for batch in self._batches:
+            order.extend(h for h in batch[0][head:] if batch_of.get(h) is batch)
+            head = 0
+        self.clear()
+        self.add(tuple(order))

@@ -76,7 +76,7 @@ class Grid2D:
     as :class:`Grid1D` (per axis; extrapolation slopes clipped at >= 0).
     """
 
-    __slots__ = ("a", "b", "z")
+    __slots__ = ("a", "b", "z", "_rows")
 
     def __init__(self, a, b, z):
         a, b, z = np.asarray(a, float), np.asarray(b, float), np.asarray(z, float)
@@ -86,6 +86,7 @@ class Grid2D:
             raise ProfileError("Grid2D table has missing (NaN) entries; fill them before building the grid")
         self.a, self.b = tuple(a.tolist()), tuple(b.tolist())
         self.z = tuple(tuple(r) for r in z.tolist())
+        self._rows: dict = {}  # u -> _rows_at(u), for along_b (called with a few batch sizes only)
 
     def __call__(self, u: float, v: float) -> float:
         a, b, z = self.a, self.b, self.z
@@ -103,38 +104,44 @@ class Grid2D:
 
         Why: a decode run prices tens of steps at one batch size (``u``) and growing context (``v``).
         Each value goes through the same float operations as :meth:`__call__` in the same order (the
-        products ``z * (1 - s)`` and ``z * s`` that do not depend on ``v`` are formed once: the
-        expression is evaluated left to right, so they are the same intermediate values).
+        products ``z * (1 - s)`` and ``z * s`` that do not depend on ``v`` are formed once per ``u`` and
+        kept: the expression is evaluated left to right, so they are the same intermediate values); the
+        segment of ``b`` is looked up only when ``v`` leaves the previous one, and a ``v`` outside the
+        grid goes through :meth:`__call__` itself.
         """
-        a, b, z = self.a, self.b, self.z
-        i, s = _seg(a, u)
-        i1 = min(i + 1, len(a) - 1)
-        zi, zi1 = z[i], z[i1]
-        n = len(b)
-        last = n - 1
-        out = []
-        if s > 1.0:  # extrapolating along a: every value takes the clipped path
+        rows = self._rows.get(u)
+        if rows is None:
+            rows = self._rows[u] = self._rows_at(u)
+        if not rows:  # extrapolating along a: every value takes the clipped path
             return [self(u, v) for v in vs]
-        r, q = 1 - s, s
-        lo = [x * r for x in zi]  # z[i][j] * (1 - s), per j
-        hi = [x * q for x in zi1]  # z[i1][j] * s, per j
+        lo, hi = rows
+        b = self.b
+        last = len(b) - 1
+        out = []
+        b0 = b1 = 0.0  # the segment [b0, b1) of b that held the previous v (none yet)
         for v in vs:
-            if n == 1:
-                j, t = 0, 0.0
-            else:
+            if not b0 <= v < b1:  # contexts grow slowly: the segment rarely changes
                 j = bisect_right(b, v) - 1
-                if j < 0:
-                    j, t = 0, 0.0
-                else:
-                    if j > n - 2:
-                        j = n - 2
-                    t = (v - b[j]) / (b[j + 1] - b[j])
-            if t > 1.0:
-                out.append(self(u, v))
-                continue
-            j1 = j + 1 if j < last else last
-            out.append(lo[j] * (1 - t) + hi[j] * (1 - t) + lo[j1] * t + hi[j1] * t)
+                if not 0 <= j < last:  # outside the grid (held below, extrapolated above)
+                    out.append(self(u, v))
+                    continue
+                b0, b1 = b[j], b[j + 1]
+                width = b1 - b0
+                lo0, hi0, lo1, hi1 = lo[j], hi[j], lo[j + 1], hi[j + 1]
+            t = (v - b0) / width
+            r = 1 - t
+            out.append(lo0 * r + hi0 * r + lo1 * t + hi1 * t)
         return out
+
+    def _rows_at(self, u: float) -> tuple:
+        """``(z[i][:] * (1 - s), z[i + 1][:] * s)`` for ``u`` in segment ``i`` of ``a`` at fraction ``s``;
+        ``()`` when ``u`` is beyond the last ``a``."""
+        a, z = self.a, self.z
+        i, s = _seg(a, u)
+        if s > 1.0:
+            return ()
+        r = 1 - s
+        return [x * r for x in z[i]], [x * s for x in z[min(i + 1, len(a) - 1)]]
 
 
 def monotone_envelope(z: np.ndarray) -> np.ndarray:

@@ -6,9 +6,9 @@ cost's growth with trace length can be read off (it should be linear).
 
     python -m simulators.bench            # or: gpusched bench [--repeats 1,10] [--mode fast|step]
 
-On the 2-core development machine (shared with other jobs, so +-20 %): ~1,700-2,000 requests per
-wall-second for x1 (412,517 steps), ~1,150 for x10 under heavier load; the code before bulk KV eviction
-and per-run decode pricing did ~1,100 (x1) and ~950 (x10) in the same session.
+On the 2-core development machine (shared with other jobs, so +-20 %): ~2,400-2,550 requests per
+wall-second for x1 (412,517 steps) and ~2,400 for x10, against ~2,000-2,100 for the code before batched
+LRU bookkeeping and one-pass admission, measured alternately in the same session.
 """
 from __future__ import annotations
 

@@ -62,14 +62,16 @@ def _grow_or_preempt(seq: SeqState, n: int, running: list, waiting: deque, kv: B
 
 
 def _admit(seq: SeqState, n_new: int, kv: BlockManager, running: list, plan: StepPlan, now_s: float,
-           hit_tokens: int, reserve_tokens: int = 0) -> None:
-    """Move ``seq`` from the head of the queue into ``running`` with ``n_new`` tokens scheduled.
+           hit_tokens: int, reserve_tokens: int = 0) -> bool:
+    """Move ``seq`` (the head of the queue; the caller pops it) into ``running`` with ``n_new`` tokens
+    scheduled, if the KV blocks it takes are free; else return False, changing nothing.
 
     KV is allocated for the ``hit_tokens + n_new`` tokens it will hold, or ``reserve_tokens`` if more
     (a scheduler that reserves the whole prompt at admission).
     """
     tokens = max(hit_tokens + n_new, reserve_tokens)
-    kv.allocate(seq.index, tokens, _full_block_hashes(seq, kv, tokens))
+    if kv.allocate_if_free(seq.index, tokens, _full_block_hashes(seq, kv, tokens)) is None:
+        return False
     if seq.swapped:  # its KV comes back from host memory in this step
         plan.swap_tokens += hit_tokens
         seq.swapped = False
@@ -79,6 +81,7 @@ def _admit(seq: SeqState, n_new: int, kv: BlockManager, running: list, plan: Ste
         seq.scheduled_time_s = now_s
     running.append(seq)
     plan.entries.append((seq, n_new))
+    return True
 
 
 def _full_block_hashes(seq: SeqState, kv: BlockManager, tokens: int):
@@ -167,11 +170,12 @@ class VllmV1Scheduler:
             if not self.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            reserve = hit + (remaining if self.reserve_full_prompt else n)
-            if not kv.can_allocate(reserve, _full_block_hashes(seq, kv, reserve)):
+            whole = hit + remaining
+            if self.reserve_full_prompt and not kv.can_allocate(whole, _full_block_hashes(seq, kv, whole)):
+                break
+            if not _admit(seq, n, kv, running, plan, now_s, hit):
                 break
             waiting.popleft()
-            _admit(seq, n, kv, running, plan, now_s, hit)
             budget -= n
         return plan
 
@@ -211,10 +215,9 @@ class VllmV0Scheduler:
             seq = waiting[0]
             hit = _prefix_hit_tokens(seq, kv, self.enable_prefix_caching)
             n = seq.num_tokens - hit
-            if n > budget or not kv.can_allocate(hit + n, _full_block_hashes(seq, kv, hit + n)):
+            if n > budget or not _admit(seq, n, kv, running, plan, now_s, hit):
                 break
             waiting.popleft()
-            _admit(seq, n, kv, running, plan, now_s, hit)
             budget -= n
         if plan:
             return plan
@@ -271,11 +274,10 @@ class SarathiScheduler:
         while waiting and budget > 0 and len(running) < self.max_num_seqs:
             seq = waiting[0]
             hit = _prefix_hit_tokens(seq, kv, self.enable_prefix_caching)
-            if not kv.can_allocate(seq.num_tokens, _full_block_hashes(seq, kv, seq.num_tokens)):
+            n = min(seq.num_tokens - hit, budget)
+            if not _admit(seq, n, kv, running, plan, now_s, hit, reserve_tokens=seq.num_tokens):
                 break
             waiting.popleft()
-            n = min(seq.num_tokens - hit, budget)
-            _admit(seq, n, kv, running, plan, now_s, hit, reserve_tokens=seq.num_tokens)
             budget -= n
         return plan
 

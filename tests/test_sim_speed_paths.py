@@ -1,0 +1,81 @@
+"""Fast paths of the simulator against the plain code they replace (same results, bit for bit)."""
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+import numpy as np
+
+from gpusched.kvcache import BlockManager, _CachedBlocks
+from gpusched.profiles import Grid2D
+
+
+def test_cached_blocks_follow_an_lru_ordered_dict():
+    """Batches in, prefix hits out of the middle, bulk eviction, clears: same blocks as an OrderedDict
+    LRU after every operation (including the rebuild once stale entries pile up)."""
+    rng = random.Random(7)
+    pool, ref = _CachedBlocks(), OrderedDict()
+    next_hash = 0
+    for _ in range(20000):
+        op = rng.random()
+        if op < 0.4:
+            k = rng.randint(0, 12)
+            back = tuple(h for h in rng.sample(range(next_hash), min(3, next_hash)) if h not in ref)
+            fresh = tuple(range(next_hash, next_hash + k))
+            next_hash += k
+            batch = fresh + back  # newly cached blocks and blocks that were cached before
+            pool.add(batch)
+            ref.update(dict.fromkeys(batch))
+        elif op < 0.7 and ref:
+            h = rng.choice(list(ref))
+            pool.discard((h,))
+            del ref[h]
+        elif op < 0.995:
+            n = rng.randint(1, 30)
+            pool.evict(n)
+            for _ in range(min(n, len(ref))):
+                ref.popitem(last=False)
+        else:
+            pool.clear()
+            ref.clear()
+        assert len(pool) == len(ref)
+        assert set(pool.keys()) == set(ref)
+    for h in range(next_hash, next_hash + 3000, 10):  # prefix hits of most blocks: the batches are rebuilt
+        pool.add(tuple(range(h, h + 10)))
+        ref.update(dict.fromkeys(range(h, h + 10)))
+    hits = rng.sample(range(next_hash, next_hash + 3000), 2500)
+    for k in range(0, len(hits), 5):
+        pool.discard(hits[k:k + 5])
+        for h in hits[k:k + 5]:
+            del ref[h]
+    assert len(pool._batches) < 300
+    order = []
+    while len(pool):  # the eviction order itself
+        before = set(pool.keys())
+        pool.evict(1)
+        order.extend(before - set(pool.keys()))
+    assert order == list(ref)
+
+
+def test_grid2d_along_b_equals_calls_bit_for_bit():
+    """Along b, with segments reused while v stays in them, held below and extrapolated above the grid."""
+    rng = np.random.default_rng(3)
+    a, b = [1.0, 2.0, 4.0, 8.0], [256.0, 1024.0, 2048.0, 4096.0]
+    grid = Grid2D(a, b, np.cumsum(rng.random((4, 4)), axis=1) * 1e-4)
+    for u in (0.5, 1, 3, 8, 11):
+        rising = [c / 7 for c in range(0, 40000, 7 * 37)]  # mean contexts of a decode run, across the grid
+        scattered = list(rng.uniform(0, 6000, 200))
+        for vs in (rising, scattered, [1024.0, 1024.0, 4096.0, 5000.0]):
+            assert grid.along_b(u, vs) == [grid(u, v) for v in vs]
+
+
+def test_allocate_if_free_is_allocate_or_nothing():
+    """Admission in one call: what allocate does when the blocks are free, else None and no change."""
+    bm = BlockManager(6, block_size_tokens=4)
+    assert bm.allocate_if_free("a", 8, block_hashes=["h1", "h2"]) == 0
+    bm.free("a")  # h1, h2 cached
+    before = (bm.num_used_blocks, bm.num_cached_blocks, bm.prefix_query_tokens)
+    assert bm.allocate_if_free("b", 28, block_hashes=["h1", "h2"]) is None  # 7 blocks > 6
+    assert (bm.num_used_blocks, bm.num_cached_blocks, bm.prefix_query_tokens) == before
+    assert bm.allocate_if_free("b", 12, block_hashes=["h1", "h2"]) == 8  # the cached prefix is a hit
+    assert (bm.num_used_blocks, bm.num_cached_blocks) == (3, 0)
