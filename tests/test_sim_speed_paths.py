@@ -79,3 +79,69 @@ def test_allocate_if_free_is_allocate_or_nothing():
     assert (bm.num_used_blocks, bm.num_cached_blocks, bm.prefix_query_tokens) == before
     assert bm.allocate_if_free("b", 12, block_hashes=["h1", "h2"]) == 8  # the cached prefix is a hit
     assert (bm.num_used_blocks, bm.num_cached_blocks) == (3, 0)
+
+
+def _trace(rows):
+    """rows: (arrival_s, prompt_tokens, output_tokens)."""
+    import pandas as pd
+
+    from gpusched.workload import Trace
+
+    df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
+    df.insert(0, "request_id", range(len(df)))
+    return Trace(df, name="speed-paths")
+
+
+def _h100_instance(scheduler, blocks=3000):
+    from gpusched.perf import ProfiledStepTime
+    from simulators.serving import InstanceConfig
+
+    return [InstanceConfig(ProfiledStepTime.from_profile_dir("h100", model="llama3-8b"), blocks, 16, scheduler)]
+
+
+def test_a_run_ending_in_a_finish_hands_on_to_the_next_run_without_the_scheduler():
+    """Once everything is admitted and decoding, each run ends when a sequence finishes and the next run
+    starts without the scheduler (its ``stable_decode_runs`` promise): it is not called again until all
+    are done, and per-request results equal step mode's."""
+    import pandas as pd
+
+    from simulators.schedulers import VllmV1Scheduler
+    from simulators.serving import simulate
+
+    class Counting(VllmV1Scheduler):
+        calls = 0
+
+        def schedule(self, waiting, running, kv, now_s):
+            Counting.calls += 1
+            return super().schedule(waiting, running, kv, now_s)
+
+    trace = _trace([(0.0, 100, out) for out in (5, 20, 40, 41, 90, 90)])
+    fast = simulate(trace, _h100_instance(Counting()), mode="fast")
+    assert Counting.calls == 3  # idle before the arrivals, the prefill step, idle once all have finished
+    runs = fast.timeline["steps"].to_numpy()
+    assert list(runs[1:]) == [4, 15, 20, 1, 32, 17]  # one run per finish (the longest capped at 32 steps)
+    slow = simulate(trace, _h100_instance("vllm-v1"), mode="step")
+    pd.testing.assert_frame_equal(fast.requests, slow.requests)
+
+
+def test_a_decode_plan_out_of_running_order_gives_step_mode_results():
+    """A scheduler may list a plan's sequences in any order: fast mode must still equal step mode."""
+    import pandas as pd
+
+    from simulators.schedulers import VllmV1Scheduler
+    from simulators.serving import simulate
+
+    class NewestFirstWhileWaiting(VllmV1Scheduler):
+        """Lists the plan newest first while requests wait (still one token for each decode)."""
+
+        def schedule(self, waiting, running, kv, now_s):
+            plan = super().schedule(waiting, running, kv, now_s)
+            if waiting:
+                plan.entries.reverse()
+            return plan
+
+    trace = _trace([(0.0, 100, 30), (0.0, 100, 30), (0.0, 100, 50), (0.5, 50, 10)])
+    results = [simulate(trace, _h100_instance(NewestFirstWhileWaiting(max_num_seqs=2)), mode=mode)
+               for mode in ("fast", "step")]
+    pd.testing.assert_frame_equal(results[0].requests, results[1].requests)
+    assert results[0].num_steps == results[1].num_steps
