@@ -29,7 +29,7 @@ PAPER = {  # spec §1(e) rows 1-2 ([2nd])
 
 
 # scale -> inclusive ranges of M, s, n (all-at-0) and the arrival horizon in rounds (Poisson). "paper" is the
-# paper's setup (on 2 cores no instance is proven within a minute: the IP's LP bound stays ~30 % below the best
+# paper's setup (on 2 cores no instance is proven within a minute: the IP's LP bound stays ~35-40 % below the best
 # schedule); "mid" is where a minute sometimes proves optimality; "quick" proves in well under a second, for CI.
 SCALES = {
     "paper": {"M": (30, 50), "s": (1, 5), "n": (40, 60), "horizon": (40, 60)},
@@ -113,7 +113,7 @@ def _plot(df: pd.DataFrame, path: Path) -> None:
         d = df[df.model == model]
         ax.hist(d.ratio, bins=20, color="tab:blue", alpha=0.8)
         ax.axvline(PAPER[model]["mean"], color="tab:red", ls="--", label=f"paper mean {PAPER[model]['mean']}")
-        ax.set_title(f"{model}: MC-SF / best IP schedule")
+        ax.set_title(f"{model}: MC-SF / best schedule found")
         ax.set_xlabel("TEL ratio")
         ax.legend(fontsize=8)
     fig.tight_layout()
