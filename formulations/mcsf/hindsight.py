@@ -317,14 +317,11 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
         x, term, bound, elapsed = _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm)
         elapsed = time.perf_counter() - t1  # PuLP's model building happens here too
     start = _schedule_from_x(instance, col_req, col_start, x, members)
-    obj = check_schedule(instance, start)
-    if warm is not None and ub is not None and ub < obj:  # never return worse than the incumbent
-        start, obj = tuple(warm.start), ub
     # HiGHS-direct runs use an absolute gap < 1, so its "optimal" is exact; via PuLP the default relative gap
-    # applies, so optimality is only claimed when the bound proves it (integer objective).
-    proven = (term == "optimal" and backend == "highspy") or (math.isfinite(bound) and obj - bound < 1.0 - 1e-9)
-    return _result(instance, start, obj, proven, bound, elapsed, build_s, term, int(col_req.size),
-                   int(arrays[6].size + arrays[8].size), int(arrays[3][-1] + col_req.size), ub, backend)
+    # applies, so optimality is only claimed when the bound proves it (in _result).
+    size = (int(col_req.size), int(arrays[6].size + arrays[8].size), int(arrays[3][-1] + col_req.size))
+    return _result(instance, start, term == "optimal" and backend == "highspy", bound, elapsed, build_s, term,
+                   size, warm, ub, backend)
 
 
 def _hindsight_cpsat(instance, time_limit_s, threads, msg, warm, ub, build_s) -> HindsightResult:
@@ -335,12 +332,8 @@ def _hindsight_cpsat(instance, time_limit_s, threads, msg, warm, ub, build_s) ->
         raise SolverTimeoutError(f"hindsight model (CP-SAT): {time_limit_s} s time limit hit with no feasible "
                                  f"schedule; pass a warm start or more time")
     start = out.start if out.start is not None else tuple(warm.start)
-    obj = check_schedule(instance, start)
-    if ub is not None and ub < obj:  # never return worse than the incumbent
-        start, obj = tuple(warm.start), ub
-    proven = out.termination == "optimal" or obj - out.best_bound < 1.0 - 1e-9
-    return _result(instance, start, obj, proven, out.best_bound, out.solve_time_s, build_s, out.termination,
-                   out.n_vars, 1, out.n_intervals, ub, "cp-sat")
+    return _result(instance, start, out.termination == "optimal", out.best_bound, out.solve_time_s, build_s,
+                   out.termination, (out.n_vars, 1, out.n_intervals), warm, ub, "cp-sat")
 
 
 def _hindsight_portfolio(instance, time_limit_s, threads, msg, warm, aggregate_identical) -> HindsightResult:
@@ -350,19 +343,23 @@ def _hindsight_portfolio(instance, time_limit_s, threads, msg, warm, aggregate_i
     ip = hindsight_optimal(instance, time_limit_s / 2, "highs", threads=threads, warm_start=cp.schedule, msg=msg,
                            aggregate_identical=aggregate_identical)
     best = ip if ip.objective <= cp.objective else cp
-    bound = max(cp.best_bound, ip.best_bound)
-    proven = ip.is_optimal or best.objective - bound < 1.0 - 1e-9
-    return _result(instance, best.schedule.start, best.objective, proven, bound, cp.solve_time_s + ip.solve_time_s,
-                   cp.build_time_s + ip.build_time_s, ip.termination, ip.n_vars, ip.n_rows, ip.n_nonzeros,
-                   cp.incumbent_objective, "cp-sat+highs")
+    return _result(instance, best.schedule.start, ip.is_optimal, max(cp.best_bound, ip.best_bound),
+                   cp.solve_time_s + ip.solve_time_s, cp.build_time_s + ip.build_time_s, ip.termination,
+                   (ip.n_vars, ip.n_rows, ip.n_nonzeros), None, cp.incumbent_objective, "cp-sat+highs")
 
 
-def _result(instance, start, obj, proven, bound, elapsed, build_s, term, n_vars, n_rows, n_nonzeros, ub,
+def _result(instance, start, solver_proved, bound, elapsed, build_s, term, size, warm, incumbent,
             backend) -> HindsightResult:
+    """The result for schedule ``start`` (or ``warm``, whose total latency is ``incumbent``, if that is
+    better: never return worse than the incumbent). Optimal if the solver proved it or the bound, raised
+    to the combinatorial one, is within 1 of the objective (integer objective)."""
+    obj = check_schedule(instance, start)
+    if warm is not None and incumbent < obj:
+        start, obj = tuple(warm.start), incumbent
     bound = max(bound, latency_lower_bound(instance))  # the solver's bound is -inf if it stopped in its root LP
-    proven = proven or obj - bound < 1.0 - 1e-9
+    proven = solver_proved or obj - bound < 1.0 - 1e-9
     status = "optimal" if proven else "feasible"
     bound_eff = float(obj) if status == "optimal" else bound
     gap = 0.0 if status == "optimal" else (obj - bound) / max(obj, 1)
     return HindsightResult(Schedule(instance, start, "hindsight"), int(obj), status, bound_eff, float(gap),
-                           float(elapsed), float(build_s), term, n_vars, n_rows, n_nonzeros, ub, backend)
+                           float(elapsed), float(build_s), term, *size, incumbent, backend)
