@@ -25,12 +25,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from formulations.mcsf import McsfScheduler
+from formulations.mcsf import PAPER_MEMORY_TOKENS, McsfScheduler
 from gpusched.workload import load_trace
 from simulators.build import build_instances
 from simulators.serving import simulate
 
-PAPER_MEMORY_TOKENS = 16492  # the paper's M (Llama-2-70B on 2xA100), spec §1(d)
 # memory regime -> (KV tokens or None for the H100's own capacity, arrival-rate factors)
 REGIMES = {"h100-kv": (None, (1.0, 4.0, 16.0)), "paper-M": (PAPER_MEMORY_TOKENS, (0.25, 0.5, 1.0))}
 QUICK_REGIMES = {"h100-kv": (None, (16.0,)), "paper-M": (PAPER_MEMORY_TOKENS, (1.0,))}
