@@ -35,7 +35,7 @@ from formulations.helix import (DATA_DIR, build_placement_model, heuristic_place
                                 hub_feasibility_model, layer_cover_bound, load_helix_placement,
                                 load_helix_problem, max_flow, prove_optimal, solve_placement,
                                 solve_placement_arcflow)
-from formulations.helix._highs import solve as highs_solve
+from formulations.helix._highs import run_feasibility, solve as highs_solve
 from formulations.helix.flow import SOURCE, flow_value_or_zero
 from gpusched.errors import InfeasibleError, SolverError
 
@@ -126,13 +126,8 @@ def run_instance(name: str, time_limit_s: float, threads: int, prove_ideas_too: 
 
 def _run_feasibility(h, time_limit_s: float, threads: int) -> tuple[str, int, int]:
     """Run a feasibility model: ``("infeasible" | "feasible" | "time_limit", B&B nodes, LP iterations)``."""
-    h.setOptionValue("time_limit", float(time_limit_s))
-    h.setOptionValue("threads", int(threads))
-    h.setOptionValue("mip_rel_gap", 1.0)  # any integer point answers the question
-    h.run()
+    status = run_feasibility(h, time_limit_s=time_limit_s, threads=threads)
     info = h.getInfo()
-    text = h.modelStatusToString(h.getModelStatus()).lower()
-    status = "infeasible" if text == "infeasible" else "feasible" if info.primal_solution_status == 2 else "time_limit"
     return status, int(info.mip_node_count), int(info.simplex_iteration_count)
 
 

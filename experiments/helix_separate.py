@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from experiments.helix_setup import LATENCY_DIR, node_settings
+from experiments.helix_setup import gpu_latency, node_settings
 from gpusched.errors import UnknownNameError
-from simulators.pipeline_spec import PipelineCluster, PipelineLink, PipelineNode, load_layer_latency
+from simulators.pipeline_spec import PipelineCluster, PipelineLink, PipelineNode
 
 LINK = PipelineLink(1e9, 1e-3)
 
@@ -78,7 +78,7 @@ def chain_cluster(chain: SeparateChain, model: str, cluster: str) -> PipelineClu
     for i, (g, k, kv) in enumerate(zip(chain.gpu_types, chain.layers, chain.kv_capacity_slots)):
         top = max(kk for gg, kk in settings if gg == g)  # largest profiled layer count (k may exceed K_i)
         s = settings[(g, min(k, top))]
-        nodes[i] = PipelineNode(start, start + k, load_layer_latency(LATENCY_DIR / model / g.lower()),
+        nodes[i] = PipelineNode(start, start + k, gpu_latency(model, g),
                                 kv_capacity_slots=kv, prompt_max_requests=s["prompt_max_requests"],
                                 prompt_max_tokens=s["prompt_max_tokens"], decode_max_tokens=s["decode_max_tokens"],
                                 gpu_type=g)

@@ -6,6 +6,7 @@ all bundled under ``formulations/helix/data``.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Hashable, Mapping
 
@@ -13,13 +14,19 @@ import pandas as pd
 
 from formulations.helix import DATA_DIR, HELIX_MODELS, read_cluster_ini
 from gpusched.errors import ConfigError, UnknownNameError
-from simulators.pipeline_spec import PipelineCluster, PipelineLink, PipelineNode, load_layer_latency
+from simulators.pipeline_spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode, load_layer_latency
 
 LATENCY_DIR = DATA_DIR / "latency"
 
 #: the ``cluster_mix`` label of ``node_throughput_T_k.csv`` per bundled cluster file
 CLUSTER_MIX = {"single24.ini": "24node_A100x4_L4x8_T4x12", "geo24.ini": "24node_A100x4_L4x8_T4x12",
                "cluster42.ini": "42node", "cluster10.ini": "10node_L4x4_T4x6"}
+
+
+@lru_cache(maxsize=None)
+def gpu_latency(model: str, gpu_type: str) -> LayerLatency:
+    """Per-layer latency table of ``gpu_type`` for ``model`` (read once per process; the table is immutable)."""
+    return load_layer_latency(LATENCY_DIR / model / gpu_type.lower())
 
 
 def node_settings(model: str, cluster_mix: str, throughput_csv: Path = DATA_DIR / "node_throughput_T_k.csv"
@@ -46,7 +53,6 @@ def pipeline_cluster(cluster_ini: str | Path, model: str, placement: Mapping[Has
         raise ConfigError(f"no cluster_mix known for {cluster_ini.name}; pass cluster_mix (see {sorted(CLUSTER_MIX)})")
     types, links = read_cluster_ini(cluster_ini)
     settings = node_settings(model, mix)
-    latencies: dict[str, object] = {}
     nodes = {}
     for n, (s, e) in placement.items():
         if n not in types:
@@ -55,9 +61,7 @@ def pipeline_cluster(cluster_ini: str | Path, model: str, placement: Mapping[Has
         key = (g, e - s)
         if key not in settings:
             raise ConfigError(f"node {n} ({g}) holds {e - s} layers; the T(k) table has no KV/batch settings for it")
-        if g not in latencies:
-            latencies[g] = load_layer_latency(LATENCY_DIR / model / g.lower())
-        nodes[n] = PipelineNode(s, e, latencies[g], gpu_type=g, **settings[key])
+        nodes[n] = PipelineNode(s, e, gpu_latency(model, g), gpu_type=g, **settings[key])
     plinks = {(u, v): PipelineLink(bw, lat) for u, v, bw, lat in links}
     m = HELIX_MODELS[model]
     return PipelineCluster(m.num_layers, nodes, plinks, activation_bytes_per_token=m.activation_size_bytes)

@@ -252,6 +252,7 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
         placements = {k: load_helix_placement(DATA_DIR / "placements" / v, pr) for k, v in layouts.items()}
         placements["ours"] = heuristic_placement(pr, "best")
         rate = online_rate or rate
+        built: dict = {}  # placement name -> (engine cluster, max flow), shared by its routers and modes
         for pname, rname in combos:
             separate = pname in ("sp", "sp+")
             if (separate and (cname, pname) not in SEPARATE) or (not separate and pname not in placements):
@@ -265,8 +266,10 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
                         flow = float("nan")
                     else:
                         pl, partial = placements[pname], pname == "petals"
-                        cl = pipeline_cluster(DATA_DIR / "clusters" / cfile, MODEL, pl)
-                        flow = max_flow(pr, pl, allow_partial_inference=partial).value_tokens_per_s
+                        if pname not in built:
+                            built[pname] = (pipeline_cluster(DATA_DIR / "clusters" / cfile, MODEL, pl),
+                                            max_flow(pr, pl, allow_partial_inference=partial).value_tokens_per_s)
+                        cl, flow = built[pname]
                         router = make_router(rname, pr, pl, cl, mode, partial)
                         feed = offline_feeding(cname, rname, legacy, kv_threshold)
                         try:

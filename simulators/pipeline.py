@@ -148,12 +148,14 @@ class PipelineEngine:
         self.decode_tokens_in_window = 0
         self.batch_log: list[dict] | None = [] if record_batches else None
         self._rows = trace.df[["request_id", "arrival_time_s", "prompt_tokens", "output_tokens"]].to_numpy(object)
-        self._layer_cover = None
+        self._layer_cover = None  # per layer: (nodes holding it, their KV slots per layer summed)
         if offline_kv_threshold is not None:
-            self._layer_cover = [[] for _ in range(cluster.num_layers)]
+            cover = [[] for _ in range(cluster.num_layers)]
             for node in self.nodes.values():
                 for layer in range(node.spec.start_layer, node.spec.end_layer):
-                    self._layer_cover[layer].append(node)
+                    cover[layer].append(node)
+            self._layer_cover = [(nodes, sum(n.spec.kv_capacity_slots / n.spec.num_layers for n in nodes))
+                                 for nodes in cover]
 
     # ------------------------------------------------------------------ admission
     def _new_flight(self, now_s: float) -> _Flight | None:
@@ -400,8 +402,7 @@ class PipelineEngine:
         expected = getattr(self.router, "expected_kv_used_slots", None)
         used_by = expected() if callable(expected) else {n: x.kv_used for n, x in self.nodes.items()}
         worst = 0.0
-        for nodes in self._layer_cover:
-            cap = sum(n.spec.kv_capacity_slots / n.spec.num_layers for n in nodes)
+        for nodes, cap in self._layer_cover:
             used = sum(used_by.get(n.name, 0) / n.spec.num_layers for n in nodes)
             worst = max(worst, used / cap if cap else 1.0)
         return worst

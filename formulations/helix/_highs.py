@@ -140,3 +140,17 @@ def solve(h: highspy.Highs, *, time_limit_s: float, threads: int = 1, seed: int 
     values = np.array(h.getSolution().col_value)
     return HighsOutcome(_STATUS[ms], values, float(info.objective_function_value), float(info.mip_dual_bound),
                         float(info.mip_gap), elapsed, text)
+
+
+def run_feasibility(h: highspy.Highs, *, time_limit_s: float, threads: int = 1, seed: int = 0) -> str:
+    """Run a feasibility model until its first integer point: ``"infeasible"``, ``"feasible"`` (a point is
+    in ``h.getSolution()``) or ``"time_limit"`` (undecided). HiGHS's counters stay readable in ``h.getInfo()``."""
+    h.setOptionValue("time_limit", float(time_limit_s))
+    prepare_highs_threads(int(threads))
+    h.setOptionValue("threads", int(threads))
+    h.setOptionValue("random_seed", int(seed))
+    h.setOptionValue("mip_rel_gap", 1.0)  # any integer point answers the question
+    h.run()
+    if h.getModelStatus() == highspy.HighsModelStatus.kInfeasible:
+        return "infeasible"
+    return "feasible" if h.getInfo().primal_solution_status == 2 else "time_limit"

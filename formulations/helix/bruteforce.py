@@ -2,7 +2,7 @@
 
 Every node picks one range ``[s, s+k)`` with ``1 <= k <= min(K_i, L)``; every combination is evaluated
 with :func:`~formulations.helix.flow.max_flow` (OR-Tools), so nothing here shares code with the MILP
-models. Interchangeable nodes (:func:`~formulations.helix.milp.interchangeable_classes`) are enumerated as
+models. Interchangeable nodes (:func:`~formulations.helix.arcflow.node_classes`) are enumerated as
 multisets, not sequences, since permuting their ranges keeps the flow.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ import math
 
 from gpusched.errors import ConfigError
 
+from .arcflow import node_classes
 from .flow import flow_value_or_zero
-from .milp import interchangeable_classes
 from .problem import HelixProblem, Node
 
 
@@ -24,9 +24,7 @@ def _ranges(problem: HelixProblem, node: Node) -> list[tuple[int, int]]:
 
 def count_placements(problem: HelixProblem) -> int:
     """Number of placements :func:`brute_force_optimum` evaluates (multisets per interchangeable class)."""
-    grouped = interchangeable_classes(problem)
-    seen = {i for cl in grouped for i in cl}
-    classes = grouped + [[i] for i in problem.nodes if i not in seen]
+    classes = node_classes(problem)
     return math.prod(math.comb(len(_ranges(problem, cl[0])) + len(cl) - 1, len(cl)) for cl in classes)
 
 
@@ -41,9 +39,7 @@ def brute_force_optimum(problem: HelixProblem, max_placements: int = 200_000
     if n > max_placements:
         raise ConfigError(f"{n} placements to enumerate exceed max_placements={max_placements}; "
                           f"use a smaller instance or raise the limit")
-    grouped = interchangeable_classes(problem)
-    seen = {i for cl in grouped for i in cl}
-    classes = grouped + [[i] for i in problem.nodes if i not in seen]
+    classes = node_classes(problem)
     per_class = [list(itertools.combinations_with_replacement(_ranges(problem, cl[0]), len(cl)))
                  for cl in classes]
     best_val, best = -1.0, None

@@ -30,12 +30,11 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import highspy
 import numpy as np
 
 from gpusched.errors import ConfigError
 
-from ._highs import ModelBuilder
+from ._highs import ModelBuilder, run_feasibility
 from .coverbound import cover_weight, layer_cover_bound
 from .flow import flow_value_or_zero, max_flow
 from .problem import HelixProblem, Node, Placement
@@ -152,20 +151,16 @@ def prove_optimal(problem: HelixProblem, placement: Placement, time_limit_s: flo
     target = incumbent + eps
     hm = hub_feasibility_model(problem, target, cover_levels)
     h = hm.builder.load(maximize=True)
-    h.setOptionValue("time_limit", max(1e-3, float(time_limit_s) - (time.perf_counter() - t0)))
-    h.setOptionValue("threads", int(threads))
-    h.setOptionValue("random_seed", int(seed))
-    h.setOptionValue("mip_rel_gap", 1.0)  # feasibility only: stop at the first integer point
-    h.run()
-    ms = h.getModelStatus()
+    answer = run_feasibility(h, time_limit_s=max(1e-3, float(time_limit_s) - (time.perf_counter() - t0)),
+                             threads=threads, seed=seed)
     info = h.getInfo()
     extra.update(mip_nodes=int(info.mip_node_count), lp_iterations=int(info.simplex_iteration_count),
-                 highs_status=h.modelStatusToString(ms), model_size=hm.builder.num_rows)
+                 highs_status=h.modelStatusToString(h.getModelStatus()), model_size=hm.builder.num_rows)
     bound = min(cb.bound_tokens_per_s, problem.upper_bound_tokens_per_s())
-    if ms == highspy.HighsModelStatus.kInfeasible:
+    if answer == "infeasible":
         return OptimalityProof("optimal", incumbent, target, eps, "hub_feasibility_milp",
                                time.perf_counter() - t0, extra=extra)
-    if info.primal_solution_status == 2:  # a hub point at F0: check the placement on the real graph
+    if answer == "feasible":  # a hub point at F0: check the placement on the real graph
         cand = hm.placement_from(np.array(h.getSolution().col_value))
         value = flow_value_or_zero(problem, cand)
         extra["candidate_tokens_per_s"] = value

@@ -19,6 +19,15 @@ from .chain import chain_placement, fast_link_regions, max_layers_at
 from .flow import flow_value_or_zero, max_flow
 from .problem import HelixProblem, Node
 
+# In a geo cluster a layer boundary between two regions is crossed only through the slow cross-region
+# links of the nodes that end / start there, so one chain crossing it through one link (~700 tokens/s on
+# geo24) caps the whole pipeline. A *plan* orders the regions into stages (a stage with several regions
+# runs them as parallel lanes over the same layers); each region lays out its layers as a *block* whose
+# boundary segments may be held by several nodes, so that a boundary is crossed by
+# ``(#nodes ending) x (#nodes starting)`` links. Per plan, a DP over the stages finds the largest flow
+# target ``F`` whose stages cover ``L`` layers with every boundary able to carry ``F``; each plan's
+# placement is then scored with the exact max flow.
+
 
 @dataclass(frozen=True)
 class _Shape:

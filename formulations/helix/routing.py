@@ -210,8 +210,12 @@ class SwarmRouter(_WalkRouter):
 
     name = "swarm"
 
+    def __init__(self, problem: HelixProblem, placement: Placement, **kwargs) -> None:
+        super().__init__(problem, placement, **kwargs)
+        self.weights = {v: problem.throughput[v][e - s - 1] for v, (s, e) in self.placement.items()}
+
     def _pick(self, candidates, nodes):
-        w = [self.problem.throughput[v][self.placement[v][1] - self.placement[v][0] - 1] for v in candidates]
+        w = [self.weights[v] for v in candidates]
         return self.rng.choices(candidates, weights=w)[0] if sum(w) > 0 else candidates[0]
 
 
