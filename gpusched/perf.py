@@ -350,6 +350,7 @@ class ProfiledStepTime:
             m.hidden_size, m.ffn_size // tp, m.num_heads // tp * m.head_dim,
             max(m.num_kv_heads // tp, 1) * m.head_dim, b))
         object.__setattr__(self, "_ops", tuple(self.grids[o] for o in LINEAR_OPS) if self.fmt == "h100" else ())
+        object.__setattr__(self, "_token_terms", {})  # n -> _token_terms_s(n), filled by step_time_s
 
     def layers_only(self) -> "ProfiledStepTime":
         """The transformer layers alone: no LM head, sampler, embedding, final norm or TP communication.
@@ -391,7 +392,7 @@ class ProfiledStepTime:
         g = self._g
         # the terms that depend on the step's token count only, cached per count (engines price tens of
         # thousands of steps over a few thousand distinct counts); added in the same order as uncached
-        by_tokens = self.__dict__.setdefault("_token_terms", {})
+        by_tokens = self._token_terms
         terms = by_tokens.get(n)
         if terms is None:
             terms = by_tokens[n] = self._token_terms_s(n)

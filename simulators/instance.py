@@ -268,7 +268,7 @@ class InstanceEngine:
         num_sampled = 0  # sequences that emit a token at the end of this step (LM head + sampler work)
         for seq, n in plan.entries:
             c, g = seq.num_computed_tokens, seq.generated_tokens
-            if n == 1 and g > 0 and c == seq.prompt_tokens + g - 1:  # a decode (see _starts_decode_run)
+            if n == 1 and g > 0 and c == seq.prompt_tokens + g - 1:  # a decode (as _decode_run_inputs)
                 decode_contexts.append(c)
                 num_sampled += 1
             else:
