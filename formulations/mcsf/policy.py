@@ -121,12 +121,10 @@ class McsfScheduler:
         while i < len(running):
             seq = running[i]
             n = seq.num_tokens - seq.num_computed_tokens
-            grow = seq.num_computed_tokens + n - kv.tokens_of(seq.index)
-            if grow > 0 and kv.blocks_needed_to_extend(seq.index, grow) > kv.num_free_blocks:
-                if not self._make_room(seq, grow, running, waiting, kv, plan):
+            if not kv.grow_to(seq.index, seq.num_tokens):
+                if not self._make_room(seq, seq.num_tokens - kv.tokens_of(seq.index), running, waiting, kv, plan):
                     break
-            if grow > 0:
-                kv.extend(seq.index, grow)
+                kv.extend(seq.index, seq.num_tokens - kv.tokens_of(seq.index))  # fits now (raises if not)
             plan.entries.append((seq, n))
             budget -= n
             i += 1
