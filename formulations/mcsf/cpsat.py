@@ -6,18 +6,19 @@ Same problem, different model. A request started at round ``p`` holds ``s + (t -
 round ``p + d`` exactly the first ``d`` are active, ``s + 1 + (d - 1) = s + d`` tokens, so one cumulative
 constraint of capacity ``M`` over all the stacks is the memory rows (3) of the IP, and the objective is (1).
 
-Why a second model: the IP's LP relaxation lets a request split across start rounds and so smears its ramp;
-on the paper-size instances (n 40-60, M 30-50) its bound stays near the area bound of :mod:`.bounds` and
-HiGHS cannot close the gap. CP-SAT reasons on the ramps directly (timetabling, energetic reasoning) and
-its search finds schedules better than MC-SF's within seconds where HiGHS only returns the warm start; its
-bound is weak, so the combinatorial lower bound of :mod:`.bounds` is added as a constraint on the objective
-(valid: every schedule meets it).
+Why a second model: the IP's LP relaxation lets a request split across start rounds and so smears its ramp
+(the separation rows of :mod:`.bounds` repair part of that); CP-SAT reasons on the ramps directly
+(timetabling, energetic reasoning) and, given a minute on two workers, its search found schedules better than
+MC-SF's on every paper-size instance tried, where HiGHS only returned the warm start. Its own bound is weak,
+so the lower bound of :mod:`.bounds` is added as a constraint on the objective (valid: every schedule meets it).
 
 Added constraints, all valid (no optimum is cut off):
 
 * the horizon of :mod:`.hindsight` (start ``<= a_i + U - sum o`` given a schedule of total latency ``U``);
 * identical requests (same ``a, s, o``) start in index order (they are interchangeable);
-* total latency ``>=`` :func:`.bounds.latency_lower_bound`.
+* total latency ``>=`` :func:`.bounds.latency_lower_bound`;
+* (``separation``) for every family ``(B, d)`` of :func:`.bounds.separation_families`, the intervals
+  ``[p_i, p_i + d_i)``, ``i`` in ``B``, do not overlap.
 
 Determinism: with one worker CP-SAT is deterministic for a fixed seed; with several the incumbent found
 within a time limit can vary from run to run (a proven optimum's value never does).
@@ -31,7 +32,7 @@ import numpy as np
 
 from gpusched.errors import SolverError
 
-from .bounds import latency_lower_bound
+from .bounds import latency_lower_bound, separation_families
 from .model import Instance, Schedule, identical_classes
 
 __all__ = ["CpSatOutcome", "solve_hindsight_cpsat"]
@@ -62,7 +63,7 @@ def _hint_in_class_order(instance: Instance, start) -> list[int]:
 
 def solve_hindsight_cpsat(instance: Instance, time_limit_s: float, workers: int | None = None,
                           warm: Schedule | None = None, upper_bound: int | None = None,
-                          seed: int = 0, msg: bool = False) -> CpSatOutcome:
+                          seed: int = 0, msg: bool = False, separation: bool = True) -> CpSatOutcome:
     """Minimise total latency with CP-SAT (see the module docstring).
 
     Args:
@@ -73,6 +74,7 @@ def solve_hindsight_cpsat(instance: Instance, time_limit_s: float, workers: int 
         upper_bound: total latency of a feasible schedule, to tighten the start windows.
         seed: CP-SAT's random seed.
         msg: print CP-SAT's search log.
+        separation: add the no-overlap constraints of the separation families (see the module docstring).
     """
     from ortools.sat.python import cp_model
 
@@ -89,6 +91,10 @@ def solve_hindsight_cpsat(instance: Instance, time_limit_s: float, workers: int 
             layers.append(m.new_fixed_size_interval_var(p + j, o[i] - j + 1, f"layer{i}_{j}"))
             heights.append(s[i] + 1 if j == 1 else 1)
     m.add_cumulative(layers, heights, M)
+    if separation:
+        for f, (members, sep) in enumerate(separation_families(instance)):
+            m.add_no_overlap([m.new_fixed_size_interval_var(starts[i], int(d), f"sep{f}_{i}")
+                              for i, d in zip(members, sep)])
     cls = identical_classes(instance)[1]
     for c in range(cls.max() + 1 if cls.size else 0):  # identical requests start in index order
         members = np.flatnonzero(cls == c)
