@@ -7,7 +7,7 @@
    separation inequalities of ``formulations.mcsf.bounds``, CP-SAT, both): fraction proven optimal within the
    limit, the proven bound as a fraction of MC-SF's total latency, and how far the best schedule beats MC-SF.
 
-Run: ``python -m experiments.bench_mcsf [--quick] [--instances N] [--time-limit S]``.
+Run: ``python -m experiments.bench_mcsf [--quick] [--instances N] [--time-limit S] [--parts 1,2,3,4]``.
 """
 from __future__ import annotations
 
@@ -53,13 +53,28 @@ def main(argv=None) -> None:
     ap.add_argument("--instances", type=int, default=None)
     ap.add_argument("--time-limit", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--parts", default="1,2,3,4", help="which of the figures above to measure, e.g. 4")
     a = ap.parse_args(argv)
-    rng = np.random.default_rng(a.seed)
-    med, adm = decision_time(rng, reps=50 if a.quick else 500)
-    print(f"MC-SF decision, 1000 waiting / 200 running: median {med * 1e3:.3f} ms (admitted {adm:.1f} on average)")
+    parts = {int(p) for p in a.parts.split(",")}
 
+    def rng_of(part):  # one stream per part: a part's instances do not depend on which others run
+        return np.random.default_rng([a.seed, part])
+
+    if 1 in parts:
+        med, adm = decision_time(rng_of(1), reps=50 if a.quick else 500)
+        print(f"MC-SF decision, 1000 waiting / 200 running: median {med * 1e3:.3f} ms (admitted {adm:.1f} on average)")
+    if 2 in parts:
+        backends(rng_of(2), a.quick)
+    if 3 in parts:
+        aggregated_vs_binary(rng_of(3), a.quick)
+    if 4 in parts:
+        paper_size(rng_of(4), a.instances if a.instances is not None else (2 if a.quick else 20),
+                   a.time_limit if a.time_limit is not None else (5.0 if a.quick else 60.0))
+
+
+def backends(rng, quick: bool) -> None:
     print("\nIP backends (all-at-0, M 12-16, n 8, warm start MC-SF):")
-    for k in range(2 if a.quick else 5):
+    for k in range(2 if quick else 5):
         M = int(rng.integers(12, 17))
         o = rng.integers(1, M - 1, size=8)
         inst = Instance([0] * 8, [1] * 8, o.tolist(), M)
@@ -69,7 +84,10 @@ def main(argv=None) -> None:
             print(f"  inst {k} {backend:8s} total {time.perf_counter() - t0:6.2f} s (solve {r.solve_time_s:6.2f}) "
                   f"obj {r.objective} {r.status} vars {r.n_vars}")
 
-    n_agg = 1 if a.quick else 6
+
+
+def aggregated_vs_binary(rng, quick: bool) -> None:
+    n_agg = 1 if quick else 6
     print(f"\nAggregated vs binary IP (n 14, M 20-25, all at 0), {n_agg} instances, 60 s each, 1 thread:")
     totals = {True: [0.0, 0], False: [0.0, 0]}
     for k in range(n_agg):
@@ -85,8 +103,8 @@ def main(argv=None) -> None:
     for agg, (secs, proven) in totals.items():
         print(f"  {'aggregated' if agg else 'binary':10s}: {proven}/{n_agg} proven, {secs:.0f} s in all")
 
-    n_inst = a.instances if a.instances is not None else (2 if a.quick else 20)
-    tl = a.time_limit if a.time_limit is not None else (5.0 if a.quick else 60.0)
+
+def paper_size(rng, n_inst: int, tl: float) -> None:
     print(f"\nPaper-size hindsight problem (n 40-60, M 30-50, all at 0), {n_inst} instances, {tl:g} s each, "
           f"2 threads, per solver:")
     instances = [paper_instance(rng) for _ in range(n_inst)]
