@@ -138,11 +138,9 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, a
     col_start = np.concatenate([np.arange(a[i], last[i] + 1) for i in range(n)]) if n else np.zeros(0, np.int64)
 
     # memory rows: column (i, k) touches rounds k+1 .. k+o_i with coefficients s_i+1 .. s_i+o_i
-    col_o = o[col_req]
-    starts = np.concatenate([[0], np.cumsum(col_o)])
-    d = np.arange(starts[-1]) - np.repeat(starts[:-1], col_o) + 1  # 1..o within each column
-    parts = [(np.repeat(np.arange(col_req.size), col_o), np.repeat(col_start, col_o) + d,
-              (np.repeat(s[col_req], col_o) + d).astype(float))]
+    cols, age = _expand(o[col_req])
+    age += 1  # 1..o within each column
+    parts = [(cols, col_start[cols] + age, (s[col_req[cols]] + age).astype(float))]
     # a round's row cannot bind if the requests' largest coefficients there (s_i + min(o_i, t - a_i)) sum to <= M
     horizon = int(parts[0][1].max()) + 2 if col_req.size else 2
     cap = np.zeros(horizon, dtype=np.int64)
@@ -155,11 +153,8 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, a
         for f, (members, sep) in enumerate(separation_families(instance)):
             sep_of = np.zeros(n, dtype=np.int64)
             sep_of[cls[members]] = sep  # a class is wholly in or out of the family
-            col_d = sep_of[col_req]
-            starts = np.concatenate([[0], np.cumsum(col_d)])
-            offs = np.arange(starts[-1]) - np.repeat(starts[:-1], col_d)  # column (i, k) is in rows k .. k+d_i-1
-            parts.append((np.repeat(np.arange(col_req.size), col_d), np.repeat(col_start, col_d) + offs,
-                          np.ones(starts[-1])))
+            cols, offset_in = _expand(sep_of[col_req])  # column (i, k) is in rows k .. k+d_i-1
+            parts.append((cols, col_start[cols] + offset_in, np.ones(cols.size)))
             members_at = np.zeros(horizon, dtype=np.int64)  # most starts a row could count
             for i in np.flatnonzero(sep_of):
                 members_at[a[i]:last[i] + sep_of[i]] += count[i]
@@ -183,6 +178,13 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, a
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=col_req.size))])
     return HindsightArrays(col_req, col_start, col_start.astype(float), indptr, rows[order], vals[order],
                            np.concatenate(upper), names, offset, count)
+
+
+def _expand(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For columns with ``lengths[j]`` entries each: the column of every entry and its 0-based position in it."""
+    cols = np.repeat(np.arange(lengths.size), lengths)
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    return cols, np.arange(cols.size) - first[cols]
 
 
 def _schedule_from_x(instance: Instance, col_req, col_start, x, members) -> tuple[int, ...]:
