@@ -30,8 +30,8 @@ PAPER = {  # spec §1(e) rows 1-2 ([2nd])
 
 
 # scale -> inclusive ranges of M, s, n (all-at-0) and the arrival horizon in rounds (Poisson). "paper" is the
-# paper's setup (on 2 cores no instance is proven within a minute: the IP's LP bound stays ~35-40 % below the best
-# schedule); "mid" is where a minute sometimes proves optimality; "quick" proves in well under a second, for CI.
+# paper's setup (on 2 cores no instance is proven within a minute; the median remaining gap is ~15 %); "mid" is
+# where 20 s prove about half the instances; "quick" proves in well under a second, for CI.
 SCALES = {
     "paper": {"M": (30, 50), "s": (1, 5), "n": (40, 60), "horizon": (40, 60)},
     "mid": {"M": (20, 25), "s": (1, 3), "n": (12, 16), "horizon": (10, 14)},
