@@ -25,8 +25,8 @@ machine with processing times ``d_i`` and release dates ``a_i``. Its total start
 preemptive shortest-remaining-time optimum (exact for the relaxation ``1|r_j,pmtn|sum C_j``) minus ``sum d``,
 and the rest of the requests, a sub-instance, have their own area bound (:func:`separation_lower_bound`).
 The same disjointness is added to the IP as clique rows and to CP-SAT as a no-overlap constraint (valid
-inequalities: no schedule is cut off); on the synthetic instances they raise the IP's root bound from about
-70 % to about 90 % of MC-SF's total latency.
+inequalities: no schedule is cut off); on the synthetic instances they raise the IP's root LP bound from
+about 70 % to 80-95 % of MC-SF's total latency.
 """
 from __future__ import annotations
 
