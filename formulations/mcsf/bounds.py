@@ -26,7 +26,7 @@ preemptive shortest-remaining-time optimum (exact for the relaxation ``1|r_j,pmt
 and the rest of the requests, a sub-instance, have their own area bound (:func:`separation_lower_bound`).
 The same disjointness is added to the IP as clique rows and to CP-SAT as a no-overlap constraint (valid
 inequalities: no schedule is cut off); on the synthetic instances they raise the IP's root LP bound from
-about 70 % to 80-95 % of MC-SF's total latency.
+64-80 % to 79-96 % of MC-SF's total latency.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ U - sum_i o_i =: W``, so each request's start lies in ``[a_i, min(a_i + W, T - o
 Rows (3) that cannot bind (sum over requests of their largest coefficient in the row ``<= M``) are dropped.
 Valid inequalities (``separation=True``, default): the starts of each separation family of :mod:`.bounds` are
 pairwise at least ``d_i`` apart, one clique row per round; they cut off no schedule and lift the root LP bound
-from about 70 % to 80-95 % of MC-SF's total latency on the synthetic instances.
+from 64-80 % to 79-96 % of MC-SF's total latency on the synthetic instances.
 The incumbent is handed to HiGHS as a starting solution. The objective is an integer, so the run stops at an
 absolute gap below 1 (``mip_abs_gap = 1 - 1e-6``, ``mip_rel_gap = 0``): "optimal" means proven optimal.
 
@@ -343,8 +343,8 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
         aggregate_identical: solve the class-aggregated model (see above).
         separation: add the separation inequalities of :mod:`.bounds` (IP: clique rows over each family's
             start windows; CP-SAT: a no-overlap constraint over its separation intervals). Valid for every
-            schedule, so the optimum is unchanged; they lift the IP's root LP bound from about 70 % to
-            80-95 % of MC-SF's total latency on the synthetic instances. ``False``: the spec's model alone.
+            schedule, so the optimum is unchanged; they lift the IP's root LP bound from 64-80 % to
+            79-96 % of MC-SF's total latency on the synthetic instances. ``False``: the spec's model alone.
     """
     if solver not in SOLVERS:
         raise ConfigError(f"solver {solver!r} is not supported; use one of {SOLVERS}")
