@@ -138,31 +138,33 @@ def build_hindsight_arrays(instance: Instance, upper_bound: int | None = None, a
     col_start = np.concatenate([np.arange(a[i], last[i] + 1) for i in range(n)]) if n else np.zeros(0, np.int64)
 
     # memory rows: column (i, k) touches rounds k+1 .. k+o_i with coefficients s_i+1 .. s_i+o_i
+    # row blocks: (entries' columns, entries' rounds, values, rounds whose row is kept, row name, right-hand side)
     cols, age = _expand(o[col_req])
     age += 1  # 1..o within each column
-    parts = [(cols, col_start[cols] + age, (s[col_req[cols]] + age).astype(float))]
+    rounds = col_start[cols] + age
+    horizon = int(rounds.max()) + 2 if col_req.size else 2
     # a round's row cannot bind if the requests' largest coefficients there (s_i + min(o_i, t - a_i)) sum to <= M
-    horizon = int(parts[0][1].max()) + 2 if col_req.size else 2
     cap = np.zeros(horizon, dtype=np.int64)
     for i in range(n):
         ts = np.arange(a[i] + 1, last[i] + o[i] + 1)
         cap[ts] += count[i] * (s[i] + np.minimum(o[i], ts - a[i]))
-    kept = [(np.flatnonzero(cap > instance.memory), "mem_{}", float(instance.memory))]
+    blocks = [(cols, rounds, (s[col_req[cols]] + age).astype(float), np.flatnonzero(cap > instance.memory),
+               "mem_{}", float(instance.memory))]
 
     if separation_rows:
         for f, (members, sep) in enumerate(separation_families(instance)):
             sep_of = np.zeros(n, dtype=np.int64)
             sep_of[cls[members]] = sep  # a class is wholly in or out of the family
             cols, offset_in = _expand(sep_of[col_req])  # column (i, k) is in rows k .. k+d_i-1
-            parts.append((cols, col_start[cols] + offset_in, np.ones(cols.size)))
             members_at = np.zeros(horizon, dtype=np.int64)  # most starts a row could count
             for i in np.flatnonzero(sep_of):
                 members_at[a[i]:last[i] + sep_of[i]] += count[i]
-            kept.append((np.flatnonzero(members_at > 1), f"sep{f}_{{}}", 1.0))
+            blocks.append((cols, col_start[cols] + offset_in, np.ones(cols.size), np.flatnonzero(members_at > 1),
+                           f"sep{f}_{{}}", 1.0))
 
     # number the kept rows block after block; drop the entries of the others
     col_parts, row_parts, val_parts, names, upper, base = [], [], [], [], [], 0
-    for (cols, rounds, vals), (keep_rounds, name, rhs) in zip(parts, kept):
+    for cols, rounds, vals, keep_rounds, name, rhs in blocks:
         remap = np.full(horizon, -1, dtype=np.int64)
         remap[keep_rounds] = base + np.arange(keep_rounds.size)
         r = remap[rounds]
