@@ -93,11 +93,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
           f"{args.model} TP{args.tp} ({instances[0].num_kv_blocks} KV blocks each), scheduler {args.scheduler}, "
           f"router {args.router}")
     start = time.perf_counter()
-    result = simulate(trace, instances, router=args.router, seed=args.seed, progress=not args.quiet)
+    result = simulate(trace, instances, router=args.router, seed=args.seed, progress=not args.quiet, mode=args.mode)
     wall_s = time.perf_counter() - start
     out = result.save(args.out)
     print(result.summary().to_string(float_format=lambda v: f"{v:.4f}"))
-    print(f"{result.num_unfinished} unfinished; {result.num_steps} steps; {wall_s:.1f} s wall "
+    print(f"{result.num_unfinished} unfinished; {result.num_steps} steps; {wall_s:.1f} s wall on the {result.engine} engine "
           f"({len(trace) / wall_s:,.0f} requests per wall-second); results in {out}")
     return 0
 
@@ -163,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/simulate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--mode", default="fast", choices=["fast", "simpy", "step"],
+                   help="fast: the compiled engine where it applies, else simpy (identical results)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("validate-vllm", help="replay a measured vLLM run; compare latency statistics")
@@ -173,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="simulator speed: requests per wall-second on the Azure trace")
     p.add_argument("--repeats", type=_int_list, default=[1, 10], help="trace repetitions to time, e.g. 1,10")
-    p.add_argument("--mode", default="fast", choices=["fast", "step"])
+    p.add_argument("--mode", default="fast", choices=["fast", "simpy", "step"])
     p.set_defaults(func=cmd_bench)
     return parser
 

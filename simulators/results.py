@@ -24,9 +24,12 @@ class SimResult:
     requests : one row per request (times in simulated seconds; ``ttft_s``, ``tpot_s``, ``e2e_s`` and
         ``queueing_s`` added by :func:`gpusched.metrics.request_latencies`); ``status`` is ``finished`` or
         the reason a request did not finish.
-    timeline : one row per engine step and instance (empty if the run did not record it); in fast mode a
-        row may cover a run of identical decode steps (``steps`` > 1, ``batch_tokens`` summed over them).
+    timeline : one row per engine step and instance (empty if the run did not record it); on the
+        ``simpy`` engine a row may cover a run of identical decode steps (``steps`` > 1, ``batch_tokens``
+        summed over them).
     kv_blocks : KV capacity of each instance in blocks, to turn ``kv_used_blocks`` into utilisation.
+    engine : what ran it: ``compiled`` (:mod:`simulators.compiled`), ``simpy`` or ``step`` (SimPy, one
+        event per step).
     """
 
     requests: pd.DataFrame
@@ -34,10 +37,11 @@ class SimResult:
     kv_blocks: list[int]
     num_steps: int
     wall_time_s: float = float("nan")
+    engine: str = "simpy"
 
     @classmethod
-    def from_run(cls, trace, seqs, engines) -> "SimResult":
-        rows = {
+    def from_run(cls, trace, seqs, engines, engine: str = "simpy") -> "SimResult":
+        requests = requests_frame({
             "request_id": [s.request_id for s in seqs],
             "arrival_time_s": [s.arrival_time_s for s in seqs],
             "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
@@ -49,12 +53,12 @@ class SimResult:
             "num_preemptions": [s.num_preemptions for s in seqs],
             "cached_tokens": [s.cached_tokens for s in seqs],
             "status": [_status(s) for s in seqs],
-        }
-        requests = metrics.request_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS))
+        })
         timeline_rows = [row for e in engines if e.timeline for row in e.timeline]
         timeline = pd.DataFrame(timeline_rows, columns=TIMELINE_COLUMNS).sort_values(
             ["time_s", "instance"], kind="stable", ignore_index=True)
-        return cls(requests, timeline, [e.kv.num_blocks for e in engines], sum(e.num_steps for e in engines))
+        return cls(requests, timeline, [e.kv.num_blocks for e in engines], sum(e.num_steps for e in engines),
+                   engine=engine)
 
     @property
     def num_unfinished(self) -> int:
@@ -117,6 +121,24 @@ class SimResult:
         plt.close(fig)
 
 
+def requests_frame(columns: dict) -> pd.DataFrame:
+    """The per-request table from an engine's ``columns`` (:data:`REQUEST_COLUMNS`; a missing ``status``
+    is derived from the times as :func:`_status` does), times as floats, with the latencies added."""
+    if "status" not in columns:
+        finished = ~np.isnan(np.asarray(columns["finish_time_s"], float))
+        started = ~np.isnan(np.asarray(columns["first_token_time_s"], float))
+        columns = {**columns, "status": np.where(finished, "finished",
+                                                 np.where(started, _UNFINISHED_DECODING, _UNFINISHED_WAITING))}
+    frame = pd.DataFrame(columns, columns=REQUEST_COLUMNS)
+    times = ["arrival_time_s", "scheduled_time_s", "first_token_time_s", "finish_time_s"]
+    frame[times] = frame[times].astype(float)  # SimPy's clock starts at the int 0
+    return metrics.request_latencies(frame)
+
+
+_UNFINISHED_DECODING = "unfinished: decoding when the run ended"
+_UNFINISHED_WAITING = "unfinished: waiting when the run ended"
+
+
 def _nan(value):
     return float("nan") if value is None else value
 
@@ -127,5 +149,5 @@ def _status(seq) -> str:
     if seq.instance is None:
         return "never routed"
     if seq.first_token_time_s is not None:
-        return "unfinished: decoding when the run ended"
-    return "unfinished: waiting when the run ended"
+        return _UNFINISHED_DECODING
+    return _UNFINISHED_WAITING

@@ -134,6 +134,15 @@ class VllmV1Scheduler:
     name: str = "vllm-v1"
     stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
 
+    @property
+    def whole_sequence_budget(self) -> int | None:
+        """Without chunked prefill (and no long-prefill threshold within the budget) a prompt, or a
+        recompute of prompt + output, is scheduled whole, so it must fit one step's budget (vLLM requires
+        ``max_num_batched_tokens >= max_model_len`` then); None when prefills are chunked."""
+        if self.enable_chunked_prefill or 0 < self.long_prefill_token_threshold <= self.max_num_batched_tokens:
+            return None
+        return self.max_num_batched_tokens
+
     def __post_init__(self):
         _check_positive(self, "max_num_batched_tokens", "max_num_seqs")
         if self.preemption not in ("recompute", "swap"):

@@ -24,6 +24,7 @@ from gpusched.kvcache import BlockManager
 from gpusched.perf import StepTimeModel
 from gpusched.policy import BatchScheduler, Router, SeqState
 from gpusched.workload import Trace
+from simulators import compiled
 from simulators.instance import InstanceEngine
 from simulators.prefix import SessionBlockHashes, TraceBlockHashes
 from simulators.results import SimResult
@@ -31,7 +32,7 @@ from simulators.routers import make_router
 from simulators.schedulers import make_scheduler
 
 ROLES = ("colocated", "prefill", "decode")
-MODES = ("fast", "step")
+MODES = ("fast", "simpy", "step")
 
 
 @dataclass
@@ -89,8 +90,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     decode_router : in a disaggregated cluster, picks the decode instance a finished prefill hands to.
     link : the prefill -> decode link; a hand-off takes ``prompt KV bytes / bandwidth + latency`` during
         which the prefill instance still holds the KV.
-    mode : ``fast`` advances runs of identical decode steps in one event; ``step`` schedules every step.
-        Both give identical per-request results.
+    mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
+        identical decode steps in one event; ``fast`` (default) runs the compiled engine of
+        :mod:`simulators.compiled` when it covers the configuration (one colocated vLLM V1-like
+        instance, H100-format profile, no shared prefixes or sessions) and ``simpy`` otherwise. All
+        three give identical per-request results.
     hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
         own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
         request then finds the blocks it left in the cache and recomputes only what was evicted (vLLM V1
@@ -113,11 +117,17 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_roles(instances)
     _check_servable(trace, instances)
+    if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks) is None:
+        make_router(router, seed=seed)  # an unknown name is refused as on the SimPy engine
+        scheduler = instances[0].build_scheduler()
+        _check_budgets([(0, scheduler, instances[0].block_size_tokens)])
+        _check_whole_prefills(trace, [(0, scheduler)])
+        return compiled.simulate_compiled(trace, instances, record_timeline, check_invariants, hash_own_blocks)
     run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
-                      check_invariants, mode == "fast", hash_own_blocks)
+                      check_invariants, mode != "step", hash_own_blocks)
     run.env.process(run.arrivals(progress))
     run.env.run()
-    return SimResult.from_run(trace, run.seqs, run.engines)
+    return SimResult.from_run(trace, run.seqs, run.engines, engine="step" if mode == "step" else "simpy")
 
 
 class _ServingRun:
@@ -141,8 +151,8 @@ class _ServingRun:
                            host_link_bytes_per_s=cfg.host_link_bytes_per_s)
             for i, cfg in enumerate(instances)
         ]
-        _check_budgets(self.engines)
-        _check_whole_prefills(trace, self.engines)
+        _check_budgets([(e.index, e.scheduler, e.kv.block_size_tokens) for e in self.engines])
+        _check_whole_prefills(trace, [(e.index, e.scheduler) for e in self.engines])
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
@@ -271,30 +281,33 @@ def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:
             f"(more GPUs/TP, a larger GPU) or filter the trace explicitly")
 
 
-def _check_whole_prefills(trace: Trace, engines: list[InstanceEngine]) -> None:
-    """Schedulers without chunked prefill (``whole_sequence_budget``) must fit every request in one step."""
-    budgets = [(e, e.scheduler.whole_sequence_budget) for e in engines
-               if getattr(e.scheduler, "whole_sequence_budget", None) is not None]
+def _check_whole_prefills(trace: Trace, schedulers) -> None:
+    """Schedulers without chunked prefill (``whole_sequence_budget``) must fit every request in one step.
+    ``schedulers``: (instance index, scheduler) of every instance."""
+    budgets = [(index, scheduler, scheduler.whole_sequence_budget) for index, scheduler in schedulers
+               if getattr(scheduler, "whole_sequence_budget", None) is not None]
     if not budgets:
         return
     need = trace.df["prompt_tokens"] + trace.df["output_tokens"]
     i = int(need.to_numpy().argmax())
     longest = int(need.iloc[i])
-    for engine, budget in budgets:
+    for index, scheduler, budget in budgets:
         if longest > budget:
             raise ConfigError(
-                f"instance {engine.index}: scheduler {engine.scheduler.name!r} prefills whole sequences, but "
+                f"instance {index}: scheduler {scheduler.name!r} prefills whole sequences, but "
                 f"request {trace.df['request_id'].iloc[i]!r} has prompt + output = {longest} tokens "
                 f"> max_num_batched_tokens={budget} ({int((need > budget).sum())} request(s) like it would "
-                f"block the queue forever); raise max_num_batched_tokens to >= {longest} (vLLM V0 "
-                f"requires it >= max_model_len) or use a chunked-prefill scheduler (vllm-v1, sarathi)")
+                f"block the queue forever); raise max_num_batched_tokens to >= {longest} (vLLM "
+                f"requires it >= max_model_len without chunked prefill) or use chunked prefill (vllm-v1's "
+                f"default, sarathi)")
 
 
-def _check_budgets(engines: list[InstanceEngine]) -> None:
-    for engine in engines:
+def _check_budgets(schedulers) -> None:
+    """``schedulers``: (instance index, scheduler, KV block size in tokens) of every instance."""
+    for index, scheduler, block_size_tokens in schedulers:
         for knob in ("max_num_batched_tokens", "token_budget"):
-            budget = getattr(engine.scheduler, knob, None)
-            if budget is not None and budget < engine.kv.block_size_tokens:
+            budget = getattr(scheduler, knob, None)
+            if budget is not None and budget < block_size_tokens:
                 raise ConfigError(
-                    f"instance {engine.index}: {knob}={budget} is smaller than one KV block "
-                    f"({engine.kv.block_size_tokens} tokens); raise the budget")
+                    f"instance {index}: {knob}={budget} is smaller than one KV block "
+                    f"({block_size_tokens} tokens); raise the budget")

@@ -278,10 +278,12 @@ def test_block_hash_slices_match_elementwise_definition():
                 assert hashes[a:b] == tuple(ref[a:b])
 
 
+@pytest.mark.parametrize("mode", ["simpy", "fast"])
 @pytest.mark.parametrize("case", ["azure", "mooncake", "sessions", "disaggregated", "two-instances"])
-def test_fast_mode_matches_step_mode_exactly(case):
-    """Fast mode advances runs of decode steps in one event; per-request results must be identical to
-    scheduling every step (the reference mode), bit for bit."""
+def test_fast_modes_match_step_mode_exactly(case, mode):
+    """``simpy`` advances runs of decode steps in one event, ``fast`` adds the compiled engine where it
+    applies (the azure case); per-request results must be identical to scheduling every step (the
+    reference mode), bit for bit."""
     from gpusched.llm import get_model
     from gpusched.perf import ProfiledStepTime
     from gpusched.synthetic import agent_sessions
@@ -308,7 +310,7 @@ def test_fast_mode_matches_step_mode_exactly(case):
         trace = load_trace("azure-conv-2023").head(300).scale_rate(3.0)
         inst = inst * 2
         router = "least-outstanding-tokens"
-    fast = simulate(trace, inst, router=router, mode="fast")
+    fast = simulate(trace, inst, router=router, mode=mode)
     slow = simulate(trace, inst, router=router, mode="step")
     assert fast.num_unfinished == 0
     pd.testing.assert_frame_equal(fast.requests, slow.requests)

@@ -1,0 +1,500 @@
+"""The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
+
+A transcription, on flat arrays, of what the SimPy engine does in step mode for one colocated instance
+with the vLLM V1-like scheduler (recompute preemption), the paged block manager with each request's own
+block hashes, and the H100-format profiled step-time model. Each piece names the Python code it
+follows; the float operations are written in the same order as there, so results agree to the bit
+(``tests/test_sim_compiled.py`` checks it against the SimPy engine).
+
+State arrays (indexed by request ``r`` in trace order):
+``comp`` tokens whose KV is computed, ``gen`` tokens generated, ``kv_tok``/``kv_priv``/``kv_hashed`` the
+block manager's record (tokens held, private blocks, blocks hashed at allocation; ``kv_tok = -1``: not
+allocated). A request's own block ``b`` is the slot ``slot_off[r] + b``; ``slot_state`` is 0 (not
+resident), 1 (held by its request) or 2 (cached, unreferenced: in the LRU list, oldest at the head).
+``kvs`` = [private blocks in use, hashed blocks in use, cached blocks].
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# kernel exit codes (see simulators.compiled._raise_for)
+OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED = 0, 1, 2, 3, 4
+# integer parameters, by position in ``ip``
+(P_BLOCKS, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
+ P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK) = range(18)
+# float parameters, by position in ``fp``
+F_LAUNCH, F_FLOOR, F_FLOPS, F_BW = range(4)
+_PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
+
+
+# ---------------------------------------------------------------- pricing (gpusched.profiles / perf)
+@njit(cache=True, inline="always")
+def _pmax(a, b):
+    """Python's ``max(a, b)``: ``a`` unless ``b`` is larger."""
+    return b if b > a else a
+
+
+@njit(cache=True, inline="always")
+def _seg(xs, v):
+    """profiles._seg: segment ``i`` and fraction ``t`` (bisect_right as CPython's)."""
+    n = xs.shape[0]
+    if n == 1:
+        return 0, 0.0
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if v < xs[mid]:
+            hi = mid
+        else:
+            lo = mid + 1
+    i = lo - 1
+    if i < 0:
+        return 0, 0.0
+    if i >= n - 1:
+        i = n - 2
+    return i, (v - xs[i]) / (xs[i + 1] - xs[i])
+
+
+@njit(cache=True, inline="always")
+def _grid1(x, y, v):
+    """profiles.Grid1D.__call__."""
+    if x.shape[0] == 1:
+        return y[0]
+    i, t = _seg(x, v)
+    if t > 1.0:
+        last = x.shape[0] - 1
+        return y[last] * v / x[last] if x[last] > 0 else y[last]
+    return y[i] + (y[i + 1] - y[i]) * t
+
+
+@njit(cache=True, inline="always")
+def _grid2(a, b, z, u, v):
+    """profiles.Grid2D.__call__."""
+    i, s = _seg(a, u)
+    j, t = _seg(b, v)
+    i1 = min(i + 1, a.shape[0] - 1)
+    j1 = min(j + 1, b.shape[0] - 1)
+    z00, z01, z10, z11 = z[i, j], z[i, j1], z[i1, j], z[i1, j1]
+    if s > 1.0 or t > 1.0:
+        z10 = _pmax(z10, z00)
+        z11 = _pmax(z11, z01)
+        z01 = _pmax(z01, z00)
+        z11 = _pmax(z11, z10)
+    return z00 * (1 - s) * (1 - t) + z10 * s * (1 - t) + z01 * (1 - s) * t + z11 * s * t
+
+
+@njit(cache=True, inline="always")
+def _g(fp, x):
+    """ProfiledStepTime._g: graph-replay time of a kernel from its eager time."""
+    return _pmax(x - fp[F_LAUNCH], fp[F_FLOOR])
+
+
+@njit(cache=True, inline="always")
+def _decode_time(ip, fp, dec_base, da, db, dz, batch, context_sum):
+    """ProfiledStepTime.decode_step_time_s."""
+    mean_ctx = context_sum / batch
+    return dec_base[batch] + ip[P_LAYERS] * _g(fp, _grid2(da, db, dz, float(batch), mean_ctx))
+
+
+@njit(cache=True)
+def _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
+               n, plens, pcached, npf, nd, dec_sum, num_sampled):
+    """ProfiledStepTime.step_time_s (H100 format) of a step with prefill chunks and decodes."""
+    mean_ctx = dec_sum / nd if nd else 0.0
+    layer = tok_lin[n]
+    c_tot = 0
+    p_tot = 0
+    w = 0.0
+    for k in range(npf):  # perf._causal_work
+        c = plens[k]
+        if c:
+            p = pcached[k]
+            c_tot += c
+            p_tot += p
+            w += c * (p + 0.5 * c)
+    attn = 0.0  # ProfiledStepTime._prefill_attn_s
+    if c_tot:
+        p_eq = w / c_tot - 0.5 * c_tot
+        if p_tot == 0 or p_eq <= 0 or not ip[P_HAS_CHUNKED]:
+            attn = _g(fp, _grid1(px, py, math.sqrt(2.0 * w)))
+        else:
+            attn = _g(fp, _grid2(ca, cb, cz, float(c_tot), p_eq))
+    layer += attn
+    if nd:
+        layer += _g(fp, _grid2(da, db, dz, float(nd), mean_ctx))
+    layer += tok_elem[n]
+    if ip[P_HAS_COMM]:
+        layer += tok_comm[n]
+    t = ip[P_LAYERS] * layer
+    if ip[P_LM_HEAD] and num_sampled:
+        k, nout, b = ip[P_HIDDEN], ip[P_VOCAB], ip[P_DTYPE_BYTES]
+        flops = 2.0 * num_sampled * k * nout / fp[F_FLOPS]
+        stream = b * (k * nout + num_sampled * (k + nout)) / fp[F_BW]
+        t += _pmax(_pmax(flops, stream), fp[F_FLOOR])
+    return t
+
+
+# ---------------------------------------------------------------- the cached-block LRU (kvcache._CachedBlocks)
+@njit(cache=True, inline="always")
+def _lru_append(prev, nxt, head, s):
+    """Cache slot ``s`` as the newest (``head`` is the list's sentinel)."""
+    last = prev[head]
+    nxt[last] = s
+    prev[s] = last
+    nxt[s] = head
+    prev[head] = s
+
+
+@njit(cache=True, inline="always")
+def _lru_remove(prev, nxt, s):
+    p, q = prev[s], nxt[s]
+    nxt[p] = q
+    prev[q] = p
+
+
+@njit(cache=True)
+def _evict(slot_state, prev, nxt, head, kvs, n):
+    """Drop the ``n`` oldest cached blocks (all if ``n`` >= their count)."""
+    s = nxt[head]
+    while n > 0 and s != head:
+        q = nxt[s]
+        slot_state[s] = 0
+        kvs[_CACHED] -= 1
+        n -= 1
+        s = q
+    nxt[head] = s
+    prev[s] = head
+
+
+@njit(cache=True, inline="always")
+def _make_room(ip, slot_state, prev, nxt, head, kvs, n):
+    """BlockManager._make_room: evict so that ``n`` empty blocks exist."""
+    evict = n - (ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED])
+    if evict > 0:
+        _evict(slot_state, prev, nxt, head, kvs, evict)
+
+
+# ---------------------------------------------------------------- block manager (kvcache.BlockManager)
+@njit(cache=True)
+def _num_hashes(ip, prompt, output, r, tokens):
+    """How many of request ``r``'s own block hashes cover ``tokens`` tokens (scheduler _full_block_hashes)."""
+    if not ip[P_HASHED]:
+        return 0
+    bs = ip[P_BS]
+    have = (prompt[r] + output[r]) // bs
+    return min(tokens // bs, have)
+
+
+@njit(cache=True)
+def _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
+                      kv_tok, kv_priv, kv_hashed, r, tokens):
+    """BlockManager.allocate_if_free with the request's own hashes for its full blocks: True if done.
+
+    Own hashes are never held by another request, so every one of them needs a block from the free
+    pool (cached ones leave the evictable pool); cached ones are pinned before room is made.
+    """
+    bs = ip[P_BS]
+    total = -(-tokens // bs)
+    nh = _num_hashes(ip, prompt, output, r, tokens)
+    if total > ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD]:
+        return False
+    base = slot_off[r]
+    fresh = 0
+    for b in range(nh):  # _pin_resident
+        s = base + b
+        if slot_state[s] == 2:
+            _lru_remove(prev, nxt, s)
+            kvs[_CACHED] -= 1
+            kvs[_HELD] += 1
+            slot_state[s] = 1
+        else:
+            fresh += 1
+    private = total - nh
+    _make_room(ip, slot_state, prev, nxt, head, kvs, fresh + private)
+    for b in range(nh):
+        s = base + b
+        if slot_state[s] == 0:
+            slot_state[s] = 1
+            kvs[_HELD] += 1
+    kvs[_PRIV] += private
+    kv_tok[r] = tokens
+    kv_priv[r] = private
+    kv_hashed[r] = nh
+    return True
+
+
+@njit(cache=True, inline="always")
+def _grow_to(ip, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
+    """BlockManager.grow_to."""
+    if tokens <= kv_tok[r]:
+        return True
+    need = -(-tokens // ip[P_BS]) - kv_priv[r] - kv_hashed[r]
+    if need > 0:
+        empty = ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED]
+        if need > empty:
+            if need > empty + kvs[_CACHED]:
+                return False
+            _make_room(ip, slot_state, prev, nxt, head, kvs, need)
+        kvs[_PRIV] += need
+        kv_priv[r] += need
+    kv_tok[r] = tokens
+    return True
+
+
+@njit(cache=True)
+def _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r):
+    """BlockManager.free(r, own hashes): full private blocks not cached yet stay cached (tail first, at
+    most as many as its private blocks), then its hashed blocks, tail first."""
+    tokens, private, nh = kv_tok[r], kv_priv[r], kv_hashed[r]
+    kv_tok[r] = -1
+    base = slot_off[r]
+    if ip[P_HASHED] and (prompt[r] + output[r]) // ip[P_BS] > 0 and private > 0:  # _kept_private
+        kept = 0
+        b = tokens // ip[P_BS] - 1
+        while b >= nh and kept < private:
+            s = base + b
+            if slot_state[s] == 0:
+                slot_state[s] = 2
+                _lru_append(prev, nxt, head, s)
+                kvs[_CACHED] += 1
+                kept += 1
+            b -= 1
+        private -= kept
+        kvs[_PRIV] -= kept
+    kvs[_PRIV] -= private
+    for b in range(nh - 1, -1, -1):
+        s = base + b
+        slot_state[s] = 2
+        _lru_append(prev, nxt, head, s)
+    kvs[_HELD] -= nh
+    kvs[_CACHED] += nh
+
+
+@njit(cache=True)
+def _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r):
+    """BlockManager.cached_prefix_tokens of the request's own hashes."""
+    have = (prompt[r] + output[r]) // ip[P_BS]
+    hit = 0
+    while hit < have and slot_state[slot_off[r] + hit] != 0:
+        hit += 1
+    return hit * ip[P_BS]
+
+
+# ---------------------------------------------------------------- the engine loop
+@njit(cache=True)
+def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, tok_comm, dec_base,
+        px, py, da, db, dz, ca, cb, cz):
+    """Serve every request; return ``(code, culprit, steps, sched_s, first_s, finish_s, preemptions,
+    cached_tokens, timeline)``.
+
+    ``arrival_event_s[r]``: when request ``r`` reaches the instance on the SimPy clock of the Python
+    engine (see :func:`simulators.compiled.arrival_event_times`). ``code`` is :data:`OK` or the broken
+    invariant (``culprit``: the request concerned, or -1). ``timeline`` has one row per step: time, KV
+    blocks in use, running, waiting, batch tokens, batch sequences (as the engine's step-mode rows).
+    """
+    nreq = prompt.shape[0]
+    sched_s = np.full(nreq, np.nan)
+    first_s = np.full(nreq, np.nan)
+    finish_s = np.full(nreq, np.nan)
+    preemptions = np.zeros(nreq, np.int64)
+    cached_tokens = np.zeros(nreq, np.int64)
+    comp = np.zeros(nreq, np.int64)
+    gen = np.zeros(nreq, np.int64)
+    kv_tok = np.full(nreq, -1, np.int64)
+    kv_priv = np.zeros(nreq, np.int64)
+    kv_hashed = np.zeros(nreq, np.int64)
+    nslots = slot_off[nreq]
+    head = nslots  # the LRU list's sentinel
+    slot_state = np.zeros(nslots, np.int8)
+    prev = np.full(nslots + 1, head, np.int64)
+    nxt = np.full(nslots + 1, head, np.int64)
+    kvs = np.zeros(3, np.int64)
+    max_seqs, budget0, limit, bs = ip[P_MAX_SEQS], ip[P_BUDGET], ip[P_LIMIT], ip[P_BS]
+    running = np.empty(max_seqs, np.int64)
+    nrun = 0
+    waiting = np.empty(max(nreq, 1), np.int64)  # a ring: head ``wh``, ``nwait`` entries
+    wh = 0
+    nwait = 0
+    ent_r = np.empty(max_seqs, np.int64)
+    ent_n = np.empty(max_seqs, np.int64)
+    plens = np.empty(max_seqs, np.int64)
+    pcached = np.empty(max_seqs, np.int64)
+    done = np.zeros(max_seqs, np.bool_)
+    record = ip[P_TIMELINE] != 0
+    check = ip[P_CHECK] != 0
+    timeline = np.empty((1024 if record else 0, 6))
+    steps = 0
+    next_arrival = 0
+    now = 0.0  # the SimPy clock of the Python engine (a step's end is scheduled as now + (end - now))
+    clock = 0.0  # the exact end of the last step
+    if nreq == 0:
+        return OK, -1, 0, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+    now = clock = arrival_event_s[0]  # idle until the first arrival
+    while True:
+        while next_arrival < nreq and arrival_event_s[next_arrival] <= now:
+            waiting[(wh + nwait) % nreq] = next_arrival
+            nwait += 1
+            next_arrival += 1
+        # ---- VllmV1Scheduler.schedule
+        ne = 0
+        preempted = False
+        budget = budget0
+        i = 0
+        while i < nrun and budget > 0:
+            r = running[i]
+            c = comp[r]
+            n = prompt[r] + gen[r] - c
+            if 0 < limit < n:
+                n = limit
+            if n > budget:
+                n = budget
+            kept = True
+            # the common case (no new block) inline: a call passes its arrays with reference counting
+            # (atomic operations), which would cost more than the rest of the step
+            fits = c + n <= (kv_priv[r] + kv_hashed[r]) * bs
+            if fits and c + n > kv_tok[r]:
+                kv_tok[r] = c + n
+            while not fits and not _grow_to(ip, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, c + n):
+                victim = running[nrun - 1]  # _grow_or_preempt: the newest goes (recompute)
+                nrun -= 1
+                _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv,
+                      kv_hashed, victim)
+                comp[victim] = 0
+                preemptions[victim] += 1
+                wh = (wh - 1) % nreq
+                waiting[wh] = victim
+                nwait += 1
+                preempted = True
+                if victim == r:
+                    kept = False
+                    break
+            if not kept:
+                break
+            ent_r[ne] = r
+            ent_n[ne] = n
+            ne += 1
+            budget -= n
+            i += 1
+        if not preempted:
+            while nwait > 0 and budget > 0 and nrun < max_seqs:
+                r = waiting[wh]
+                hit = 0  # _prefix_hit_tokens (waiting requests hold no computed tokens under recompute)
+                if ip[P_PROBE] and ip[P_HASHED] and (prompt[r] + output[r]) // bs > 0:
+                    hit = _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r)
+                    cap = (prompt[r] + gen[r] - 1) // bs * bs
+                    hit = min(hit, cap)
+                remaining = prompt[r] + gen[r] - hit
+                n = remaining if not 0 < limit < remaining else limit
+                if not ip[P_CHUNKED] and n > budget:
+                    break
+                n = min(n, budget)
+                if ip[P_RESERVE] and -(-(hit + remaining) // bs) > ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD]:
+                    break
+                if not _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
+                                         kv_tok, kv_priv, kv_hashed, r, hit + n):
+                    break
+                comp[r] = hit
+                cached_tokens[r] = hit
+                if np.isnan(sched_s[r]):
+                    sched_s[r] = clock
+                running[nrun] = r
+                nrun += 1
+                ent_r[ne] = r
+                ent_n[ne] = n
+                ne += 1
+                wh = (wh + 1) % nreq
+                nwait -= 1
+                budget -= n
+        if ne == 0:
+            if nrun:
+                return STALLED, running[0], steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+            if next_arrival == nreq:
+                break
+            now = clock = arrival_event_s[next_arrival]  # idle until the next arrival
+            continue
+        # ---- InstanceEngine._compute_time_s
+        npf = 0
+        nd = 0
+        dec_sum = 0
+        sampled = 0
+        tokens = 0
+        for k in range(ne):
+            r, n = ent_r[k], ent_n[k]
+            c, g = comp[r], gen[r]
+            tokens += n
+            if n == 1 and g > 0 and c == prompt[r] + g - 1:
+                dec_sum += c
+                nd += 1
+                sampled += 1
+            else:
+                plens[npf] = n
+                pcached[npf] = c
+                npf += 1
+                if c + n >= prompt[r] + g:
+                    sampled += 1
+        if npf == 0:
+            dt = _decode_time(ip, fp, dec_base, da, db, dz, nd, dec_sum)
+        else:
+            dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
+                            tokens, plens, pcached, npf, nd, dec_sum, sampled)
+        end = clock + dt
+        now = now + _pmax(end - now, 0.0)
+        while next_arrival < nreq and arrival_event_s[next_arrival] <= now:  # arrivals during the step
+            waiting[(wh + nwait) % nreq] = next_arrival
+            nwait += 1
+            next_arrival += 1
+        # ---- InstanceEngine._complete and _retire
+        clock = end
+        steps += 1
+        nfin = 0
+        for k in range(ne):
+            r = ent_r[k]
+            c = comp[r] + ent_n[k]
+            comp[r] = c
+            g = gen[r]
+            done[k] = False
+            if c >= prompt[r] + g:
+                g += 1
+                gen[r] = g
+                if g == 1:
+                    first_s[r] = end
+                if g >= output[r]:
+                    finish_s[r] = end
+                    done[k] = True
+                    nfin += 1
+            if check:
+                if c > prompt[r] + g or g > output[r]:
+                    return ACCOUNTING, r, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                if kv_tok[r] < c:
+                    return KV_SHORT, r, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+        if nfin:
+            keep = 0
+            for k in range(nrun):
+                r = running[k]
+                if np.isnan(finish_s[r]):
+                    running[keep] = r
+                    keep += 1
+            nrun = keep
+            for k in range(ne):
+                if done[k]:
+                    _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv,
+                          kv_hashed, ent_r[k])
+        used = kvs[_PRIV] + kvs[_HELD]
+        if check and used > ip[P_BLOCKS]:
+            return KV_OVER_CAPACITY, -1, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+        if record:
+            if steps > timeline.shape[0]:
+                grown = np.empty((2 * timeline.shape[0], 6))
+                grown[: timeline.shape[0]] = timeline
+                timeline = grown
+            row = timeline[steps - 1]
+            row[0] = clock
+            row[1] = used
+            row[2] = nrun
+            row[3] = nwait
+            row[4] = tokens
+            row[5] = ne
+    return OK, -1, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:steps]

@@ -1,0 +1,127 @@
+"""The compiled engine (simulators.compiled) against the SimPy engine run step by step.
+
+The SimPy engine in ``mode="step"`` is the reference: an independent implementation (objects, the
+block manager's own classes, SimPy's clock). The compiled engine must give the same per-request table
+and the same per-step timeline, to the bit, on every configuration it accepts.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpusched.errors import ConfigError
+from gpusched.perf import ProfiledStepTime, RooflineStepTime
+from gpusched.workload import Trace, load_trace
+from simulators.compiled import arrival_event_times, simulate_compiled, unsupported_reason
+from simulators.serving import InstanceConfig, simulate
+
+
+def _h100(model="llama3-8b", tp=1):
+    return ProfiledStepTime.from_profile_dir("h100", model=model, tp=tp)
+
+
+def _assert_same_as_step_mode(trace, instances, **kw):
+    assert unsupported_reason(trace, instances, "round-robin", kw.get("hash_own_blocks")) is None
+    fast = simulate(trace, instances, mode="fast", **kw)
+    step = simulate(trace, instances, mode="step", **kw)
+    pd.testing.assert_frame_equal(fast.requests, step.requests)
+    pd.testing.assert_frame_equal(fast.timeline, step.timeline)
+    assert fast.num_steps == step.num_steps and fast.kv_blocks == step.kv_blocks
+    return fast
+
+
+CASES = {  # name: (KV blocks, scheduler knobs, simulate keywords, model, TP)
+    "default knobs": (2400, {}, {}, "llama3-8b", 1),
+    "tight KV: preemptions, prefix hits on resume": (700, {}, {}, "llama3-8b", 1),
+    "tight KV, prefix caching off": (700, {"enable_prefix_caching": False}, {}, "llama3-8b", 1),
+    "own hashes kept, probe off": (700, {"enable_prefix_caching": False}, {"hash_own_blocks": True},
+                                   "llama3-8b", 1),
+    "no chunking (budget above the longest request), few seqs": (1500, {"enable_chunked_prefill": False, "max_num_batched_tokens": 4200,
+                                                   "max_num_seqs": 8}, {}, "llama3-8b", 1),
+    "long-prefill threshold, full-prompt reservation": (900, {"long_prefill_token_threshold": 256,
+                                                              "reserve_full_prompt": True}, {}, "llama3-8b", 1),
+    "budget of one block": (1200, {"max_num_batched_tokens": 16}, {}, "llama3-8b", 1),
+    "TP 2 (all-reduce terms)": (1200, {"max_num_batched_tokens": 512}, {}, "llama3-8b", 2),
+    "invariant checks off": (700, {}, {"check_invariants": False}, "llama3-8b", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_compiled_engine_equals_step_mode_on_the_azure_trace(case):
+    blocks, knobs, kw, model, tp = CASES[case]
+    trace = load_trace("azure-conv-2023").head(400).scale_rate(2.0)
+    res = _assert_same_as_step_mode(trace, [InstanceConfig(_h100(model, tp), blocks, 16, "vllm-v1", knobs)], **kw)
+    assert res.num_unfinished == 0
+    if case.startswith("tight KV"):  # the case exercises what it is named for
+        assert res.requests["num_preemptions"].sum() > 0
+        if "off" not in case:
+            assert res.requests["cached_tokens"].sum() > 0
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 300), st.integers(1, 80)), min_size=1, max_size=25),
+       blocks=st.integers(24, 80), budget=st.sampled_from([16, 48, 256, 2048]), max_seqs=st.integers(1, 8),
+       chunked=st.booleans(), caching=st.booleans(), threshold=st.sampled_from([0, 32]),
+       reserve=st.booleans())
+def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, budget, max_seqs, chunked, caching,
+                                                               threshold, reserve):
+    rows = sorted(rows)
+    df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
+    df.insert(0, "request_id", range(len(df)))
+    if not chunked:  # without chunking a prompt (or a recompute) must fit one step's budget
+        budget = max(budget, int((df["prompt_tokens"] + df["output_tokens"]).max()))
+    blocks = max(blocks, int(-(-(df["prompt_tokens"] + df["output_tokens"]).max() // 16)))
+    knobs = dict(max_num_batched_tokens=budget, max_num_seqs=max_seqs, enable_chunked_prefill=chunked,
+                 enable_prefix_caching=caching, long_prefill_token_threshold=threshold, reserve_full_prompt=reserve)
+    _assert_same_as_step_mode(Trace(df, name="random"), [InstanceConfig(_h100(), blocks, 16, "vllm-v1", knobs)])
+
+
+def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
+    trace = load_trace("azure-conv-2023").head(50)
+    one = [InstanceConfig(_h100(), 2000, 16, "vllm-v1")]
+    assert unsupported_reason(trace, one, "round-robin", None) is None
+    other = {
+        "two instances": (trace, one * 2, "round-robin", None),
+        "sarathi": (trace, [InstanceConfig(_h100(), 2000, 16, "sarathi")], "round-robin", None),
+        "swap": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})], "round-robin", None),
+        "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),
+        "router object": (trace, one, object(), None),
+        "prefix ids": (load_trace("mooncake-conversation").head(5), one, "round-robin", None),
+        "no own hashes with caching": (trace, one, "round-robin", False),
+    }
+    for name, args in other.items():
+        assert unsupported_reason(*args) is not None, name
+    # such a configuration still runs in fast mode (on the SimPy engine), with the step-mode results
+    fast = simulate(trace, one * 2, mode="fast")
+    step = simulate(trace, one * 2, mode="step")
+    pd.testing.assert_frame_equal(fast.requests, step.requests)
+
+
+def test_bad_input_is_refused_as_on_the_simpy_engine():
+    trace = load_trace("azure-conv-2023").head(5)
+    with pytest.raises(ConfigError, match="smaller than one KV block"):
+        simulate(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"max_num_batched_tokens": 8})])
+    with pytest.raises(ConfigError, match="unknown router"):
+        simulate(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1")], router="nearest")
+    with pytest.raises(ConfigError, match="prefills whole sequences"):  # would block the queue forever
+        simulate(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"enable_chunked_prefill": False,
+                                                                      "max_num_batched_tokens": 64})])
+    with pytest.raises(ConfigError, match="largest instance holds"):
+        simulate(trace, [InstanceConfig(_h100(), 2, 16, "vllm-v1")])
+
+
+def test_arrival_event_times_follow_the_simpy_clock():
+    # SimPy adds each delay to its clock: 0.2 + (0.9 - 0.2) is 0.8999999999999999, not 0.9 (IEEE doubles),
+    # and a request listed out of order arrives at the clock's current time
+    times = arrival_event_times([0.2, 0.9, 0.5, 1.0])
+    second = 0.2 + (0.9 - 0.2)
+    assert second == 0.8999999999999999
+    assert times.tolist() == [0.2, second, second, second + (1.0 - second)]
+
+
+def test_an_empty_trace_gives_an_empty_result():
+    trace = load_trace("azure-conv-2023").head(0)
+    res = simulate_compiled(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1")])
+    assert len(res.requests) == 0 and res.num_steps == 0
