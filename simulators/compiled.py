@@ -1,4 +1,4 @@
-"""A compiled engine for the configuration sweeps use most: one colocated instance, vLLM V1-like.
+"""A compiled engine for the configurations sweeps use most: colocated vLLM V1-like instances.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
 returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled_kernel`, compiled
@@ -12,12 +12,13 @@ Why it exists: the Python engine spends about 125 µs per iteration of its loop 
 account), so it serves about 2,700 requests per wall-second on the bundled Azure trace; sweeps over
 thousands of configurations want an order of magnitude more (``gpusched bench`` prints both).
 
-Covered: one ``colocated`` instance; the ``vllm-v1`` scheduler with recompute preemption (any token
-budget, sequence cap, chunking, prefix caching, long-prefill threshold, full-prompt reservation); a
-profiled step-time model in the H100 op-table format; traces without prefix-block ids or sessions
-(with prefix caching each request's blocks carry its own hashes, as in the SimPy engine, so a
-preempted request finds what was not evicted). Routers given by name (one instance: every request
-goes to it).
+Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
+block size (KV capacities may differ), behind any router of :mod:`simulators.routers` given by name;
+the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
+caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
+op-table format; traces without prefix-block ids or sessions (with prefix caching each request's
+blocks carry its own hashes, as in the SimPy engine, so a preempted request finds what was not
+evicted).
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ import pandas as pd
 from gpusched.perf import ProfiledStepTime, _dtype_bytes
 from gpusched.workload import Trace
 from simulators.instance import SimulationInvariantError
-from simulators.results import SimResult, requests_frame
+from gpusched.policy import InstanceView
+from simulators.results import TIMELINE_COLUMNS, SimResult, requests_frame
+from simulators.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
 from simulators.schedulers import VllmV1Scheduler
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
@@ -35,17 +38,21 @@ __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks) -> str | None:
     """Why the compiled engine cannot run this configuration, or None if it can."""
-    if len(instances) != 1 or instances[0].role != "colocated":
-        return "it runs one colocated instance"
-    cfg = instances[0]
-    if not isinstance(router, str):
-        return "a router object may keep state or record calls; it runs routers given by name"
-    scheduler = cfg.build_scheduler()
+    if any(cfg.role != "colocated" for cfg in instances):
+        return "it runs colocated instances"
+    if not isinstance(router, str) or router.lower() not in ROUTERS:
+        return "it runs the routers of simulators.routers given by name"
+    first = instances[0]
+    scheduler = first.build_scheduler()
     if type(scheduler) is not VllmV1Scheduler or scheduler.preemption != "recompute":
         return "it runs the vllm-v1 scheduler with recompute preemption"
-    model = cfg.step_model
+    if any(cfg.build_scheduler() != scheduler for cfg in instances[1:]):
+        return "instances with different scheduler settings"
+    model = first.step_model
     if type(model) is not ProfiledStepTime or model.fmt != "h100":
         return "it prices steps with the H100-format profiled step-time model"
+    if any(cfg.step_model is not model or cfg.block_size_tokens != first.block_size_tokens for cfg in instances):
+        return "instances with different step-time models or block sizes"
     df = trace.df
     if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
         return "traces with prefix-block ids share blocks between requests"
@@ -69,43 +76,57 @@ def arrival_event_times(arrival_time_s) -> np.ndarray:
     return np.array(out, dtype=float)
 
 
-def simulate_compiled(trace: Trace, instances, record_timeline: bool = True, check_invariants: bool = True,
+def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
+                      record_timeline: bool = True, check_invariants: bool = True,
                       hash_own_blocks: bool | None = None) -> SimResult:
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first)."""
     from simulators import compiled_kernel as K  # numba loads (and compiles once) only when needed
 
-    cfg = instances[0]
-    scheduler: VllmV1Scheduler = cfg.build_scheduler()
-    model: ProfiledStepTime = cfg.step_model
+    first = instances[0]
+    scheduler: VllmV1Scheduler = first.build_scheduler()
     hashed = scheduler.enable_prefix_caching if hash_own_blocks is None else bool(hash_own_blocks)
     df = trace.df
     prompt = df["prompt_tokens"].to_numpy(np.int64)
     output = df["output_tokens"].to_numpy(np.int64)
-    bs = cfg.block_size_tokens
+    bs = first.block_size_tokens
     slot_off = np.zeros(len(df) + 1, np.int64)
     if hashed:
         np.cumsum((prompt + output) // bs, out=slot_off[1:])
-    ip, fp, tables = _pricing(model, scheduler)
-    ip[K.P_BLOCKS], ip[K.P_BS] = cfg.num_kv_blocks, bs
+    blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
+    ip, fp, tables = _pricing(first.step_model, scheduler)
+    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, len(df))
+    ip[K.P_BS] = bs
     ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = scheduler.max_num_batched_tokens, scheduler.max_num_seqs
     ip[K.P_CHUNKED], ip[K.P_PROBE] = scheduler.enable_chunked_prefill, scheduler.enable_prefix_caching
     ip[K.P_LIMIT], ip[K.P_RESERVE] = scheduler.long_prefill_token_threshold, scheduler.reserve_full_prompt
     ip[K.P_HASHED], ip[K.P_TIMELINE], ip[K.P_CHECK] = hashed, record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    code, culprit, steps, sched, first, finish, preempt, cached, timeline = K.run(
-        arrivals, prompt, output, slot_off, ip, fp, *tables)
+    code, culprit, steps, instance, sched, first_s, finish, preempt, cached, timeline = K.run(
+        arrivals, route, prompt, output, slot_off, blocks, ip, fp, *tables)
     if code != K.OK:
         _raise_for(K, code, culprit, df)
     requests = requests_frame({
         "request_id": df["request_id"].to_numpy(), "arrival_time_s": df["arrival_time_s"].to_numpy(),
-        "scheduled_time_s": sched, "first_token_time_s": first, "finish_time_s": finish,
-        "prompt_tokens": prompt, "output_tokens": output, "instance": np.zeros(len(df), np.int64),
+        "scheduled_time_s": sched, "first_token_time_s": first_s, "finish_time_s": finish,
+        "prompt_tokens": prompt, "output_tokens": output, "instance": instance,
         "num_preemptions": preempt, "cached_tokens": cached})
-    rows = pd.DataFrame({"time_s": timeline[:, 0], "instance": 0, "kv_used_blocks": timeline[:, 1].astype(np.int64),
-                         "running": timeline[:, 2].astype(np.int64), "waiting": timeline[:, 3].astype(np.int64),
-                         "batch_tokens": timeline[:, 4].astype(np.int64), "batch_seqs": timeline[:, 5].astype(np.int64),
-                         "steps": 1})
-    return SimResult(requests, rows, [cfg.num_kv_blocks], int(steps), engine="compiled")
+    ints = timeline[:, 1:].astype(np.int64)
+    rows = pd.DataFrame({"time_s": timeline[:, 0], "instance": ints[:, 0], "kv_used_blocks": ints[:, 1],
+                         "running": ints[:, 2], "waiting": ints[:, 3], "batch_tokens": ints[:, 4],
+                         "batch_seqs": ints[:, 5], "steps": 1}, columns=TIMELINE_COLUMNS)
+    rows = rows.sort_values(["time_s", "instance"], kind="stable", ignore_index=True)  # as SimResult.from_run
+    return SimResult(requests, rows, blocks.tolist(), int(steps), engine="compiled")
+
+
+def _routes(K, router, blocks: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+    """The kernel's router code, and each request's instance when the router does not look at the
+    instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks)."""
+    if isinstance(router, LeastOutstandingTokensRouter):
+        return K.ROUTE_LEAST_OUTSTANDING, np.zeros(n, np.int64)
+    if isinstance(router, KvAwareRouter):
+        return K.ROUTE_KV_AWARE, np.zeros(n, np.int64)
+    views = [InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks)]
+    return K.ROUTE_GIVEN, np.array([router.route(None, views, 0.0) for _ in range(n)], np.int64)
 
 
 def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):

@@ -23,8 +23,10 @@ from numba import njit
 # kernel exit codes (see simulators.compiled._raise_for)
 OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED = 0, 1, 2, 3, 4
 # integer parameters, by position in ``ip``
-(P_BLOCKS, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
+(P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK) = range(18)
+# routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.routers
+ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp``
 F_LAUNCH, F_FLOOR, F_FLOPS, F_BW = range(4)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
@@ -170,9 +172,9 @@ def _evict(slot_state, prev, nxt, head, kvs, n):
 
 
 @njit(cache=True, inline="always")
-def _make_room(ip, slot_state, prev, nxt, head, kvs, n):
+def _make_room(nblocks, slot_state, prev, nxt, head, kvs, n):
     """BlockManager._make_room: evict so that ``n`` empty blocks exist."""
-    evict = n - (ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED])
+    evict = n - (nblocks - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED])
     if evict > 0:
         _evict(slot_state, prev, nxt, head, kvs, evict)
 
@@ -189,7 +191,7 @@ def _num_hashes(ip, prompt, output, r, tokens):
 
 
 @njit(cache=True)
-def _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
+def _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
                       kv_tok, kv_priv, kv_hashed, r, tokens):
     """BlockManager.allocate_if_free with the request's own hashes for its full blocks: True if done.
 
@@ -199,7 +201,7 @@ def _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head,
     bs = ip[P_BS]
     total = -(-tokens // bs)
     nh = _num_hashes(ip, prompt, output, r, tokens)
-    if total > ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD]:
+    if total > nblocks - kvs[_PRIV] - kvs[_HELD]:
         return False
     base = slot_off[r]
     fresh = 0
@@ -213,7 +215,7 @@ def _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head,
         else:
             fresh += 1
     private = total - nh
-    _make_room(ip, slot_state, prev, nxt, head, kvs, fresh + private)
+    _make_room(nblocks, slot_state, prev, nxt, head, kvs, fresh + private)
     for b in range(nh):
         s = base + b
         if slot_state[s] == 0:
@@ -227,17 +229,17 @@ def _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head,
 
 
 @njit(cache=True, inline="always")
-def _grow_to(ip, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
+def _grow_to(ip, nblocks, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
     """BlockManager.grow_to."""
     if tokens <= kv_tok[r]:
         return True
     need = -(-tokens // ip[P_BS]) - kv_priv[r] - kv_hashed[r]
     if need > 0:
-        empty = ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED]
+        empty = nblocks - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED]
         if need > empty:
             if need > empty + kvs[_CACHED]:
                 return False
-            _make_room(ip, slot_state, prev, nxt, head, kvs, need)
+            _make_room(nblocks, slot_state, prev, nxt, head, kvs, need)
         kvs[_PRIV] += need
         kv_priv[r] += need
     kv_tok[r] = tokens
@@ -285,17 +287,26 @@ def _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r):
 
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
-def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, tok_comm, dec_base,
-        px, py, da, db, dz, ca, cb, cz):
-    """Serve every request; return ``(code, culprit, steps, sched_s, first_s, finish_s, preemptions,
-    cached_tokens, timeline)``.
+def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_lin, tok_elem, tok_comm,
+        dec_base, px, py, da, db, dz, ca, cb, cz):
+    """Serve every request on ``blocks.shape[0]`` instances; return ``(code, culprit, steps, instance,
+    sched_s, first_s, finish_s, preemptions, cached_tokens, timeline)``.
 
-    ``arrival_event_s[r]``: when request ``r`` reaches the instance on the SimPy clock of the Python
-    engine (see :func:`simulators.compiled.arrival_event_times`). ``code`` is :data:`OK` or the broken
-    invariant (``culprit``: the request concerned, or -1). ``timeline`` has one row per step: time, KV
-    blocks in use, running, waiting, batch tokens, batch sequences (as the engine's step-mode rows).
+    ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
+    engine (see :func:`simulators.compiled.arrival_event_times`); ``route[r]``: its instance when the
+    router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
+    ``k``'s KV blocks. ``code`` is :data:`OK` or the broken invariant (``culprit``: the request, or -1).
+    ``timeline`` has one row per step: time, instance, KV blocks in use, running, waiting, batch
+    tokens, batch sequences (the SimPy engine's step-mode rows, in event order).
+
+    Events run in the SimPy engine's order: an arrival before a step that ends at the same time (it is
+    URGENT there); an idle instance that receives a request schedules at that arrival's time, after
+    every arrival at that time. Instances interact only through the router, which sees each one as it
+    stood after its last step end before the arrival.
     """
     nreq = prompt.shape[0]
+    ninst = blocks.shape[0]
+    instance = np.full(nreq, -1, np.int64)
     sched_s = np.full(nreq, np.nan)
     first_s = np.full(nreq, np.nan)
     finish_s = np.full(nreq, np.nan)
@@ -307,44 +318,147 @@ def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, to
     kv_priv = np.zeros(nreq, np.int64)
     kv_hashed = np.zeros(nreq, np.int64)
     nslots = slot_off[nreq]
-    head = nslots  # the LRU list's sentinel
     slot_state = np.zeros(nslots, np.int8)
-    prev = np.full(nslots + 1, head, np.int64)
-    nxt = np.full(nslots + 1, head, np.int64)
-    kvs = np.zeros(3, np.int64)
+    prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
+    nxt = np.empty(nslots + ninst, np.int64)
+    for k in range(ninst):
+        prev[nslots + k] = nxt[nslots + k] = nslots + k
+    kvs = np.zeros((ninst, 3), np.int64)
     max_seqs, budget0, limit, bs = ip[P_MAX_SEQS], ip[P_BUDGET], ip[P_LIMIT], ip[P_BS]
-    running = np.empty(max_seqs, np.int64)
-    nrun = 0
-    waiting = np.empty(max(nreq, 1), np.int64)  # a ring: head ``wh``, ``nwait`` entries
-    wh = 0
-    nwait = 0
-    ent_r = np.empty(max_seqs, np.int64)
-    ent_n = np.empty(max_seqs, np.int64)
+    router = ip[P_ROUTER]
+    running = np.empty((ninst, max_seqs), np.int64)
+    nrun = np.zeros(ninst, np.int64)
+    ring = max(nreq, 1)
+    waiting = np.empty((ninst, ring), np.int64)  # a ring per instance: head ``wh[k]``, ``nwait[k]`` entries
+    wh = np.zeros(ninst, np.int64)
+    nwait = np.zeros(ninst, np.int64)
+    ent_r = np.empty((ninst, max_seqs), np.int64)  # the plan of each instance's step in flight
+    ent_n = np.empty((ninst, max_seqs), np.int64)
+    nent = np.zeros(ninst, np.int64)
+    step_end = np.zeros(ninst)  # its exact end
     plens = np.empty(max_seqs, np.int64)
     pcached = np.empty(max_seqs, np.int64)
     done = np.zeros(max_seqs, np.bool_)
+    event_s = np.full(ninst, np.inf)  # SimPy time of each instance's next event (step end or wake-up)
+    busy = np.zeros(ninst, np.bool_)  # the next event ends a step (else it wakes the idle instance)
+    clock = np.zeros(ninst)  # exact end of each instance's last step
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
-    timeline = np.empty((1024 if record else 0, 6))
+    timeline = np.empty((1024 if record else 0, 7))
     steps = 0
     next_arrival = 0
-    now = 0.0  # the SimPy clock of the Python engine (a step's end is scheduled as now + (end - now))
-    clock = 0.0  # the exact end of the last step
-    if nreq == 0:
-        return OK, -1, 0, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
-    now = clock = arrival_event_s[0]  # idle until the first arrival
     while True:
-        while next_arrival < nreq and arrival_event_s[next_arrival] <= now:
-            waiting[(wh + nwait) % nreq] = next_arrival
-            nwait += 1
+        k = -1
+        t = np.inf
+        for j in range(ninst):
+            if event_s[j] < t:
+                t = event_s[j]
+                k = j
+        if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
+            # ---- an arrival: _ServingRun._dispatch
+            r = next_arrival
             next_arrival += 1
-        # ---- VllmV1Scheduler.schedule
+            if router == ROUTE_GIVEN:
+                k = route[r]
+            else:  # InstanceEngine.view as the router sees it, then the router's rule
+                k = 0
+                best_a = 0.0
+                best_b = 0
+                for j in range(ninst):
+                    if router == ROUTE_LEAST_OUTSTANDING:
+                        a = 0.0
+                        b = 0
+                        for q in range(nrun[j]):
+                            x = running[j, q]
+                            b += prompt[x] + output[x] - comp[x]
+                        for q in range(nwait[j]):
+                            x = waiting[j, (wh[j] + q) % ring]
+                            b += prompt[x] + output[x] - comp[x]
+                    else:
+                        a = (kvs[j, _PRIV] + kvs[j, _HELD]) / blocks[j]
+                        b = nwait[j]
+                    if j == 0 or a < best_a or (a == best_a and b < best_b):
+                        k = j
+                        best_a = a
+                        best_b = b
+            instance[r] = k
+            waiting[k, (wh[k] + nwait[k]) % ring] = r
+            nwait[k] += 1
+            if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (after the arrivals then)
+                event_s[k] = arrival_event_s[r]
+            continue
+        if k < 0:
+            break  # no arrival left, every instance idle
+        now = event_s[k]
+        nblocks = blocks[k]
+        head = nslots + k
+        kv = kvs[k]
+        if busy[k]:
+            # ---- the step in flight ends: InstanceEngine._complete and _retire
+            end = step_end[k]
+            clock[k] = end
+            steps += 1
+            ne = nent[k]
+            nfin = 0
+            tokens = 0
+            for e in range(ne):
+                r = ent_r[k, e]
+                tokens += ent_n[k, e]
+                c = comp[r] + ent_n[k, e]
+                comp[r] = c
+                g = gen[r]
+                done[e] = False
+                if c >= prompt[r] + g:
+                    g += 1
+                    gen[r] = g
+                    if g == 1:
+                        first_s[r] = end
+                    if g >= output[r]:
+                        finish_s[r] = end
+                        done[e] = True
+                        nfin += 1
+                if check:
+                    if c > prompt[r] + g or g > output[r]:
+                        return ACCOUNTING, r, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                    if kv_tok[r] < c:
+                        return KV_SHORT, r, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+            if nfin:
+                keep = 0
+                for q in range(nrun[k]):
+                    r = running[k, q]
+                    if np.isnan(finish_s[r]):
+                        running[k, keep] = r
+                        keep += 1
+                nrun[k] = keep
+                for e in range(ne):
+                    if done[e]:
+                        _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
+                              kv_hashed, ent_r[k, e])
+            used = kv[_PRIV] + kv[_HELD]
+            if check and used > nblocks:
+                return KV_OVER_CAPACITY, -1, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+            if record:
+                if steps > timeline.shape[0]:
+                    grown = np.empty((2 * timeline.shape[0], 7))
+                    grown[: timeline.shape[0]] = timeline
+                    timeline = grown
+                row = timeline[steps - 1]
+                row[0] = end
+                row[1] = k
+                row[2] = used
+                row[3] = nrun[k]
+                row[4] = nwait[k]
+                row[5] = tokens
+                row[6] = ne
+        else:
+            clock[k] = now  # woken by an arrival: InstanceEngine takes the SimPy time as its clock
+        # ---- the next plan: VllmV1Scheduler.schedule
         ne = 0
         preempted = False
         budget = budget0
         i = 0
-        while i < nrun and budget > 0:
-            r = running[i]
+        while i < nrun[k] and budget > 0:
+            r = running[k, i]
             c = comp[r]
             n = prompt[r] + gen[r] - c
             if 0 < limit < n:
@@ -357,30 +471,31 @@ def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, to
             fits = c + n <= (kv_priv[r] + kv_hashed[r]) * bs
             if fits and c + n > kv_tok[r]:
                 kv_tok[r] = c + n
-            while not fits and not _grow_to(ip, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, c + n):
-                victim = running[nrun - 1]  # _grow_or_preempt: the newest goes (recompute)
-                nrun -= 1
-                _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv,
+            while not fits and not _grow_to(ip, nblocks, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
+                                            kv_hashed, r, c + n):
+                victim = running[k, nrun[k] - 1]  # _grow_or_preempt: the newest goes (recompute)
+                nrun[k] -= 1
+                _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
                       kv_hashed, victim)
                 comp[victim] = 0
                 preemptions[victim] += 1
-                wh = (wh - 1) % nreq
-                waiting[wh] = victim
-                nwait += 1
+                wh[k] = (wh[k] - 1) % ring
+                waiting[k, wh[k]] = victim
+                nwait[k] += 1
                 preempted = True
                 if victim == r:
                     kept = False
                     break
             if not kept:
                 break
-            ent_r[ne] = r
-            ent_n[ne] = n
+            ent_r[k, ne] = r
+            ent_n[k, ne] = n
             ne += 1
             budget -= n
             i += 1
         if not preempted:
-            while nwait > 0 and budget > 0 and nrun < max_seqs:
-                r = waiting[wh]
+            while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
+                r = waiting[k, wh[k]]
                 hit = 0  # _prefix_hit_tokens (waiting requests hold no computed tokens under recompute)
                 if ip[P_PROBE] and ip[P_HASHED] and (prompt[r] + output[r]) // bs > 0:
                     hit = _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r)
@@ -391,38 +506,38 @@ def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, to
                 if not ip[P_CHUNKED] and n > budget:
                     break
                 n = min(n, budget)
-                if ip[P_RESERVE] and -(-(hit + remaining) // bs) > ip[P_BLOCKS] - kvs[_PRIV] - kvs[_HELD]:
+                if ip[P_RESERVE] and -(-(hit + remaining) // bs) > nblocks - kv[_PRIV] - kv[_HELD]:
                     break
-                if not _allocate_if_free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
+                if not _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, nxt, head, kv,
                                          kv_tok, kv_priv, kv_hashed, r, hit + n):
                     break
                 comp[r] = hit
                 cached_tokens[r] = hit
                 if np.isnan(sched_s[r]):
-                    sched_s[r] = clock
-                running[nrun] = r
-                nrun += 1
-                ent_r[ne] = r
-                ent_n[ne] = n
+                    sched_s[r] = clock[k]
+                running[k, nrun[k]] = r
+                nrun[k] += 1
+                ent_r[k, ne] = r
+                ent_n[k, ne] = n
                 ne += 1
-                wh = (wh + 1) % nreq
-                nwait -= 1
+                wh[k] = (wh[k] + 1) % ring
+                nwait[k] -= 1
                 budget -= n
+        nent[k] = ne
         if ne == 0:
-            if nrun:
-                return STALLED, running[0], steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
-            if next_arrival == nreq:
-                break
-            now = clock = arrival_event_s[next_arrival]  # idle until the next arrival
+            if nrun[k]:
+                return STALLED, running[k, 0], steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+            busy[k] = False
+            event_s[k] = np.inf  # idle until a request arrives
             continue
-        # ---- InstanceEngine._compute_time_s
+        # ---- the step's duration: InstanceEngine._compute_time_s
         npf = 0
         nd = 0
         dec_sum = 0
         sampled = 0
         tokens = 0
-        for k in range(ne):
-            r, n = ent_r[k], ent_n[k]
+        for e in range(ne):
+            r, n = ent_r[k, e], ent_n[k, e]
             c, g = comp[r], gen[r]
             tokens += n
             if n == 1 and g > 0 and c == prompt[r] + g - 1:
@@ -440,61 +555,8 @@ def run(arrival_event_s, prompt, output, slot_off, ip, fp, tok_lin, tok_elem, to
         else:
             dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
                             tokens, plens, pcached, npf, nd, dec_sum, sampled)
-        end = clock + dt
-        now = now + _pmax(end - now, 0.0)
-        while next_arrival < nreq and arrival_event_s[next_arrival] <= now:  # arrivals during the step
-            waiting[(wh + nwait) % nreq] = next_arrival
-            nwait += 1
-            next_arrival += 1
-        # ---- InstanceEngine._complete and _retire
-        clock = end
-        steps += 1
-        nfin = 0
-        for k in range(ne):
-            r = ent_r[k]
-            c = comp[r] + ent_n[k]
-            comp[r] = c
-            g = gen[r]
-            done[k] = False
-            if c >= prompt[r] + g:
-                g += 1
-                gen[r] = g
-                if g == 1:
-                    first_s[r] = end
-                if g >= output[r]:
-                    finish_s[r] = end
-                    done[k] = True
-                    nfin += 1
-            if check:
-                if c > prompt[r] + g or g > output[r]:
-                    return ACCOUNTING, r, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
-                if kv_tok[r] < c:
-                    return KV_SHORT, r, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
-        if nfin:
-            keep = 0
-            for k in range(nrun):
-                r = running[k]
-                if np.isnan(finish_s[r]):
-                    running[keep] = r
-                    keep += 1
-            nrun = keep
-            for k in range(ne):
-                if done[k]:
-                    _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv,
-                          kv_hashed, ent_r[k])
-        used = kvs[_PRIV] + kvs[_HELD]
-        if check and used > ip[P_BLOCKS]:
-            return KV_OVER_CAPACITY, -1, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
-        if record:
-            if steps > timeline.shape[0]:
-                grown = np.empty((2 * timeline.shape[0], 6))
-                grown[: timeline.shape[0]] = timeline
-                timeline = grown
-            row = timeline[steps - 1]
-            row[0] = clock
-            row[1] = used
-            row[2] = nrun
-            row[3] = nwait
-            row[4] = tokens
-            row[5] = ne
-    return OK, -1, steps, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:steps]
+        end = clock[k] + dt
+        step_end[k] = end
+        event_s[k] = now + _pmax(end - now, 0.0)  # SimPy schedules the timeout on its own clock
+        busy[k] = True
+    return OK, -1, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:steps]

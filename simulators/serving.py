@@ -118,11 +118,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     _check_roles(instances)
     _check_servable(trace, instances)
     if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks) is None:
-        make_router(router, seed=seed)  # an unknown name is refused as on the SimPy engine
-        scheduler = instances[0].build_scheduler()
-        _check_budgets([(0, scheduler, instances[0].block_size_tokens)])
-        _check_whole_prefills(trace, [(0, scheduler)])
-        return compiled.simulate_compiled(trace, instances, record_timeline, check_invariants, hash_own_blocks)
+        schedulers = [cfg.build_scheduler() for cfg in instances]
+        _check_budgets([(k, sch, cfg.block_size_tokens) for k, (sch, cfg) in enumerate(zip(schedulers, instances))])
+        _check_whole_prefills(trace, list(enumerate(schedulers)))
+        return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
+                                          hash_own_blocks)
     run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     run.env.process(run.arrivals(progress))

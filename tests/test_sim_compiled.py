@@ -1,8 +1,9 @@
 """The compiled engine (simulators.compiled) against the SimPy engine run step by step.
 
 The SimPy engine in ``mode="step"`` is the reference: an independent implementation (objects, the
-block manager's own classes, SimPy's clock). The compiled engine must give the same per-request table
-and the same per-step timeline, to the bit, on every configuration it accepts.
+block manager's own classes, the routers' own code, SimPy's event queue). The compiled engine must
+give the same per-request table and the same per-step timeline, to the bit, on every configuration it
+accepts.
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def _h100(model="llama3-8b", tp=1):
 
 
 def _assert_same_as_step_mode(trace, instances, **kw):
-    assert unsupported_reason(trace, instances, "round-robin", kw.get("hash_own_blocks")) is None
+    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), kw.get("hash_own_blocks")) is None
     fast = simulate(trace, instances, mode="fast", **kw)
+    assert fast.engine == "compiled"
     step = simulate(trace, instances, mode="step", **kw)
     pd.testing.assert_frame_equal(fast.requests, step.requests)
     pd.testing.assert_frame_equal(fast.timeline, step.timeline)
@@ -60,13 +62,25 @@ def test_compiled_engine_equals_step_mode_on_the_azure_trace(case):
             assert res.requests["cached_tokens"].sum() > 0
 
 
+@pytest.mark.parametrize("router", ["round-robin", "random", "least-outstanding-tokens", "kv-aware"])
+def test_compiled_engine_equals_step_mode_behind_every_router(router):
+    """Three instances of different KV capacities: routing reads their state as of each arrival."""
+    trace = load_trace("azure-conv-2023").head(600).scale_rate(6.0)
+    step = _h100()
+    instances = [InstanceConfig(step, blocks, 16, "vllm-v1") for blocks in (500, 900, 1400)]
+    res = _assert_same_as_step_mode(trace, instances, router=router, seed=7)
+    assert sorted(res.requests["instance"].unique()) == [0, 1, 2]
+    assert res.requests["num_preemptions"].sum() > 0
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 300), st.integers(1, 80)), min_size=1, max_size=25),
        blocks=st.integers(24, 80), budget=st.sampled_from([16, 48, 256, 2048]), max_seqs=st.integers(1, 8),
        chunked=st.booleans(), caching=st.booleans(), threshold=st.sampled_from([0, 32]),
-       reserve=st.booleans())
+       reserve=st.booleans(), count=st.integers(1, 3),
+       router=st.sampled_from(["round-robin", "random", "least-outstanding-tokens", "kv-aware"]))
 def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, budget, max_seqs, chunked, caching,
-                                                               threshold, reserve):
+                                                               threshold, reserve, count, router):
     rows = sorted(rows)
     df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
     df.insert(0, "request_id", range(len(df)))
@@ -75,15 +89,22 @@ def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, bud
     blocks = max(blocks, int(-(-(df["prompt_tokens"] + df["output_tokens"]).max() // 16)))
     knobs = dict(max_num_batched_tokens=budget, max_num_seqs=max_seqs, enable_chunked_prefill=chunked,
                  enable_prefix_caching=caching, long_prefill_token_threshold=threshold, reserve_full_prompt=reserve)
-    _assert_same_as_step_mode(Trace(df, name="random"), [InstanceConfig(_h100(), blocks, 16, "vllm-v1", knobs)])
+    step = _h100()
+    instances = [InstanceConfig(step, blocks + 7 * k, 16, "vllm-v1", knobs) for k in range(count)]
+    _assert_same_as_step_mode(Trace(df, name="random"), instances, router=router)
 
 
 def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
     trace = load_trace("azure-conv-2023").head(50)
     one = [InstanceConfig(_h100(), 2000, 16, "vllm-v1")]
     assert unsupported_reason(trace, one, "round-robin", None) is None
+    assert unsupported_reason(trace, one * 3, "kv-aware", None) is None
     other = {
-        "two instances": (trace, one * 2, "round-robin", None),
+        "disaggregated": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="prefill", kv_bytes_per_token=1),
+                                  InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="decode")], "round-robin", None),
+        "different step models": (trace, one + [InstanceConfig(_h100(), 2000, 16, "vllm-v1")], "round-robin", None),
+        "different knobs": (trace, one + [InstanceConfig(one[0].step_model, 2000, 16, "vllm-v1",
+                                                         {"max_num_seqs": 8})], "round-robin", None),
         "sarathi": (trace, [InstanceConfig(_h100(), 2000, 16, "sarathi")], "round-robin", None),
         "swap": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})], "round-robin", None),
         "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),
@@ -94,8 +115,10 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
     for name, args in other.items():
         assert unsupported_reason(*args) is not None, name
     # such a configuration still runs in fast mode (on the SimPy engine), with the step-mode results
-    fast = simulate(trace, one * 2, mode="fast")
-    step = simulate(trace, one * 2, mode="step")
+    two = one + [InstanceConfig(_h100(), 2000, 16, "vllm-v1")]
+    fast = simulate(trace, two, mode="fast")
+    step = simulate(trace, two, mode="step")
+    assert fast.engine == "simpy"
     pd.testing.assert_frame_equal(fast.requests, step.requests)
 
 
