@@ -92,9 +92,10 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         which the prefill instance still holds the KV.
     mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
         identical decode steps in one event; ``fast`` (default) runs the compiled engine of
-        :mod:`simulators.compiled` when it covers the configuration (one colocated vLLM V1-like
-        instance, H100-format profile, no shared prefixes or sessions) and ``simpy`` otherwise. All
-        three give identical per-request results.
+        :mod:`simulators.compiled` when it covers the configuration (colocated vLLM V1-like instances
+        with an H100-format profile behind a router given by name, no shared prefixes or sessions) and
+        ``simpy`` otherwise. All three give identical per-request results (``result.engine`` says which
+        ran).
     hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
         own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
         request then finds the blocks it left in the cache and recomputes only what was evicted (vLLM V1
