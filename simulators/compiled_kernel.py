@@ -1,8 +1,8 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
-A transcription, on flat arrays, of what the SimPy engine does in step mode for one colocated instance
-with the vLLM V1-like scheduler (recompute preemption), the paged block manager with each request's own
-block hashes, and the H100-format profiled step-time model. Each piece names the Python code it
+A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
+behind a router, with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
+each request's own block hashes, and the H100-format profiled step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
 (``tests/test_sim_compiled.py`` checks it against the SimPy engine).
 
@@ -10,8 +10,9 @@ State arrays (indexed by request ``r`` in trace order):
 ``comp`` tokens whose KV is computed, ``gen`` tokens generated, ``kv_tok``/``kv_priv``/``kv_hashed`` the
 block manager's record (tokens held, private blocks, blocks hashed at allocation; ``kv_tok = -1``: not
 allocated). A request's own block ``b`` is the slot ``slot_off[r] + b``; ``slot_state`` is 0 (not
-resident), 1 (held by its request) or 2 (cached, unreferenced: in the LRU list, oldest at the head).
-``kvs`` = [private blocks in use, hashed blocks in use, cached blocks].
+resident), 1 (held by its request) or 2 (cached, unreferenced: in its instance's LRU list, oldest at
+the head; the list of instance ``k`` is linked through ``prev``/``nxt`` from its sentinel ``nslots + k``).
+``kvs[k]`` = [private blocks in use, hashed blocks in use, cached blocks] of instance ``k``.
 """
 from __future__ import annotations
 
