@@ -124,7 +124,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Simulator speed on the bundled Azure conversation trace: requests per wall-second."""
     from simulators.bench import run_bench
 
-    run_bench(repeats=args.repeats, mode=args.mode)
+    run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline)
     return 0
 
 
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="simulator speed: requests per wall-second on the Azure trace")
     p.add_argument("--repeats", type=_int_list, default=[1, 10], help="trace repetitions to time, e.g. 1,10")
     p.add_argument("--mode", default="fast", choices=["fast", "simpy", "step"])
+    p.add_argument("--baseline", default="simpy", choices=["simpy", "step", "none"],
+                   help="also time this mode on the trace once, in the same process, and print the ratio")
     p.set_defaults(func=cmd_bench)
     return parser
 

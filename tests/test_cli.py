@@ -37,3 +37,10 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, capsys):
     assert main(["simulate", "--limit", "5", "--scheduler", "magic", "--out", str(tmp_path), "-q"]) == 2
     assert "unknown scheduler 'magic'" in capsys.readouterr().err
     assert main(["perf", "--profile", "no-such-profile"]) == 2
+
+
+def test_bench_prints_the_speed_and_the_engine(capsys):
+    assert main(["bench", "--repeats", "1", "--baseline", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "19,366 requests, 412,517 steps" in out and "requests per wall-second" in out
+    assert "(compiled engine)" in out
