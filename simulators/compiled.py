@@ -35,6 +35,8 @@ from simulators.schedulers import VllmV1Scheduler
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
+PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
+
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks) -> str | None:
     """Why the compiled engine cannot run this configuration, or None if it can."""
@@ -78,8 +80,9 @@ def arrival_event_times(arrival_time_s) -> np.ndarray:
 
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
                       record_timeline: bool = True, check_invariants: bool = True,
-                      hash_own_blocks: bool | None = None) -> SimResult:
-    """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first)."""
+                      hash_own_blocks: bool | None = None, progress: bool = False) -> SimResult:
+    """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
+    ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it)."""
     from simulators import compiled_kernel as K  # numba loads (and compiles once) only when needed
 
     first = instances[0]
@@ -101,10 +104,29 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     ip[K.P_LIMIT], ip[K.P_RESERVE] = scheduler.long_prefill_token_threshold, scheduler.reserve_full_prompt
     ip[K.P_HASHED], ip[K.P_TIMELINE], ip[K.P_CHECK] = hashed, record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    code, culprit, steps, instance, sched, first_s, finish, preempt, cached, timeline = K.run(
-        arrivals, route, prompt, output, slot_off, blocks, ip, fp, *tables)
+    state = K.new_state(len(df), len(blocks), int(slot_off[-1]), scheduler.max_num_seqs)
+    timeline = np.empty((1024 if record_timeline else 0, 7))
+    inputs = (arrivals, route, prompt, output, slot_off, blocks, ip, fp, *tables)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(df), unit="req", desc="simulating (compiled)", mininterval=0.5)
+    chunk = max(len(df) // 100, PROGRESS_EVERY) if bar is not None else len(df) + 1  # arrivals between updates
+    done = 0
+    while True:
+        code, culprit, timeline = K.run(state, timeline, done + chunk, *inputs)
+        if bar is not None:
+            bar.update(int(state[-1][0]) - done)
+        done = int(state[-1][0])
+        if code != K.PAUSED:
+            break
+    if bar is not None:
+        bar.close()
     if code != K.OK:
         _raise_for(K, code, culprit, df)
+    instance, sched, first_s, finish, preempt, cached = state[:6]
+    steps = int(state[-1][1])
+    timeline = timeline[:steps]
     requests = requests_frame({
         "request_id": df["request_id"].to_numpy(), "arrival_time_s": df["arrival_time_s"].to_numpy(),
         "scheduled_time_s": sched, "first_token_time_s": first_s, "finish_time_s": finish,
@@ -115,7 +137,7 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
                          "running": ints[:, 2], "waiting": ints[:, 3], "batch_tokens": ints[:, 4],
                          "batch_seqs": ints[:, 5], "steps": 1}, columns=TIMELINE_COLUMNS)
     rows = rows.sort_values(["time_s", "instance"], kind="stable", ignore_index=True)  # as SimResult.from_run
-    return SimResult(requests, rows, blocks.tolist(), int(steps), engine="compiled")
+    return SimResult(requests, rows, blocks.tolist(), steps, engine="compiled")
 
 
 def _routes(K, router, blocks: np.ndarray, n: int) -> tuple[int, np.ndarray]:

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit
 
 # kernel exit codes (see simulators.compiled._raise_for)
-OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED = 0, 1, 2, 3, 4
+OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
 # integer parameters, by position in ``ip``
 (P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK) = range(18)
@@ -288,66 +288,68 @@ def _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r):
 
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
-def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_lin, tok_elem, tok_comm,
-        dec_base, px, py, da, db, dz, ca, cb, cz):
-    """Serve every request on ``blocks.shape[0]`` instances; return ``(code, culprit, steps, instance,
-    sched_s, first_s, finish_s, preemptions, cached_tokens, timeline)``.
+def new_state(nreq, ninst, nslots, max_seqs):
+    """Everything :func:`run` keeps between calls, for ``nreq`` requests on ``ninst`` instances.
+
+    Per request: instance, scheduled / first-token / finish times, preemptions, cached tokens, computed
+    and generated tokens, the block manager's record. Per block slot: its state and LRU links. Per
+    instance: KV counts, the running list, the waiting ring (head ``wh[k]``, ``nwait[k]`` entries), the
+    plan of the step in flight and its exact end, the SimPy time of its next event (a step end if
+    ``busy[k]``, else a wake-up; ``inf`` when idle) and its clock (exact end of its last step).
+    ``counters`` = [next arrival, steps done].
+    """
+    ring = max(nreq, 1)
+    prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
+    nxt = np.empty(nslots + ninst, np.int64)
+    for k in range(ninst):
+        prev[nslots + k] = nxt[nslots + k] = nslots + k
+    return (np.full(nreq, -1, np.int64), np.full(nreq, np.nan), np.full(nreq, np.nan), np.full(nreq, np.nan),
+            np.zeros(nreq, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64),
+            np.full(nreq, -1, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64),
+            np.zeros(nslots, np.int8), prev, nxt, np.zeros((ninst, 3), np.int64),
+            np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
+            np.empty((ninst, ring), np.int64), np.zeros(ninst, np.int64), np.zeros(ninst, np.int64),
+            np.empty((ninst, max_seqs), np.int64), np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
+            np.zeros(ninst), np.full(ninst, np.inf), np.zeros(ninst, np.bool_), np.zeros(ninst),
+            np.zeros(2, np.int64))
+
+
+@njit(cache=True)
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp,
+        tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz):
+    """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
+    every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
+    be called again with the same state: callers show progress this way); return ``(code, culprit,
+    timeline)``.
 
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
     engine (see :func:`simulators.compiled.arrival_event_times`); ``route[r]``: its instance when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
-    ``k``'s KV blocks. ``code`` is :data:`OK` or the broken invariant (``culprit``: the request, or -1).
-    ``timeline`` has one row per step: time, instance, KV blocks in use, running, waiting, batch
-    tokens, batch sequences (the SimPy engine's step-mode rows, in event order).
+    ``k``'s KV blocks. ``code`` is :data:`OK`, :data:`PAUSED` or the broken invariant (``culprit``: the
+    request, or -1). ``timeline`` (grown and returned as needed) gets one row per step: time, instance,
+    KV blocks in use, running, waiting, batch tokens, batch sequences (the SimPy engine's step-mode
+    rows, in event order).
 
     Events run in the SimPy engine's order: an arrival before a step that ends at the same time (it is
     URGENT there); an idle instance that receives a request schedules at that arrival's time, after
     every arrival at that time. Instances interact only through the router, which sees each one as it
     stood after its last step end before the arrival.
     """
+    (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
+     slot_state, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
+     clock, counters) = state
     nreq = prompt.shape[0]
     ninst = blocks.shape[0]
-    instance = np.full(nreq, -1, np.int64)
-    sched_s = np.full(nreq, np.nan)
-    first_s = np.full(nreq, np.nan)
-    finish_s = np.full(nreq, np.nan)
-    preemptions = np.zeros(nreq, np.int64)
-    cached_tokens = np.zeros(nreq, np.int64)
-    comp = np.zeros(nreq, np.int64)
-    gen = np.zeros(nreq, np.int64)
-    kv_tok = np.full(nreq, -1, np.int64)
-    kv_priv = np.zeros(nreq, np.int64)
-    kv_hashed = np.zeros(nreq, np.int64)
     nslots = slot_off[nreq]
-    slot_state = np.zeros(nslots, np.int8)
-    prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
-    nxt = np.empty(nslots + ninst, np.int64)
-    for k in range(ninst):
-        prev[nslots + k] = nxt[nslots + k] = nslots + k
-    kvs = np.zeros((ninst, 3), np.int64)
+    ring = waiting.shape[1]
     max_seqs, budget0, limit, bs = ip[P_MAX_SEQS], ip[P_BUDGET], ip[P_LIMIT], ip[P_BS]
     router = ip[P_ROUTER]
-    running = np.empty((ninst, max_seqs), np.int64)
-    nrun = np.zeros(ninst, np.int64)
-    ring = max(nreq, 1)
-    waiting = np.empty((ninst, ring), np.int64)  # a ring per instance: head ``wh[k]``, ``nwait[k]`` entries
-    wh = np.zeros(ninst, np.int64)
-    nwait = np.zeros(ninst, np.int64)
-    ent_r = np.empty((ninst, max_seqs), np.int64)  # the plan of each instance's step in flight
-    ent_n = np.empty((ninst, max_seqs), np.int64)
-    nent = np.zeros(ninst, np.int64)
-    step_end = np.zeros(ninst)  # its exact end
     plens = np.empty(max_seqs, np.int64)
     pcached = np.empty(max_seqs, np.int64)
     done = np.zeros(max_seqs, np.bool_)
-    event_s = np.full(ninst, np.inf)  # SimPy time of each instance's next event (step end or wake-up)
-    busy = np.zeros(ninst, np.bool_)  # the next event ends a step (else it wakes the idle instance)
-    clock = np.zeros(ninst)  # exact end of each instance's last step
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
-    timeline = np.empty((1024 if record else 0, 7))
-    steps = 0
-    next_arrival = 0
+    next_arrival, steps = counters[0], counters[1]
     while True:
         k = -1
         t = np.inf
@@ -356,6 +358,9 @@ def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_li
                 t = event_s[j]
                 k = j
         if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
+            if next_arrival >= until_arrival:
+                counters[0], counters[1] = next_arrival, steps
+                return PAUSED, -1, timeline
             # ---- an arrival: _ServingRun._dispatch
             r = next_arrival
             next_arrival += 1
@@ -420,9 +425,9 @@ def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_li
                         nfin += 1
                 if check:
                     if c > prompt[r] + g or g > output[r]:
-                        return ACCOUNTING, r, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                        return ACCOUNTING, r, timeline
                     if kv_tok[r] < c:
-                        return KV_SHORT, r, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                        return KV_SHORT, r, timeline
             if nfin:
                 keep = 0
                 for q in range(nrun[k]):
@@ -437,10 +442,10 @@ def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_li
                               kv_hashed, ent_r[k, e])
             used = kv[_PRIV] + kv[_HELD]
             if check and used > nblocks:
-                return KV_OVER_CAPACITY, -1, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                return KV_OVER_CAPACITY, -1, timeline
             if record:
                 if steps > timeline.shape[0]:
-                    grown = np.empty((2 * timeline.shape[0], 7))
+                    grown = np.empty((max(2 * timeline.shape[0], 1024), 7))
                     grown[: timeline.shape[0]] = timeline
                     timeline = grown
                 row = timeline[steps - 1]
@@ -527,7 +532,7 @@ def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_li
         nent[k] = ne
         if ne == 0:
             if nrun[k]:
-                return STALLED, running[k, 0], steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:0]
+                return STALLED, running[k, 0], timeline
             busy[k] = False
             event_s[k] = np.inf  # idle until a request arrives
             continue
@@ -560,4 +565,5 @@ def run(arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp, tok_li
         step_end[k] = end
         event_s[k] = now + _pmax(end - now, 0.0)  # SimPy schedules the timeout on its own clock
         busy[k] = True
-    return OK, -1, steps, instance, sched_s, first_s, finish_s, preemptions, cached_tokens, timeline[:steps]
+    counters[0], counters[1] = next_arrival, steps
+    return OK, -1, timeline

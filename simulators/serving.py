@@ -123,7 +123,7 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         _check_budgets([(k, sch, cfg.block_size_tokens) for k, (sch, cfg) in enumerate(zip(schedulers, instances))])
         _check_whole_prefills(trace, list(enumerate(schedulers)))
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
-                                          hash_own_blocks)
+                                          hash_own_blocks, progress)
     run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     run.env.process(run.arrivals(progress))

@@ -148,3 +148,16 @@ def test_an_empty_trace_gives_an_empty_result():
     trace = load_trace("azure-conv-2023").head(0)
     res = simulate_compiled(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1")])
     assert len(res.requests) == 0 and res.num_steps == 0
+
+
+def test_a_run_paused_for_progress_updates_gives_the_same_results(monkeypatch):
+    import simulators.compiled as compiled
+
+    trace = load_trace("azure-conv-2023").head(300).scale_rate(3.0)
+    instances = [InstanceConfig(_h100(), 600, 16, "vllm-v1")] * 2
+    whole = simulate(trace, instances, router="least-outstanding-tokens")
+    monkeypatch.setattr(compiled, "PROGRESS_EVERY", 7)  # the loop returns every 7 arrivals, then resumes
+    paused = simulate(trace, instances, router="least-outstanding-tokens", progress=True)
+    assert paused.engine == whole.engine == "compiled"
+    pd.testing.assert_frame_equal(paused.requests, whole.requests)
+    pd.testing.assert_frame_equal(paused.timeline, whole.timeline)
