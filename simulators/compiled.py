@@ -153,7 +153,20 @@ def _routes(K, router, blocks: np.ndarray, n: int) -> tuple[int, np.ndarray]:
 
 def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     """The kernel's integer and float parameters and tables: the step-time terms that depend only on the
-    token count or on the batch size, computed by the model itself (so they are its values to the bit)."""
+    token count or on the batch size, computed by the model itself (so they are its values to the bit).
+
+    Kept on the model per (token budget, sequence cap), as the model keeps its own per-size terms: a sweep
+    reuses one model across many runs, and tabulating takes 0.3-0.4 s, longer than a run of the bench trace.
+    """
+    cache = model.__dict__.setdefault("_compiled_pricing", {})
+    key = (scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
+    if key not in cache:
+        cache[key] = _tabulate(model, scheduler)
+    ip, fp, tables = cache[key]
+    return ip.copy(), fp, tables  # the caller fills in the rest of ``ip``
+
+
+def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     from simulators import compiled_kernel as K
 
     m = model.model

@@ -229,7 +229,7 @@ def _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, n
     return True
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True)
 def _grow_to(ip, nblocks, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
     """BlockManager.grow_to."""
     if tokens <= kv_tok[r]:

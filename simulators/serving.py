@@ -118,13 +118,13 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_roles(instances)
     _check_servable(trace, instances)
+    schedulers = [cfg.build_scheduler() for cfg in instances]
+    _check_budgets(schedulers, instances)
+    _check_whole_prefills(trace, schedulers)
     if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks) is None:
-        schedulers = [cfg.build_scheduler() for cfg in instances]
-        _check_budgets([(k, sch, cfg.block_size_tokens) for k, (sch, cfg) in enumerate(zip(schedulers, instances))])
-        _check_whole_prefills(trace, list(enumerate(schedulers)))
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
                                           hash_own_blocks, progress)
-    run = _ServingRun(trace, instances, router, decode_router, link, seed, record_timeline,
+    run = _ServingRun(trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     run.env.process(run.arrivals(progress))
     run.env.run()
@@ -134,8 +134,8 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
 class _ServingRun:
     """The SimPy world of one :func:`simulate` call: engines, routing, sessions and hand-offs."""
 
-    def __init__(self, trace, instances, router, decode_router, link, seed, record_timeline, check_invariants,
-                 fast, hash_own_blocks=None):
+    def __init__(self, trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
+                 check_invariants, fast, hash_own_blocks=None):
         self.env = env = simpy.Environment()
         self.router = make_router(router, seed=seed) if isinstance(router, str) else router
         self.decode_router = (make_router(decode_router, seed=seed) if isinstance(decode_router, str)
@@ -143,17 +143,15 @@ class _ServingRun:
         self.link = link
         self.instances = instances
         self.engines = [
-            InstanceEngine(env, i, cfg.build_scheduler(), cfg.step_model,
+            InstanceEngine(env, i, scheduler, cfg.step_model,
                            BlockManager(cfg.num_kv_blocks, cfg.block_size_tokens), role=cfg.role,
                            on_first_token=self._hand_off if cfg.role == "prefill" else None,
                            on_finish=self._finished, record_timeline=record_timeline,
                            check_invariants=check_invariants, fast=fast,
                            kv_bytes_per_token=cfg.kv_bytes_per_token,
                            host_link_bytes_per_s=cfg.host_link_bytes_per_s)
-            for i, cfg in enumerate(instances)
+            for i, (cfg, scheduler) in enumerate(zip(instances, schedulers))
         ]
-        _check_budgets([(e.index, e.scheduler, e.kv.block_size_tokens) for e in self.engines])
-        _check_whole_prefills(trace, [(e.index, e.scheduler) for e in self.engines])
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
@@ -284,8 +282,8 @@ def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:
 
 def _check_whole_prefills(trace: Trace, schedulers) -> None:
     """Schedulers without chunked prefill (``whole_sequence_budget``) must fit every request in one step.
-    ``schedulers``: (instance index, scheduler) of every instance."""
-    budgets = [(index, scheduler, scheduler.whole_sequence_budget) for index, scheduler in schedulers
+    ``schedulers``: one per instance, in order."""
+    budgets = [(index, scheduler, scheduler.whole_sequence_budget) for index, scheduler in enumerate(schedulers)
                if getattr(scheduler, "whole_sequence_budget", None) is not None]
     if not budgets:
         return
@@ -303,12 +301,12 @@ def _check_whole_prefills(trace: Trace, schedulers) -> None:
                 f"default, sarathi)")
 
 
-def _check_budgets(schedulers) -> None:
-    """``schedulers``: (instance index, scheduler, KV block size in tokens) of every instance."""
-    for index, scheduler, block_size_tokens in schedulers:
+def _check_budgets(schedulers, instances) -> None:
+    """Every scheduler's token budget must hold at least one KV block of its instance."""
+    for index, (scheduler, cfg) in enumerate(zip(schedulers, instances)):
         for knob in ("max_num_batched_tokens", "token_budget"):
             budget = getattr(scheduler, knob, None)
-            if budget is not None and budget < block_size_tokens:
+            if budget is not None and budget < cfg.block_size_tokens:
                 raise ConfigError(
                     f"instance {index}: {knob}={budget} is smaller than one KV block "
-                    f"({block_size_tokens} tokens); raise the budget")
+                    f"({cfg.block_size_tokens} tokens); raise the budget")
