@@ -40,7 +40,8 @@ from .cpsat import solve_hindsight_cpsat
 from .model import Instance, Schedule, check_schedule, identical_classes
 from .online import mcsf
 
-__all__ = ["SOLVERS", "HindsightArrays", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays"]
+__all__ = ["SOLVERS", "HindsightArrays", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays",
+           "highs_model"]
 
 SOLVERS = ("highs", "cp-sat", "cp-sat+highs")  # see hindsight_optimal
 
@@ -203,7 +204,9 @@ def _schedule_from_x(instance: Instance, col_req, col_start, x, members) -> tupl
     return tuple(start)
 
 
-def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows):
+def highs_model(arrays: HindsightArrays, integer: bool = True):
+    """The IP of ``arrays`` as a ``highspy.HighsLp``: the inequality rows, then one row (2) per request (or
+    class); columns integer unless ``integer=False`` (the LP relaxation)."""
     import highspy
 
     col_req, col_start, cost, mp, mr, mv, row_upper, _, offset, count = arrays
@@ -234,8 +237,19 @@ def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows
     lp.a_matrix_.value_ = val
     lp.a_matrix_.num_col_ = ncol
     lp.a_matrix_.num_row_ = nmem + n
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * ncol
+    kind = highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous
+    lp.integrality_ = [kind] * ncol
     lp.offset_ = float(offset)
+    return lp
+
+
+def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows):
+    import highspy
+
+    col_req, count = arrays.col_req, arrays.count
+    n = count.size
+    ncol = col_req.size
+    lp = highs_model(arrays)
     h = highspy.Highs()
     h.setOptionValue("output_flag", bool(msg))
     h.setOptionValue("time_limit", float(time_limit_s))
