@@ -9,11 +9,12 @@ bound); when it stops early the ratio is reported against the best schedule foun
 true ratio) and against the proven bound (an upper bound), and the instance is counted as not proven.
 
 Run: ``python -m experiments.mcsf_synthetic [--quick | --scale mid] [--instances N] [--time-limit S] [--solver S]
-[--no-separation]``.
+[--no-separation] [--resume]``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from formulations.mcsf import Instance, hindsight_optimal, mcsf
+from gpusched.errors import ConfigError
 from formulations.mcsf.hindsight import SOLVERS
 
 PAPER = {  # spec §1(e) rows 1-2 ([2nd])
@@ -66,11 +68,14 @@ def make_instance(rng: np.random.Generator, model: str, scale: str = "paper") ->
 
 def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int = 0,
         n_instances: int | None = None, time_limit_s: float | None = None, threads: int | None = None,
-        scale: str = "paper", solver: str = "cp-sat+highs", separation: bool = True) -> pd.DataFrame:
+        scale: str = "paper", solver: str = "cp-sat+highs", separation: bool = True,
+        resume: bool = False) -> pd.DataFrame:
     """Solve ``n_instances`` instances per arrival model (200 full, 6 quick); write CSV, PNG and markdown.
 
     ``quick`` implies ``scale="quick"``, 6 instances and a 2 s limit. ``separation=False`` solves the spec's
-    model without the separation inequalities (for comparison)."""
+    model without the separation inequalities (for comparison). ``instances.csv`` is rewritten after every
+    instance; ``resume=True`` keeps the rows an interrupted run with the same settings (``settings.json``)
+    left there and solves only the rest (the full paper-size run takes about 7 hours)."""
     scale = "quick" if quick else scale
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
@@ -80,11 +85,20 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
 
     n_inst = n_instances if n_instances is not None else (6 if quick else 200)
     tl = time_limit_s if time_limit_s is not None else (2.0 if quick else 60.0)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"scale": scale, "seed": seed, "instances": n_inst, "time_limit_s": tl, "threads": threads,
+                "solver": solver, "separation": separation}
+    done = _finished_rows(out, settings) if resume else {}
+    (out / "settings.json").write_text(json.dumps(settings, indent=1))
     rng = np.random.default_rng(seed)
     rows = []
     jobs = [(m, k) for m in ("all-at-0", "poisson") for k in range(n_inst)]
     for model, k in tqdm(jobs, desc="mcsf synthetic", disable=quick):
-        inst = make_instance(rng, model, scale)
+        inst = make_instance(rng, model, scale)  # drawn even when resumed: later instances depend on it
+        if (model, k) in done:
+            rows.append(_same_instance(done[(model, k)], inst))
+            continue
         t0 = time.perf_counter()
         sf = mcsf(inst)
         sf_s = time.perf_counter() - t0
@@ -96,13 +110,36 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
                      "ip_vars": res.n_vars, "mcsf_time_s": sf_s,
                      "ratio": sf.total_latency / res.objective,
                      "ratio_vs_bound": sf.total_latency / max(res.best_bound, 1e-9)})
+        pd.DataFrame(rows).to_csv(out / "instances.csv", index=False)  # an interrupted run loses one instance
     df = pd.DataFrame(rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "instances.csv", index=False)
     _plot(df, out / "ratios.png")
     (out / "summary.md").write_text(_markdown(df, scale, seed, tl, n_inst, solver, separation))
     return df
+
+
+def _finished_rows(out: Path, settings: dict) -> dict:
+    """Rows of an earlier run in ``out`` by ``(model, instance)``, if it used the same ``settings``."""
+    csv, saved = out / "instances.csv", out / "settings.json"
+    if not csv.exists():
+        return {}
+    if not saved.exists():
+        raise ConfigError(f"{csv} has no settings.json beside it, so it cannot be resumed safely; delete it or "
+                          f"choose another --out")
+    earlier = json.loads(saved.read_text())
+    differ = {k: (earlier.get(k), v) for k, v in settings.items() if earlier.get(k) != v}
+    if differ:
+        raise ConfigError(f"cannot resume {csv}: it was written with other settings (earlier, now): {differ}; "
+                          f"re-run with the earlier settings or choose another --out")
+    return {(r["model"], r["instance"]): r for r in pd.read_csv(csv).to_dict("records")}
+
+
+def _same_instance(row: dict, inst: Instance) -> dict:
+    if (row["n"], row["M"], row["s"]) != (inst.n, inst.memory, inst.prompt[0]):
+        raise ConfigError(f"cannot resume: instance {row['model']} #{row['instance']} in the CSV has n, M, s = "
+                          f"{row['n']}, {row['M']}, {row['s']} but the generator now draws {inst.n}, "
+                          f"{inst.memory}, {inst.prompt[0]}; choose another --out")
+    return row
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:
@@ -163,9 +200,11 @@ def main(argv=None) -> None:
     ap.add_argument("--solver", choices=SOLVERS, default="cp-sat+highs")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-separation", action="store_true", help="the spec's model without the separation inequalities")
+    ap.add_argument("--resume", action="store_true", help="keep the instances an interrupted run with the same "
+                    "settings already solved in --out")
     a = ap.parse_args(argv)
     run(a.out, quick=a.quick, seed=a.seed, n_instances=a.instances, time_limit_s=a.time_limit, scale=a.scale,
-        solver=a.solver, threads=a.threads, separation=not a.no_separation)
+        solver=a.solver, threads=a.threads, separation=not a.no_separation, resume=a.resume)
     print((Path(a.out) / "summary.md").read_text())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from gpusched.errors import ConfigError, DoesNotFitError, InfeasibleError
@@ -324,6 +325,22 @@ def test_synthetic_experiment_quick(tmp_path):
     df = mcsf_synthetic.run(str(tmp_path), quick=True)
     assert (df.ratio >= 1.0 - 1e-12).all()  # P2: MC-SF never beats the best IP schedule
     assert {"instances.csv", "ratios.png", "summary.md"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_synthetic_experiment_resumes(tmp_path):
+    from experiments import mcsf_synthetic
+
+    full = mcsf_synthetic.run(str(tmp_path), quick=True, n_instances=3)
+    # an interrupted run: the CSV holds the first 4 of 6 instances, one with a marker the solver cannot produce
+    partial = full.head(4).copy()
+    partial.loc[0, "ip_solve_time_s"] = -1.0
+    partial.to_csv(tmp_path / "instances.csv", index=False)
+    resumed = mcsf_synthetic.run(str(tmp_path), quick=True, n_instances=3, resume=True)
+    assert resumed.loc[0, "ip_solve_time_s"] == -1.0  # kept, not solved again
+    cols = ["model", "instance", "n", "M", "s", "mcsf_tel", "ip_tel", "ip_status"]
+    pd.testing.assert_frame_equal(resumed[cols], full[cols])  # the rest solved again: tiny, proven optima
+    with pytest.raises(ConfigError, match="other settings"):
+        mcsf_synthetic.run(str(tmp_path), quick=True, n_instances=2, resume=True)
 
 
 def test_real_experiment_quick(tmp_path):
