@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from formulations.mcsf import Instance, hindsight_optimal, mcsf
 from gpusched.errors import ConfigError
+from formulations.mcsf import Instance, hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import SOLVERS
 
 PAPER = {  # spec §1(e) rows 1-2 ([2nd])
@@ -90,6 +90,8 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     settings = {"scale": scale, "seed": seed, "instances": n_inst, "time_limit_s": tl, "threads": threads,
                 "solver": solver, "separation": separation}
     done = _finished_rows(out, settings) if resume else {}
+    if not resume:  # an old CSV must not sit beside the new settings
+        (out / "instances.csv").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
     rng = np.random.default_rng(seed)
     rows = []
