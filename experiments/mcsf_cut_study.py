@@ -27,8 +27,8 @@ any schedule at most ``q`` of the intervals ``[p_i, p_i + e_i)``, ``i`` in ``F``
 ``sum_{i in F} sum_{t - e_i < k <= t} x[i,k] <= q`` holds for every ``t``. With ``q = 1`` it contains the
 separation rows' idea; ``q = 2, 3`` are new.
 
-Run: ``python -m experiments.mcsf_cut_study [--instances K] [--time-limit S]`` (about a minute per
-instance at the defaults). Writes ``results/mcsf_cut_study/{bounds.csv,summary.md,gap_closed.png}``.
+Run: ``python -m experiments.mcsf_cut_study [--instances K] [--time-limit S]`` (about half a
+minute per instance at the defaults). Writes ``results/mcsf_cut_study/{bounds.csv,summary.md,gap_closed.png}``.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gpusched.errors import SolverError
 from formulations.mcsf import hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import build_hindsight_arrays, highs_model
 from formulations.mcsf.model import Instance
@@ -50,7 +51,8 @@ FAMILIES = ("spec", "+sep", "+cliques", "+qsep", "big-int")
 
 def relaxation_bound(arrays, cuts=(), integer_cols=(), time_limit_s: float = 60.0):
     """Bound of the model of ``arrays`` plus rows ``cuts`` (``(columns, right-hand side)``, coefficients 1):
-    the LP optimum, or with ``integer_cols`` HiGHS's dual bound of that partial MIP; and the LP's columns."""
+    the LP optimum, or with ``integer_cols`` HiGHS's dual bound of that partial MIP; and the solution's
+    column values."""
     import highspy
 
     lp = highs_model(arrays, integer=False)
@@ -67,8 +69,12 @@ def relaxation_bound(arrays, cuts=(), integer_cols=(), time_limit_s: float = 60.
         h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)
     h.run()
     info = h.getInfo()
-    value = info.mip_dual_bound if len(integer_cols) else info.objective_function_value
-    return float(value), np.asarray(h.getSolution().col_value)
+    if len(integer_cols):
+        return float(info.mip_dual_bound), np.asarray(h.getSolution().col_value)  # valid even if stopped early
+    status = h.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:  # only an optimal LP value is a bound
+        raise SolverError(f"LP relaxation stopped with {h.modelStatusToString(status)!r}; raise time_limit_s")
+    return float(info.objective_function_value), np.asarray(h.getSolution().col_value)
 
 
 def conflict_matrix(instance: Instance, arrays) -> np.ndarray:
