@@ -33,6 +33,7 @@ minute per instance at the defaults). Writes ``results/mcsf_cut_study/{bounds.cs
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 from pathlib import Path
 
@@ -42,7 +43,7 @@ import pandas as pd
 from gpusched.errors import SolverError
 from formulations.mcsf import hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import build_hindsight_arrays, highs_model
-from formulations.mcsf.model import Instance
+from formulations.mcsf.model import Instance, memory_profile
 
 from .mcsf_synthetic import make_instance
 
@@ -115,12 +116,11 @@ def violated_cliques(x: np.ndarray, conflict: np.ndarray, most: int = 200) -> li
 
 
 def _fits(starts, prompts, outputs, memory) -> bool:
-    use = np.zeros(max(p + q for p, q in zip(starts, outputs)) + 2, dtype=np.int64)
-    for p, s, q in zip(starts, prompts, outputs):
-        use[p + 1:p + q + 1] += s + np.arange(1, q + 1)
-    return bool(use.max() <= memory)
+    requests = Instance([0] * len(starts), list(prompts), list(outputs), memory)
+    return bool(memory_profile(requests, starts).max() <= memory)
 
 
+@functools.lru_cache(maxsize=None)  # families share most (prompt, output) pairs
 def _separation(s_i: int, o_i: int, m: int, length: int, q: int, memory: int) -> int:
     """``e_i`` of the module docstring."""
     for g in range(o_i):

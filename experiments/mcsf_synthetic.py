@@ -94,27 +94,26 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
         (out / "instances.csv").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
     rng = np.random.default_rng(seed)
-    rows = []
+    rows = dict(done)  # (model, instance) -> row; the CSV always holds every finished one
     jobs = [(m, k) for m in ("all-at-0", "poisson") for k in range(n_inst)]
     for model, k in tqdm(jobs, desc="mcsf synthetic", disable=quick):
         inst = make_instance(rng, model, scale)  # drawn even when resumed: later instances depend on it
         if (model, k) in done:
-            rows.append(_same_instance(done[(model, k)], inst))
+            _same_instance(done[(model, k)], inst)
             continue
         t0 = time.perf_counter()
         sf = mcsf(inst)
         sf_s = time.perf_counter() - t0
         res = hindsight_optimal(inst, time_limit_s=tl, threads=threads, warm_start=sf, solver=solver,
                                 separation=separation)
-        rows.append({"model": model, "instance": k, "n": inst.n, "M": inst.memory, "s": inst.prompt[0],
-                     "mcsf_tel": sf.total_latency, "ip_tel": res.objective, "ip_bound": res.best_bound,
-                     "ip_status": res.status, "ip_gap": res.gap, "ip_solve_time_s": res.solve_time_s,
-                     "ip_vars": res.n_vars, "mcsf_time_s": sf_s,
-                     "ratio": sf.total_latency / res.objective,
-                     "ratio_vs_bound": sf.total_latency / max(res.best_bound, 1e-9)})
-        pd.DataFrame(rows).to_csv(out / "instances.csv", index=False)  # an interrupted run loses one instance
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "instances.csv", index=False)
+        rows[(model, k)] = {"model": model, "instance": k, "n": inst.n, "M": inst.memory, "s": inst.prompt[0],
+                            "mcsf_tel": sf.total_latency, "ip_tel": res.objective, "ip_bound": res.best_bound,
+                            "ip_status": res.status, "ip_gap": res.gap, "ip_solve_time_s": res.solve_time_s,
+                            "ip_vars": res.n_vars, "mcsf_time_s": sf_s,
+                            "ratio": sf.total_latency / res.objective,
+                            "ratio_vs_bound": sf.total_latency / max(res.best_bound, 1e-9)}
+        _in_job_order(rows, jobs).to_csv(out / "instances.csv", index=False)  # an interruption loses one instance
+    df = _in_job_order(rows, jobs)
     _plot(df, out / "ratios.png")
     (out / "summary.md").write_text(_markdown(df, scale, seed, tl, n_inst, solver, separation))
     return df
@@ -136,12 +135,15 @@ def _finished_rows(out: Path, settings: dict) -> dict:
     return {(r["model"], r["instance"]): r for r in pd.read_csv(csv).to_dict("records")}
 
 
-def _same_instance(row: dict, inst: Instance) -> dict:
+def _in_job_order(rows: dict, jobs: list) -> pd.DataFrame:
+    return pd.DataFrame([rows[job] for job in jobs if job in rows])
+
+
+def _same_instance(row: dict, inst: Instance) -> None:
     if (row["n"], row["M"], row["s"]) != (inst.n, inst.memory, inst.prompt[0]):
         raise ConfigError(f"cannot resume: instance {row['model']} #{row['instance']} in the CSV has n, M, s = "
                           f"{row['n']}, {row['M']}, {row['s']} but the generator now draws {inst.n}, "
                           f"{inst.memory}, {inst.prompt[0]}; choose another --out")
-    return row
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:

@@ -209,7 +209,7 @@ def highs_model(arrays: HindsightArrays, integer: bool = True):
     class); columns integer unless ``integer=False`` (the LP relaxation)."""
     import highspy
 
-    col_req, col_start, cost, mp, mr, mv, row_upper, _, offset, count = arrays
+    col_req, _, cost, mp, mr, mv, row_upper, _, offset, count = arrays
     n = count.size
     ncol = col_req.size
     nmem = row_upper.size
