@@ -25,6 +25,7 @@ from gpusched.errors import ConfigError
 from formulations.mcsf import Instance, hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import SOLVERS
 
+MODELS = ("all-at-0", "poisson")  # the spec's Arrival Models 1 and 2
 PAPER = {  # spec §1(e) rows 1-2 ([2nd])
     "all-at-0": {"mean": 1.005, "best": 1.000, "worst": 1.074, "exact": "114/200"},
     "poisson": {"mean": 1.047, "best": 1.000, "worst": 1.227, "exact": "n/a"},
@@ -66,6 +67,16 @@ def make_instance(rng: np.random.Generator, model: str, scale: str = "paper") ->
     return Instance(a.tolist(), [s] * n, o.tolist(), M)
 
 
+def synthetic_instances(seed: int, n_instances: int, scale: str):
+    """The instances of a run, in order: ``(arrival model, index, instance)``, ``n_instances`` all-at-0 ones
+    then as many Poisson ones, all drawn from one generator seeded with ``seed`` (so instance ``k`` depends on
+    the ones before it, and every consumer must draw them all)."""
+    rng = np.random.default_rng(seed)
+    for model in MODELS:
+        for k in range(n_instances):
+            yield model, k, make_instance(rng, model, scale)
+
+
 def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int = 0,
         n_instances: int | None = None, time_limit_s: float | None = None, threads: int | None = None,
         scale: str = "paper", solver: str = "cp-sat+highs", separation: bool = True,
@@ -93,11 +104,10 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     if not resume:  # an old CSV must not sit beside the new settings
         (out / "instances.csv").unlink(missing_ok=True)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
-    rng = np.random.default_rng(seed)
     rows = dict(done)  # (model, instance) -> row; the CSV always holds every finished one
-    jobs = [(m, k) for m in ("all-at-0", "poisson") for k in range(n_inst)]
-    for model, k in tqdm(jobs, desc="mcsf synthetic", disable=quick):
-        inst = make_instance(rng, model, scale)  # drawn even when resumed: later instances depend on it
+    jobs = [(m, k) for m in MODELS for k in range(n_inst)]
+    for model, k, inst in tqdm(synthetic_instances(seed, n_inst, scale), total=len(jobs), desc="mcsf synthetic",
+                               disable=quick):
         if (model, k) in done:
             _same_instance(done[(model, k)], inst)
             continue
