@@ -1,17 +1,18 @@
 """The synthetic hindsight instances as model files for another MIP solver, and that solver's answers scored.
 
 ``experiments.mcsf_synthetic`` proves no paper-size instance optimal within a minute on HiGHS and CP-SAT (the
-reference used Gurobi). This writes the same instances (same generator, seed and order) as the IP
-``hindsight_optimal`` solves, one file each, with ``index.csv`` (MC-SF's total latency and the combinatorial
-lower bound per instance) and ``settings.json``. Solve them elsewhere and put each solution next to its model,
-as ``<name>.sol`` (``name value`` per line: Gurobi, SCIP and HiGHS write this); ``--score`` reads every
-solution back, checks it against the model, and writes ``scores.csv`` and ``scores.md`` with MC-SF's ratio to
-it.
+reference used Gurobi). This writes the same instances (same generator, seed and order) as the IP that
+``hindsight_optimal`` solves, one model file each, with MC-SF's schedule as a MIP start
+(``<name>.start.sol``), ``index.csv`` (MC-SF's total latency and the combinatorial lower bound per instance)
+and ``settings.json``. Solve them elsewhere and put each solution next to its model as ``<name>.sol`` (one
+``name value`` per line, as Gurobi, SCIP and HiGHS write it). ``--score`` reads every solution back, checks it
+against the model, and writes ``scores.csv`` and ``scores.md`` with MC-SF's ratio to it.
 
 Run: ``python -m experiments.mcsf_export [--scale paper] [--instances 20] [--seed 0] [--format mps.gz]
 [--out results/mcsf_models]`` (about 1.5 minutes and 150 MB for the default 40 paper-size models), then for
-example ``gurobi_cl TimeLimit=600 ResultFile=all-at-0_0.sol all-at-0_0.mps.gz`` or ``scip -c "read
-all-at-0_0.mps.gz optimize write solution all-at-0_0.sol quit"`` in that folder, and ``python -m experiments.mcsf_export --score results/mcsf_models``.
+example ``gurobi_cl TimeLimit=600 InputFile=all-at-0_0.start.sol ResultFile=all-at-0_0.sol all-at-0_0.mps.gz`` or
+``scip -c "read all-at-0_0.mps.gz read all-at-0_0.start.sol optimize write solution all-at-0_0.sol quit"``
+in that folder, and ``python -m experiments.mcsf_export --score results/mcsf_models``.
 """
 from __future__ import annotations
 
@@ -23,15 +24,16 @@ import pandas as pd
 
 from gpusched.errors import ConfigError
 from formulations.mcsf import latency_lower_bound, mcsf
-from formulations.mcsf.export import FORMATS, read_solution_file, schedule_from_solution, write_hindsight_model
+from formulations.mcsf.export import (FORMATS, read_solution_file, schedule_from_solution, write_hindsight_model,
+                                      write_solution_file)
 
 from .mcsf_synthetic import SCALES, synthetic_instances
 
 
 def export(out_dir: str = "results/mcsf_models", scale: str = "paper", n_instances: int = 20, seed: int = 0,
            fmt: str = ".mps.gz") -> pd.DataFrame:
-    """Write ``n_instances`` instances per arrival model as ``<model>_<k><fmt>``, with ``index.csv`` and
-    ``settings.json``."""
+    """Write ``n_instances`` instances per arrival model as ``<model>_<k><fmt>``, each with MC-SF's schedule as
+    a MIP start ``<model>_<k>.start.sol``, and ``index.csv`` and ``settings.json``."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     if fmt not in FORMATS:
@@ -46,6 +48,7 @@ def export(out_dir: str = "results/mcsf_models", scale: str = "paper", n_instanc
         name = f"{model}_{k}"
         sf = mcsf(inst)
         arrays = write_hindsight_model(inst, out / f"{name}{fmt}", upper_bound=sf.total_latency)
+        write_solution_file(sf, out / f"{name}.start.sol")
         rows.append({"name": name, "model": model, "instance": k, "n": inst.n, "M": inst.memory,
                      "s": inst.prompt[0], "mcsf_tel": sf.total_latency, "lower_bound": latency_lower_bound(inst),
                      "columns": arrays.col_req.size, "rows": arrays.row_upper.size + arrays.count.size})

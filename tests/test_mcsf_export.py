@@ -11,8 +11,9 @@ import pytest
 
 from gpusched.errors import ConfigError
 from experiments.mcsf_export import export, score
-from formulations.mcsf import Instance, InfeasibleScheduleError, hindsight_optimal
-from formulations.mcsf.export import read_solution_file, schedule_from_solution, write_hindsight_model
+from formulations.mcsf import Instance, InfeasibleScheduleError, hindsight_optimal, mcsf
+from formulations.mcsf.export import (read_solution_file, schedule_from_solution, write_hindsight_model,
+                                      write_solution_file)
 
 from test_mcsf import _feasible, _random_tiny, brute_force_optimum
 
@@ -66,6 +67,18 @@ def test_solution_files_of_other_solvers_are_parsed(tmp_path):
     (tmp_path / "bad.sol").write_text("x_0_0 one\n")
     with pytest.raises(ConfigError, match="x_0_0"):
         read_solution_file(tmp_path / "bad.sol")
+
+
+def test_start_file_round_trips(tmp_path, tiny_cases):
+    # MC-SF's schedule written as a MIP start decodes to the same starts, aggregated or not
+    for reqs, M, _ in tiny_cases:
+        inst = Instance.from_requests(reqs, M)
+        sf = mcsf(inst)
+        for aggregate in (True, False):
+            write_solution_file(sf, tmp_path / "start.sol", aggregate_identical=aggregate)
+            back = schedule_from_solution(inst, read_solution_file(tmp_path / "start.sol"), aggregate)
+            assert sorted(zip(reqs, back.start)) == sorted(zip(reqs, sf.start))  # identical requests may swap
+            assert back.total_latency == sf.total_latency
 
 
 def test_bad_solutions_are_refused():

@@ -11,7 +11,7 @@ from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule, 
 from .engine import POLICIES, BatchRun, admit_prefix, run_batches
 from .online import alpha_beta, alpha_greedy, mc_benchmark, mcsf
 from .hindsight import HindsightArrays, HindsightResult, build_hindsight_arrays, hindsight_optimal
-from .export import read_solution_file, schedule_from_solution, write_hindsight_model
+from .export import read_solution_file, schedule_from_solution, write_hindsight_model, write_solution_file
 from .bounds import area_lower_bound, latency_lower_bound, separation_families, separation_lower_bound
 from .realdata import PAPER_MEMORY_TOKENS, RealRun, llama2_70b_2xa100_batch_time_s, simulate_real
 from .policy import KvShortageError, McsfScheduler

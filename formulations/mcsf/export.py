@@ -1,8 +1,9 @@
 """The hindsight IP as a file for any MIP solver, and a solver's solution read back as a checked schedule.
 
 The reference implementation solved the IP with Gurobi. Here, no paper-size instance is proven optimal
-within a minute (README), and Gurobi's pip licence refuses models above 2,000 variables. These two functions
-let someone with a commercial licence solve exactly our model and score the answer with our checker.
+within a minute (README), and Gurobi's pip licence refuses models above 2,000 variables. These functions let
+someone with a commercial licence solve exactly our model (warm-started with MC-SF's schedule if they like)
+and score the answer with our checker.
 
 The file is the model of :func:`.hindsight.build_hindsight_arrays`, as :func:`.hindsight.hindsight_optimal`
 solves it (horizon tightened by an upper bound, identical requests aggregated, separation rows: all valid, so
@@ -34,7 +35,7 @@ from .hindsight import HindsightArrays, build_hindsight_arrays, highs_model
 from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule, identical_classes
 from .online import mcsf
 
-__all__ = ["write_hindsight_model", "read_solution_file", "schedule_from_solution"]
+__all__ = ["write_hindsight_model", "write_solution_file", "read_solution_file", "schedule_from_solution"]
 
 FORMATS = (".mps", ".lp", ".mps.gz", ".lp.gz")  # gzip: paper-size models are 10-80 MB as text
 _COLUMN = re.compile(r"x_(\d+)_(\d+)")
@@ -76,6 +77,21 @@ def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int
             shutil.copyfileobj(src, dst)
         plain.unlink()
     return arrays
+
+
+def write_solution_file(schedule: Schedule, path: str | Path, aggregate_identical: bool = True) -> None:
+    """Write ``schedule`` as the columns of :func:`write_hindsight_model`'s file, one ``name value`` line per
+    nonzero column: a MIP start that Gurobi (``InputFile=``) and SCIP (``read``) take, or a reference
+    solution. ``aggregate_identical`` must match the model file's."""
+    instance = schedule.instance
+    cls = identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
+    counts: dict[str, int] = {}
+    for c, k in zip(cls.tolist(), schedule.start):
+        name = f"x_{c}_{k}"
+        counts[name] = counts.get(name, 0) + 1
+    lines = [f"# {schedule.algorithm} schedule, total latency {schedule.total_latency}"]
+    lines += [f"{name} {v}" for name, v in counts.items()]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def read_solution_file(path: str | Path) -> dict[str, float]:
