@@ -33,7 +33,8 @@ from .mcsf_synthetic import SCALES, synthetic_instances
 def export(out_dir: str = "results/mcsf_models", scale: str = "paper", n_instances: int = 20, seed: int = 0,
            fmt: str = ".mps.gz") -> pd.DataFrame:
     """Write ``n_instances`` instances per arrival model as ``<model>_<k><fmt>``, each with MC-SF's schedule as
-    a MIP start ``<model>_<k>.start.sol``, and ``index.csv`` and ``settings.json``."""
+    a MIP start ``<model>_<k>.start.sol``, and ``index.csv`` and ``settings.json``; solutions left in
+    ``out_dir`` by an earlier export are removed."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {sorted(SCALES)}")
     if fmt not in FORMATS:
@@ -49,6 +50,7 @@ def export(out_dir: str = "results/mcsf_models", scale: str = "paper", n_instanc
         sf = mcsf(inst)
         arrays = write_hindsight_model(inst, out / f"{name}{fmt}", upper_bound=sf.total_latency)
         write_solution_file(sf, out / f"{name}.start.sol")
+        (out / f"{name}.sol").unlink(missing_ok=True)  # a solution of an earlier export's model is not this one's
         rows.append({"name": name, "model": model, "instance": k, "n": inst.n, "M": inst.memory,
                      "s": inst.prompt[0], "mcsf_tel": sf.total_latency, "lower_bound": latency_lower_bound(inst),
                      "columns": arrays.col_req.size, "rows": arrays.row_upper.size + arrays.count.size})
@@ -108,7 +110,8 @@ def main(argv=None) -> None:
         print((Path(a.score) / "scores.md").read_text())
     else:
         df = export(a.out, a.scale, a.instances, a.seed, "." + a.format)
-        print(f"wrote {len(df)} models to {a.out} (up to {df['columns'].max():,} columns and {df['rows'].max():,} rows)")
+        print(f"wrote {len(df)} models to {a.out} (up to {df['columns'].max():,} columns and "
+              f"{df['rows'].max():,} rows)")
 
 
 if __name__ == "__main__":

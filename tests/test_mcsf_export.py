@@ -85,8 +85,10 @@ def test_bad_solutions_are_refused():
     inst = Instance.from_requests([(0, 1, 4), (0, 1, 8), (0, 1, 5)], 10)
     with pytest.raises(InfeasibleScheduleError, match="class 1"):  # request 1 never started
         schedule_from_solution(inst, {"x_0_0": 1, "x_2_0": 1})
-    with pytest.raises(InfeasibleScheduleError, match="not an integer"):
+    with pytest.raises(InfeasibleScheduleError, match="not a count"):
         schedule_from_solution(inst, {"x_0_0": 1, "x_1_4": 0.5, "x_1_5": 0.5, "x_2_0": 1})
+    with pytest.raises(InfeasibleScheduleError, match="not a count"):  # -1 must not cancel a start
+        schedule_from_solution(inst, {"x_0_0": 1, "x_0_3": -1, "x_0_4": 1, "x_1_4": 1, "x_2_0": 1})
     with pytest.raises(InfeasibleScheduleError, match="class 3"):
         schedule_from_solution(inst, {"x_0_0": 1, "x_1_4": 1, "x_2_0": 1, "x_3_0": 1})
     with pytest.raises(InfeasibleScheduleError):  # all three at 0: 2 + 2 + 2 at round 1 ... 5 + 5 + 5 at round 4
@@ -111,5 +113,7 @@ def test_export_and_score(tmp_path):
         assert row.solver_tel == optimum[row.name]
     assert "3 of 4 instances" in (tmp_path / "scores.md").read_text()
     assert pd.read_csv(tmp_path / "scores.csv").shape[0] == 3
+    export(str(tmp_path), scale="quick", n_instances=2, seed=4)  # new models: the old solutions must go
+    assert score(str(tmp_path)).empty
     with pytest.raises(ConfigError, match="no export"):
         score(str(tmp_path / "elsewhere"))

@@ -43,8 +43,9 @@ _COLUMN = re.compile(r"x_(\d+)_(\d+)")
 
 def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int | str | None = "mcsf",
                           aggregate_identical: bool = True, separation: bool = True) -> HindsightArrays:
-    """Write the hindsight IP of ``instance`` to ``path`` (``.mps`` or ``.lp``, CPLEX LP format, optionally
-    gzipped: ``.mps.gz``, which Gurobi, SCIP and HiGHS read directly) and return its arrays (column ``j`` is ``x_<col_req[j]>_<col_start[j]>``).
+    """Write the hindsight IP of ``instance`` to ``path`` and return its arrays (column ``j`` is
+    ``x_<col_req[j]>_<col_start[j]>``). The format follows the name: ``.mps``, ``.lp`` (CPLEX LP format), or
+    either gzipped (``.mps.gz``, which Gurobi, SCIP and HiGHS read directly).
 
     Args:
         upper_bound: total latency of a known schedule, to tighten the horizon; ``"mcsf"`` (default:
@@ -73,7 +74,8 @@ def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int
     if h.writeModel(str(plain)) != highspy.HighsStatus.kOk:
         raise SolverError(f"HiGHS could not write the model to {str(plain)!r}")
     if plain != path:
-        with open(plain, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:  # level 9: 5x slower, 25 % smaller
+        # level 6: 5x faster than 9 on these files, and as small within a few per cent
+        with open(plain, "rb") as src, gzip.open(path, "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst)
         plain.unlink()
     return arrays
@@ -84,7 +86,7 @@ def write_solution_file(schedule: Schedule, path: str | Path, aggregate_identica
     nonzero column: a MIP start that Gurobi (``InputFile=``) and SCIP (``read``) take, or a reference
     solution. ``aggregate_identical`` must match the model file's."""
     instance = schedule.instance
-    cls = identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
+    cls = _class_of(instance, aggregate_identical)
     counts: dict[str, int] = {}
     for c, k in zip(cls.tolist(), schedule.start):
         name = f"x_{c}_{k}"
@@ -96,12 +98,13 @@ def write_solution_file(schedule: Schedule, path: str | Path, aggregate_identica
 
 def read_solution_file(path: str | Path) -> dict[str, float]:
     """The ``name value`` pairs of a MIP solution file: Gurobi's ``.sol``, SCIP's ``write solution`` or
-    HiGHS's, and any other that puts one variable per line. Lines that do not start with a name and a number
-    (comments, ``objective value: ...``, headers) are skipped."""
+    HiGHS's, and any other that puts one variable per line. Lines that do not start with a column name
+    (comments, ``objective value: ...``, headers, row values) are skipped, and only a column's first value is
+    kept (HiGHS lists column duals after the primal values)."""
     values = {}
     for line in Path(path).read_text().splitlines():
         parts = line.split()
-        if len(parts) < 2 or not _COLUMN.fullmatch(parts[0]):
+        if len(parts) < 2 or not _COLUMN.fullmatch(parts[0]) or parts[0] in values:
             continue
         try:
             values[parts[0]] = float(parts[1])
@@ -119,10 +122,7 @@ def schedule_from_solution(instance: Instance, values: Mapping[str, float],
     :class:`~.model.InfeasibleScheduleError` if the values are not integers, start a class a wrong number of
     times, or break the model (memory, arrivals): the solver's answer is checked, not trusted.
     """
-    if aggregate_identical:
-        cls = identical_classes(instance)[1]
-    else:
-        cls = np.arange(instance.n)
+    cls = _class_of(instance, aggregate_identical)
     n_classes = int(cls.max()) + 1 if cls.size else 0
     starts: list[list[int]] = [[] for _ in range(n_classes)]
     for name, value in values.items():
@@ -130,13 +130,12 @@ def schedule_from_solution(instance: Instance, values: Mapping[str, float],
         if m is None:
             continue
         c, k = int(m.group(1)), int(m.group(2))
-        count = round(value)
-        if not math.isfinite(value) or abs(value - count) > 1e-6:
-            raise InfeasibleScheduleError(f"column {name} = {value!r} is not an integer")
+        if not math.isfinite(value) or abs(value - round(value)) > 1e-6 or round(value) < 0:
+            raise InfeasibleScheduleError(f"column {name} = {value!r} is not a count (an integer >= 0)")
         if c >= n_classes:
             raise InfeasibleScheduleError(f"column {name} names class {c}, but the instance has {n_classes}; was "
                                           f"the file written with aggregate_identical={not aggregate_identical}?")
-        starts[c] += [k] * count
+        starts[c] += [k] * round(value)
     start = [-1] * instance.n
     for c, ks in enumerate(starts):
         members = np.flatnonzero(cls == c)
@@ -147,3 +146,8 @@ def schedule_from_solution(instance: Instance, values: Mapping[str, float],
             start[i] = k
     check_schedule(instance, start)
     return Schedule(instance, tuple(start), "hindsight")
+
+
+def _class_of(instance: Instance, aggregate_identical: bool) -> np.ndarray:
+    """The class (column group) of every request: its identical class, or itself."""
+    return identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
