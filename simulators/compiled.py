@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from gpusched.perf import ProfiledStepTime, _dtype_bytes
+from gpusched.policy import InstanceView
 from gpusched.workload import Trace
 from simulators.instance import SimulationInvariantError
-from gpusched.policy import InstanceView
 from simulators.results import TIMELINE_COLUMNS, SimResult, requests_frame
 from simulators.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
 from simulators.schedulers import VllmV1Scheduler
@@ -38,17 +38,20 @@ __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
 
 
-def unsupported_reason(trace: Trace, instances, router, hash_own_blocks) -> str | None:
-    """Why the compiled engine cannot run this configuration, or None if it can."""
+def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None) -> str | None:
+    """Why the compiled engine cannot run this configuration, or None if it can. ``schedulers``: the
+    instances' schedulers if the caller has built them already (built here otherwise)."""
     if any(cfg.role != "colocated" for cfg in instances):
         return "it runs colocated instances"
     if not isinstance(router, str) or router.lower() not in ROUTERS:
         return "it runs the routers of simulators.routers given by name"
     first = instances[0]
-    scheduler = first.build_scheduler()
+    if schedulers is None:
+        schedulers = [cfg.build_scheduler() for cfg in instances]
+    scheduler = schedulers[0]
     if type(scheduler) is not VllmV1Scheduler or scheduler.preemption != "recompute":
         return "it runs the vllm-v1 scheduler with recompute preemption"
-    if any(cfg.build_scheduler() != scheduler for cfg in instances[1:]):
+    if any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
     model = first.step_model
     if type(model) is not ProfiledStepTime or model.fmt != "h100":
@@ -80,13 +83,16 @@ def arrival_event_times(arrival_time_s) -> np.ndarray:
 
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
                       record_timeline: bool = True, check_invariants: bool = True,
-                      hash_own_blocks: bool | None = None, progress: bool = False) -> SimResult:
+                      hash_own_blocks: bool | None = None, progress: bool = False,
+                      scheduler: VllmV1Scheduler | None = None) -> SimResult:
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
-    ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it)."""
+    ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it).
+    ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise)."""
     from simulators import compiled_kernel as K  # numba loads (and compiles once) only when needed
 
     first = instances[0]
-    scheduler: VllmV1Scheduler = first.build_scheduler()
+    if scheduler is None:
+        scheduler = first.build_scheduler()
     hashed = scheduler.enable_prefix_caching if hash_own_blocks is None else bool(hash_own_blocks)
     df = trace.df
     prompt = df["prompt_tokens"].to_numpy(np.int64)
@@ -172,7 +178,8 @@ def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     m = model.model
     ip = np.zeros(18, np.int64)
     ip[K.P_LAYERS], ip[K.P_LM_HEAD] = m.num_layers, model.include_lm_head
-    ip[K.P_HIDDEN], ip[K.P_VOCAB], ip[K.P_DTYPE_BYTES] = m.hidden_size, m.vocab_size // model.tp, _dtype_bytes(model.dtype)
+    ip[K.P_HIDDEN], ip[K.P_VOCAB] = m.hidden_size, m.vocab_size // model.tp
+    ip[K.P_DTYPE_BYTES] = _dtype_bytes(model.dtype)
     fp = np.array([model.launch_overhead_s, model.kernel_floor_s, float(model.gpu.dense_bf16_flops_per_s),
                    model.elementwise_bandwidth_bytes_per_s], dtype=float)
     budget = scheduler.max_num_batched_tokens

@@ -121,9 +121,9 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     schedulers = [cfg.build_scheduler() for cfg in instances]
     _check_budgets(schedulers, instances)
     _check_whole_prefills(trace, schedulers)
-    if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks) is None:
+    if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
-                                          hash_own_blocks, progress)
+                                          hash_own_blocks, progress, schedulers[0])
     run = _ServingRun(trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     run.env.process(run.arrivals(progress))
