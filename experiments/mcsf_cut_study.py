@@ -45,7 +45,7 @@ from formulations.mcsf import hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import build_hindsight_arrays, highs_model
 from formulations.mcsf.model import Instance, memory_profile
 
-from .mcsf_synthetic import make_instance
+from .mcsf_synthetic import synthetic_instances
 
 FAMILIES = ("spec", "+sep", "+cliques", "+qsep", "big-int")
 
@@ -176,8 +176,10 @@ def cutting_planes(arrays, separate, rounds: int = 30, time_limit_s: float = 60.
 
 def study(instance: Instance, time_limit_s: float, threads: int | None) -> dict:
     """The bounds of the module docstring for one instance, with the best schedule found."""
-    best = hindsight_optimal(instance, time_limit_s=time_limit_s, solver="cp-sat+highs", threads=threads)
-    upper = mcsf(instance).total_latency
+    sf = mcsf(instance)
+    best = hindsight_optimal(instance, time_limit_s=time_limit_s, solver="cp-sat+highs", threads=threads,
+                             warm_start=sf)
+    upper = sf.total_latency
     spec = build_hindsight_arrays(instance, upper, separation_rows=False)
     sep = build_hindsight_arrays(instance, upper)
     conflict = conflict_matrix(instance, sep)
@@ -197,8 +199,8 @@ def run(n_instances: int = 6, time_limit_s: float = 20.0, threads: int | None = 
         out_dir: str = "results/mcsf_cut_study") -> pd.DataFrame:
     from tqdm import tqdm
 
-    rng = np.random.default_rng(seed)  # the first instances of mcsf_synthetic --scale mid, same seed
-    instances = [make_instance(rng, "all-at-0", "mid") for _ in range(n_instances)]
+    # the first all-at-0 instances of mcsf_synthetic --scale mid, same seed
+    instances = [inst for _, _, inst in itertools.islice(synthetic_instances(seed, n_instances, "mid"), n_instances)]
     df = pd.DataFrame([study(inst, time_limit_s, threads) for inst in tqdm(instances, desc="cut study")])
     gap = df["best"] - df["+sep"]
     for f in ("+cliques", "+qsep", "big-int"):

@@ -27,7 +27,7 @@ from formulations.mcsf import latency_lower_bound, mcsf
 from formulations.mcsf.export import (FORMATS, read_solution_file, schedule_from_solution, write_hindsight_model,
                                       write_solution_file)
 
-from .mcsf_synthetic import SCALES, synthetic_instances
+from .mcsf_synthetic import SCALES, same_instance, synthetic_instances
 
 
 def export(out_dir: str = "results/mcsf_models", scale: str = "paper", n_instances: int = 20, seed: int = 0,
@@ -78,9 +78,7 @@ def score(model_dir: str) -> pd.DataFrame:
         if not sol.exists():
             continue
         expected = index.loc[name]
-        if (expected.n, expected.M, expected.s) != (inst.n, inst.memory, inst.prompt[0]):
-            raise ConfigError(f"{name}: index.csv says n, M, s = {expected.n}, {expected.M}, {expected.s} but the "
-                              f"generator gives {inst.n}, {inst.memory}, {inst.prompt[0]}; re-export")
+        same_instance(expected, inst, "index.csv", "re-export")
         tel = schedule_from_solution(inst, read_solution_file(sol)).total_latency
         rows.append({"name": name, "model": model, "n": inst.n, "M": inst.memory, "mcsf_tel": expected.mcsf_tel,
                      "solver_tel": tel, "ratio": expected.mcsf_tel / tel})

@@ -109,7 +109,7 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     for model, k, inst in tqdm(synthetic_instances(seed, n_inst, scale), total=len(jobs), desc="mcsf synthetic",
                                disable=quick):
         if (model, k) in done:
-            _same_instance(done[(model, k)], inst)
+            same_instance(done[(model, k)], inst, "instances.csv", "cannot resume; choose another --out")
             continue
         t0 = time.perf_counter()
         sf = mcsf(inst)
@@ -149,11 +149,13 @@ def _in_job_order(rows: dict, jobs: list) -> pd.DataFrame:
     return pd.DataFrame([rows[job] for job in jobs if job in rows])
 
 
-def _same_instance(row: dict, inst: Instance) -> None:
+def same_instance(row: dict, inst: Instance, source: str, fix: str) -> None:
+    """Refuse a saved ``row`` (with ``model``, ``instance``, ``n``, ``M``, ``s``) that the generator no longer
+    draws as ``inst``: its results belong to another instance. ``source`` names the file, ``fix`` the remedy."""
     if (row["n"], row["M"], row["s"]) != (inst.n, inst.memory, inst.prompt[0]):
-        raise ConfigError(f"cannot resume: instance {row['model']} #{row['instance']} in the CSV has n, M, s = "
-                          f"{row['n']}, {row['M']}, {row['s']} but the generator now draws {inst.n}, "
-                          f"{inst.memory}, {inst.prompt[0]}; choose another --out")
+        raise ConfigError(f"instance {row['model']} #{row['instance']} in {source} has n, M, s = {row['n']}, "
+                          f"{row['M']}, {row['s']} but the generator now draws {inst.n}, {inst.memory}, "
+                          f"{inst.prompt[0]}; {fix}")
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:

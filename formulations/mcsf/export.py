@@ -27,12 +27,10 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
-
 from gpusched.errors import ConfigError, SolverError
 
-from .hindsight import HindsightArrays, build_hindsight_arrays, highs_model
-from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule, identical_classes
+from .hindsight import HindsightArrays, build_hindsight_arrays, highs_model, request_rows, starts_from_counts
+from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule
 from .online import mcsf
 
 __all__ = ["write_hindsight_model", "write_solution_file", "read_solution_file", "schedule_from_solution"]
@@ -86,9 +84,8 @@ def write_solution_file(schedule: Schedule, path: str | Path, aggregate_identica
     nonzero column: a MIP start that Gurobi (``InputFile=``) and SCIP (``read``) take, or a reference
     solution. ``aggregate_identical`` must match the model file's."""
     instance = schedule.instance
-    cls = _class_of(instance, aggregate_identical)
     counts: dict[str, int] = {}
-    for c, k in zip(cls.tolist(), schedule.start):
+    for c, k in zip(request_rows(instance, aggregate_identical).tolist(), schedule.start):
         name = f"x_{c}_{k}"
         counts[name] = counts.get(name, 0) + 1
     lines = [f"# {schedule.algorithm} schedule, total latency {schedule.total_latency}"]
@@ -122,9 +119,9 @@ def schedule_from_solution(instance: Instance, values: Mapping[str, float],
     :class:`~.model.InfeasibleScheduleError` if the values are not integers, start a class a wrong number of
     times, or break the model (memory, arrivals): the solver's answer is checked, not trusted.
     """
-    cls = _class_of(instance, aggregate_identical)
-    n_classes = int(cls.max()) + 1 if cls.size else 0
-    starts: list[list[int]] = [[] for _ in range(n_classes)]
+    rows = request_rows(instance, aggregate_identical)
+    n_classes = int(rows.max()) + 1 if rows.size else 0
+    columns = []  # (class, round, count)
     for name, value in values.items():
         m = _COLUMN.fullmatch(name)
         if m is None:
@@ -135,19 +132,9 @@ def schedule_from_solution(instance: Instance, values: Mapping[str, float],
         if c >= n_classes:
             raise InfeasibleScheduleError(f"column {name} names class {c}, but the instance has {n_classes}; was "
                                           f"the file written with aggregate_identical={not aggregate_identical}?")
-        starts[c] += [k] * round(value)
-    start = [-1] * instance.n
-    for c, ks in enumerate(starts):
-        members = np.flatnonzero(cls == c)
-        if len(ks) != members.size:
-            raise InfeasibleScheduleError(f"class {c} (requests {members.tolist()}) is started {len(ks)} times "
-                                          f"in the solution, not {members.size}")
-        for i, k in zip(members, sorted(ks)):  # identical requests: any assignment is the same schedule
-            start[i] = k
+        columns.append((c, k, round(value)))
+    col_row, col_start, counts = zip(*columns) if columns else ((), (), ())
+    start = starts_from_counts(instance, rows, col_row, col_start, counts, error=InfeasibleScheduleError)
     check_schedule(instance, start)
-    return Schedule(instance, tuple(start), "hindsight")
+    return Schedule(instance, start, "hindsight")
 
-
-def _class_of(instance: Instance, aggregate_identical: bool) -> np.ndarray:
-    """The class (column group) of every request: its identical class, or itself."""
-    return identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)

@@ -190,15 +190,26 @@ def _expand(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cols, np.arange(cols.size) - first[cols]
 
 
-def _schedule_from_x(instance: Instance, col_req, col_start, x, members) -> tuple[int, ...]:
-    """Start of every request from the column values; ``members[i]``: the requests of row ``i`` of (2)."""
+def request_rows(instance: Instance, aggregate_identical: bool) -> np.ndarray:
+    """The row of (2) of every request: its class of identical requests (:func:`identical_classes`) in the
+    aggregated model, else its own."""
+    return identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
+
+
+def starts_from_counts(instance: Instance, rows: np.ndarray, col_row, col_start, counts,
+                       error: type[Exception] = SolverError, advice: str = "") -> tuple[int, ...]:
+    """Start of every request from integer column values: column ``j`` starts ``counts[j]`` requests of row
+    ``col_row[j]`` (:func:`request_rows`) at round ``col_start[j]``. Raises ``error`` (message ending in
+    ``advice``) if a row is started a number of times other than its size."""
+    col_row, col_start, counts = (np.asarray(v, dtype=np.int64) for v in (col_row, col_start, counts))
     start = [-1] * instance.n
-    for i, reqs in enumerate(members):
-        cols = np.flatnonzero(col_req == i)
-        starts = np.repeat(col_start[cols], np.rint(x[cols]).astype(np.int64).clip(min=0))
-        if starts.size != len(reqs):
-            raise SolverError(f"the solver's solution starts {starts.size} of the {len(reqs)} identical requests "
-                              f"{list(reqs)}; report this instance")
+    for i in range(int(rows.max()) + 1 if rows.size else 0):
+        reqs = np.flatnonzero(rows == i)
+        on_row = col_row == i
+        starts = np.sort(np.repeat(col_start[on_row], counts[on_row]))
+        if starts.size != reqs.size:
+            raise error(f"class {i} (requests {reqs.tolist()}) is started {starts.size} times in the solution, "
+                        f"not {reqs.size}{advice}")
         for j, k in zip(reqs, starts):  # identical requests: any assignment of the starts is the same schedule
             start[j] = int(k)
     return tuple(start)
@@ -381,8 +392,7 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     if solver == "cp-sat+highs":
         return _hindsight_portfolio(instance, time_limit_s, threads, msg, warm, aggregate_identical, separation)
     arrays = build_hindsight_arrays(instance, ub, aggregate=aggregate_identical, separation_rows=separation)
-    rows = identical_classes(instance)[1] if aggregate_identical else np.arange(instance.n)
-    members = [np.flatnonzero(rows == i) for i in range(arrays.count.size)]
+    rows = request_rows(instance, aggregate_identical)
     build_s = time.perf_counter() - t0
     col_req, col_start = arrays.col_req, arrays.col_start
     if backend == "highspy":
@@ -391,7 +401,8 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
         t1 = time.perf_counter()
         x, term, bound, elapsed = _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm)
         elapsed = time.perf_counter() - t1  # PuLP's model building happens here too
-    start = _schedule_from_x(instance, col_req, col_start, x, members)
+    start = starts_from_counts(instance, rows, col_req, col_start, np.rint(x).astype(np.int64).clip(min=0),
+                               advice="; report this instance")
     # HiGHS-direct runs use an absolute gap < 1, so its "optimal" is exact; via PuLP the default relative gap
     # applies, so optimality is only claimed when the bound proves it (in _result).
     size = (int(col_req.size), int(arrays.row_upper.size + arrays.count.size), int(arrays.indptr[-1] + col_req.size))
