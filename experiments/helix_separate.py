@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from experiments.helix_setup import gpu_latency, node_settings
 from gpusched.errors import UnknownNameError
-from simulators.pipeline_spec import PipelineCluster, PipelineLink, PipelineNode
+from simulators.pipeline.spec import PipelineCluster, PipelineLink, PipelineNode
 
 LINK = PipelineLink(1e9, 1e-3)
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from formulations.helix import DATA_DIR, HELIX_MODELS, read_cluster_ini
 from gpusched.errors import ConfigError, UnknownNameError
-from simulators.pipeline_spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode, load_layer_latency
+from simulators.pipeline.spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode, load_layer_latency
 
 LATENCY_DIR = DATA_DIR / "latency"
 

@@ -75,7 +75,7 @@ from gpusched.errors import ConfigError, KVCacheOverflowError  # noqa: E402
 from gpusched.policy import PipelineStage  # noqa: E402
 from gpusched.workload import Trace, load_trace  # noqa: E402
 from simulators.pipeline import simulate_pipeline  # noqa: E402
-from simulators.pipeline_routers import FixedPipelineRouter  # noqa: E402
+from simulators.pipeline.routers import FixedPipelineRouter  # noqa: E402
 
 OUT = Path("results/helix_throughput")
 CLUSTERS = {  # cluster file, published layouts, paper's online Helix rate (tokens/s)

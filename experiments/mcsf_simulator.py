@@ -1,7 +1,7 @@
 """MC-SF as an online policy in the SimPy serving simulator vs the vLLM V1-like scheduler.
 
 Setup: the bundled Azure LLM inference 2023 conversation trace (``azure-conv-2023``; quick mode: its first 500
-requests) on one Llama-3-8B instance with the H100 profile (``simulators.build.build_instances``: profiled step
+requests) on one Llama-3-8B instance with the H100 profile (``simulators.serving.build.build_instances``: profiled step
 times, KV blocks from the H100's memory), at a few load levels (``trace.scale_rate(f)``: arrival rate x f).
 Schedulers: :class:`formulations.mcsf.McsfScheduler` (oracle output predictions, whole-prompt prefill,
 8192-token step budget), the same with FCFS order (MC-Benchmark, the paper's baseline), ``vllm-v1`` with its
@@ -27,7 +27,7 @@ import pandas as pd
 
 from formulations.mcsf import PAPER_MEMORY_TOKENS, McsfScheduler
 from gpusched.workload import load_trace
-from simulators.build import build_instances
+from simulators.serving.build import build_instances
 from simulators.serving import simulate
 
 # memory regime -> (KV tokens or None for the H100's own capacity, arrival-rate factors)

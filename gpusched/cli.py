@@ -75,7 +75,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     import time
 
     from gpusched.workload import load_trace
-    from simulators.build import build_instances
+    from simulators.serving.build import build_instances
 
     args.profile = args.profile or None
     from simulators.serving import simulate
@@ -107,7 +107,7 @@ def cmd_validate_vllm(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gpusched.paths import resolve_bench, resolve_profile
-    from simulators.vllm_replay import replay
+    from simulators.serving.vllm_replay import replay
 
     table, result = replay(resolve_bench(args.bench_dir), resolve_profile(args.profile))
     out = Path(args.out)
@@ -122,7 +122,7 @@ def cmd_validate_vllm(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Simulator speed on the bundled Azure conversation trace: requests per wall-second."""
-    from simulators.bench import run_bench
+    from simulators.serving.bench import run_bench
 
     run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline)
     return 0

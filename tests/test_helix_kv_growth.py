@@ -10,7 +10,7 @@ from gpusched.errors import ConfigError, KVCacheOverflowError
 from gpusched.policy import KVExpectingRouter, PipelineStage
 from gpusched.workload import Trace
 from simulators.pipeline import simulate_pipeline
-from simulators.pipeline_spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode
+from simulators.pipeline.spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode
 
 LIN = LayerLatency((0, 100), (0.0, 0.1), (0, 10), (0.0, 0.01))  # 1 ms per token per layer
 

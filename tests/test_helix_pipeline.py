@@ -13,7 +13,7 @@ from gpusched.errors import ConfigError, ProfileError
 from gpusched.policy import PipelineStage
 from gpusched.workload import Trace
 from simulators.pipeline import simulate_pipeline
-from simulators.pipeline_spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode
+from simulators.pipeline.spec import LayerLatency, PipelineCluster, PipelineLink, PipelineNode
 
 # P(x) = 1 ms per prompt token per layer, D(x) = 1 ms per decode token per layer (both linear)
 LIN = LayerLatency((0, 100), (0.0, 0.1), (0, 10), (0.0, 0.01))

@@ -9,7 +9,7 @@ from experiments.helix_separate import chain_cluster, separate_chains
 from gpusched.policy import PipelineRouter, PipelineStage
 from gpusched.workload import Trace
 from simulators.pipeline import simulate_pipeline
-from simulators.pipeline_routers import FixedPipelineRouter
+from simulators.pipeline.routers import FixedPipelineRouter
 
 
 def test_single24_sp_layouts_follow_the_artifact():

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from gpusched.errors import ConfigError
 from gpusched.perf import ProfiledStepTime, RooflineStepTime
 from gpusched.workload import Trace, load_trace
-from simulators.compiled import arrival_event_times, simulate_compiled, unsupported_reason
+from simulators.compiled.driver import arrival_event_times, simulate_compiled, unsupported_reason
 from simulators.serving import InstanceConfig, simulate
 
 
@@ -151,7 +151,7 @@ def test_an_empty_trace_gives_an_empty_result():
 
 
 def test_a_run_paused_for_progress_updates_gives_the_same_results(monkeypatch):
-    import simulators.compiled as compiled
+    import simulators.compiled.driver as compiled
 
     trace = load_trace("azure-conv-2023").head(300).scale_rate(3.0)
     instances = [InstanceConfig(_h100(), 600, 16, "vllm-v1")] * 2

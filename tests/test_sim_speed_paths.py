@@ -105,7 +105,7 @@ def test_a_run_ending_in_a_finish_hands_on_to_the_next_run_without_the_scheduler
     are done, and per-request results equal step mode's."""
     import pandas as pd
 
-    from simulators.schedulers import VllmV1Scheduler
+    from simulators.serving.schedulers import VllmV1Scheduler
     from simulators.serving import simulate
 
     class Counting(VllmV1Scheduler):
@@ -128,7 +128,7 @@ def test_a_decode_plan_out_of_running_order_gives_step_mode_results():
     """A scheduler may list a plan's sequences in any order: fast mode must still equal step mode."""
     import pandas as pd
 
-    from simulators.schedulers import VllmV1Scheduler
+    from simulators.serving.schedulers import VllmV1Scheduler
     from simulators.serving import simulate
 
     class NewestFirstWhileWaiting(VllmV1Scheduler):

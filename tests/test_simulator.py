@@ -255,7 +255,7 @@ def test_vllm_replay_meets_the_acceptance_bar():
     GPU's layerwise profile: the mean absolute error over TTFT/TPOT/latency x (mean, p50, p90, p95, p99)
     must be <= 5 % (issue acceptance). The measured numbers are the engine's own timestamps."""
     from gpusched.paths import resolve_bench, resolve_profile
-    from simulators.vllm_replay import replay
+    from simulators.serving.vllm_replay import replay
 
     table, result = replay(resolve_bench("vllm-rtx4090"), resolve_profile("rtx4090"))
     assert list(table.columns) == ["metric", "stat", "measured", "simulated", "error_pct"]
@@ -268,7 +268,7 @@ def test_vllm_replay_meets_the_acceptance_bar():
 
 
 def test_block_hash_slices_match_elementwise_definition():
-    from simulators.prefix import SessionBlockHashes, TraceBlockHashes
+    from simulators.serving.prefix import SessionBlockHashes, TraceBlockHashes
 
     for hashes in (TraceBlockHashes([5, 6, 7], 64, 16, 170), SessionBlockHashes(3, 100, 16)):
         ref = [hashes._at(b) for b in range(len(hashes))]

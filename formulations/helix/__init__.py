@@ -2,8 +2,8 @@
 from .problem import (DATA_DIR, HELIX_MODELS, HelixModel, HelixProblem, load_helix_placement,
                       load_helix_problem, load_throughput_table, read_cluster_ini)
 from .flow import FlowResult, chaining_arcs, max_flow
-from .milp import (PlacementModel, PlacementResult, build_placement_model, interchangeable_classes,
-                   prune_links, solve_placement)
+from .result import PlacementResult
+from .milp import PlacementModel, build_placement_model, interchangeable_classes, prune_links, solve_placement
 from .chain import chain_placement, fast_link_regions
 from .regional import regional_chain_placement
 from .heuristics import HEURISTICS, heuristic_placement, heuristic_result, petals_placement, swarm_placement

@@ -29,7 +29,8 @@ import numpy as np
 
 from ._highs import ModelBuilder, solve as _solve
 from .flow import flow_value_or_zero, max_flow
-from .milp import PlacementResult, interchangeable_classes
+from .milp import interchangeable_classes
+from .result import PlacementResult
 from .problem import HelixProblem, Node, Placement
 
 

@@ -17,7 +17,7 @@ from gpusched.errors import ConfigError, UnknownNameError
 
 from .chain import chain_placement
 from .flow import max_flow
-from .milp import PlacementResult
+from .result import PlacementResult
 from .problem import HelixProblem, Node
 from .regional import regional_chain_placement
 

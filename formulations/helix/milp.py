@@ -38,7 +38,10 @@ from gpusched.errors import ConfigError
 
 from ._highs import ModelBuilder, solve as _solve
 from .flow import SINK, SOURCE, flow_value_or_zero, max_flow
+from .heuristics import heuristic_placement
+from .optimality import prove_optimal
 from .problem import HelixProblem, Node, Placement, _sort_key
+from .result import PlacementResult
 
 
 # ------------------------------------------------------------------------------------------ pruning
@@ -230,31 +233,6 @@ def build_placement_model(problem: HelixProblem, *, valid_cut: bool = False, tig
 
 
 # ------------------------------------------------------------------------------------------ solve
-@dataclass
-class PlacementResult:
-    """Outcome of a placement solve.
-
-    ``placement`` ``{node: (start, end)}``; ``objective`` the incumbent's flow in tokens/s (re-evaluated with
-    :func:`max_flow` on the solved graph); ``upper_bound`` the best proven bound in tokens/s (min of the
-    solver's dual bound and ``UB = Σ max_k k T_i(k) / L``); ``gap = (upper_bound - objective) / upper_bound``;
-    ``status`` HiGHS's own model status (``"optimal"`` only if HiGHS proved it; ``"time_limit"`` otherwise,
-    ``"heuristic"`` for placements not from a solver); ``solve_time_s`` wall time of the solve.
-    """
-
-    placement: dict[Node, tuple[int, int]]
-    objective: float
-    upper_bound: float
-    status: str
-    solve_time_s: float
-    gap: float
-    model_size: tuple[int, int, int] | None = None  # rows, cols, nonzeros
-    solver_objective: float | None = None
-    method: str = "milp"
-    extra: dict = field(default_factory=dict)
-    #: with ``solve_placement(..., prove=True)``: an :class:`~formulations.helix.optimality.OptimalityProof`
-    #: of the incumbent (``proof.status == "optimal"`` certifies it within ``proof.epsilon_tokens_per_s``,
-    #: even when ``status`` is HiGHS's ``"time_limit"``)
-    proof: object | None = None
 
 
 def solve_placement(problem: HelixProblem, time_limit_s: float, warm_start: Placement | str | None = None,
@@ -273,9 +251,6 @@ def solve_placement(problem: HelixProblem, time_limit_s: float, warm_start: Plac
     ``res.proof`` and its bound tightens ``upper_bound`` and ``gap``. ``status`` stays HiGHS's own.
     Raises :class:`~gpusched.errors.SolverTimeoutError` if no placement is found in time.
     """
-    from .heuristics import heuristic_placement  # local: heuristics import this module's result type
-    from .optimality import prove_optimal  # local: optimality imports nothing from here, keep it that way
-
     t0 = time.perf_counter()
     model_problem = prune_links(problem, prune_top_k) if prune_top_k else problem
     pm = build_placement_model(model_problem, valid_cut=valid_cut, tight_big_m=tight_big_m,

@@ -16,7 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from gpusched.errors import ConfigError, UnknownNameError
+from gpusched import registry
+from gpusched.errors import ConfigError
 from gpusched.policy import InstanceView, SeqState
 
 
@@ -75,14 +76,19 @@ ROUTERS = {
     "least-outstanding-tokens": LeastOutstandingTokensRouter,
     "kv-aware": KvAwareRouter,
 }
+_SUMMARIES = {
+    "round-robin": "entry instances in turn",
+    "random": "an entry instance uniformly at random (seeded by the run's seed)",
+    "least-outstanding-tokens": "the instance with the fewest prompt + output tokens still to process",
+    "kv-aware": "the instance with the lowest KV utilisation, then the fewest waiting",
+}
+for _name, _cls in ROUTERS.items():
+    registry.register("router", _name,
+                      (lambda context, **knobs: RandomRouter(seed=context.seed, **knobs)) if _cls is RandomRouter
+                      else (lambda context, _cls=_cls, **knobs: _cls(**knobs)),
+                      _SUMMARIES[_name], "simulators.serving.routers")
 
 
-def make_router(name: str, seed: int = 0):
-    """Build a registered router by name; ``seed`` feeds the random one."""
-    try:
-        cls = ROUTERS[name.lower()]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown router {name!r}; choose one of {', '.join(ROUTERS)} "
-            f"(or pass an object implementing gpusched.policy.Router)") from None
-    return cls(seed=seed) if cls is RandomRouter else cls()
+def make_router(name: str, seed: int = 0, context: registry.BuildContext | None = None, **knobs):
+    """Build a registered router by name (the baselines above or a paper's); ``seed`` feeds random ones."""
+    return registry.build("router", name, context or registry.BuildContext(seed=seed), **knobs)

@@ -25,8 +25,8 @@ import pandas as pd
 from gpusched.errors import ProfileError, TraceError
 from gpusched.perf import ProfiledStepTime
 from gpusched.workload import load_trace
-from simulators.schedulers import VllmV1Scheduler
-from simulators.serving import InstanceConfig, simulate
+from simulators.serving.schedulers import VllmV1Scheduler
+from simulators.serving.run import InstanceConfig, simulate
 
 STATS = ("mean", "p50", "p90", "p95", "p99")
 METRICS = ("ttft", "tpot", "latency")
@@ -74,7 +74,7 @@ def replay(bench_dir: str | Path, profile_dir: str | Path, **scheduler_overrides
     """Replay the measured run in ``bench_dir`` with the step-time model of ``profile_dir``.
 
     Returns ``(table, result)``: the comparison table (columns ``metric, stat, measured, simulated,
-    error_pct``; seconds) and the simulation's :class:`~simulators.results.SimResult`.
+    error_pct``; seconds) and the simulation's :class:`~simulators.serving.results.SimResult`.
     """
     settings = read_engine_settings(bench_dir)
     requests_path = Path(bench_dir) / "vllm" / "requests.jsonl"

@@ -4,7 +4,7 @@ One Llama-3-8B instance on an H100 (our H100 profile), vLLM V1-like scheduler. P
 wall-second and simulated-over-wall time, for the trace once and repeated back to back, so that the
 cost's growth with trace length can be read off (it should be linear).
 
-    python -m simulators.bench    # or: gpusched bench [--repeats 1,10] [--mode fast|simpy|step] [--baseline simpy|step|none]
+    python -m simulators.serving.bench    # or: gpusched bench [--repeats 1,10] [--mode fast|simpy|step] [--baseline simpy|step|none]
 
 ``fast`` runs this configuration on the compiled engine (:mod:`simulators.compiled`); numba compiles it
 once per machine and caches it on disk, so the first run prints the compile (or cache load) time
@@ -21,8 +21,8 @@ from __future__ import annotations
 import time
 
 from gpusched.workload import load_trace
-from simulators.build import build_instances
-from simulators.serving import simulate
+from simulators.serving.build import build_instances
+from simulators.serving.run import simulate
 
 
 def run_bench(repeats=(1, 10), mode: str = "fast", trace_name: str = "azure-conv-2023",

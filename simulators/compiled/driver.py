@@ -1,7 +1,7 @@
 """A compiled engine for the configurations sweeps use most: colocated vLLM V1-like instances.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
-returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled_kernel`, compiled
+returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled.kernel`, compiled
 by numba on first use and cached on disk) is a transcription of the SimPy engine's step mode on flat
 arrays: the same scheduler rules, block manager and step prices, float operations in the same order,
 and arrivals seen at the same SimPy times, so its per-request results and timeline are identical to
@@ -13,7 +13,7 @@ account), so it serves about 2,700 requests per wall-second on the bundled Azure
 thousands of configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
-block size (KV capacities may differ), behind any router of :mod:`simulators.routers` given by name;
+block size (KV capacities may differ), behind any router of :mod:`simulators.serving.routers` given by name;
 the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
 caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
 op-table format; traces without prefix-block ids or sessions (with prefix caching each request's
@@ -28,10 +28,10 @@ import pandas as pd
 from gpusched.perf import ProfiledStepTime, _dtype_bytes
 from gpusched.policy import InstanceView
 from gpusched.workload import Trace
-from simulators.instance import SimulationInvariantError
-from simulators.results import TIMELINE_COLUMNS, SimResult, requests_frame
-from simulators.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
-from simulators.schedulers import VllmV1Scheduler
+from simulators.serving.instance import SimulationInvariantError
+from simulators.serving.results import TIMELINE_COLUMNS, SimResult, requests_frame
+from simulators.serving.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
+from simulators.serving.schedulers import VllmV1Scheduler
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
@@ -44,10 +44,10 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if any(cfg.role != "colocated" for cfg in instances):
         return "it runs colocated instances"
     if not isinstance(router, str) or router.lower() not in ROUTERS:
-        return "it runs the routers of simulators.routers given by name"
+        return "it runs the routers of simulators.serving.routers given by name"
     first = instances[0]
     if schedulers is None:
-        schedulers = [cfg.build_scheduler() for cfg in instances]
+        schedulers = [cfg.build_scheduler(trace) for cfg in instances]
     scheduler = schedulers[0]
     if type(scheduler) is not VllmV1Scheduler or scheduler.preemption != "recompute":
         return "it runs the vllm-v1 scheduler with recompute preemption"
@@ -88,11 +88,11 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
     ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it).
     ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise)."""
-    from simulators import compiled_kernel as K  # numba loads (and compiles once) only when needed
+    from simulators.compiled import kernel as K  # numba loads (and compiles once) only when needed
 
     first = instances[0]
     if scheduler is None:
-        scheduler = first.build_scheduler()
+        scheduler = first.build_scheduler(trace, seed)
     hashed = scheduler.enable_prefix_caching if hash_own_blocks is None else bool(hash_own_blocks)
     df = trace.df
     prompt = df["prompt_tokens"].to_numpy(np.int64)
@@ -173,7 +173,7 @@ def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
 
 
 def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
-    from simulators import compiled_kernel as K
+    from simulators.compiled import kernel as K
 
     m = model.model
     ip = np.zeros(18, np.int64)

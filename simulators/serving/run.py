@@ -1,8 +1,8 @@
 """Serving a trace on a set of instances: arrivals, routing, and the results tables.
 
-``simulate(trace, instances, router=...)`` builds one :class:`~simulators.instance.InstanceEngine` per
+``simulate(trace, instances, router=...)`` builds one :class:`~simulators.serving.instance.InstanceEngine` per
 :class:`InstanceConfig`, releases the trace's requests at their arrival times, routes each through the
-router, runs SimPy to the end, and returns a :class:`~simulators.results.SimResult`.
+router, runs SimPy to the end, and returns a :class:`~simulators.serving.results.SimResult`.
 
 Event order at equal times is fixed so that runs are reproducible: an arrival at time t is routed
 before any instance starts the step that begins at t, so that step can already schedule it.
@@ -23,13 +23,14 @@ from gpusched.hardware import LinkSpec
 from gpusched.kvcache import BlockManager
 from gpusched.perf import StepTimeModel
 from gpusched.policy import BatchScheduler, Router, SeqState
+from gpusched.registry import BuildContext
 from gpusched.workload import Trace
-from simulators import compiled
-from simulators.instance import InstanceEngine
-from simulators.prefix import SessionBlockHashes, TraceBlockHashes
-from simulators.results import SimResult
-from simulators.routers import make_router
-from simulators.schedulers import make_scheduler
+from simulators.compiled import driver as compiled
+from simulators.serving.instance import InstanceEngine
+from simulators.serving.prefix import SessionBlockHashes, TraceBlockHashes
+from simulators.serving.results import SimResult
+from simulators.serving.routers import make_router
+from simulators.serving.schedulers import make_scheduler
 
 ROLES = ("colocated", "prefill", "decode")
 MODES = ("fast", "simpy", "step")
@@ -42,7 +43,8 @@ class InstanceConfig:
     step_model : the step-time model of this instance's model, GPU kind and TP degree.
     num_kv_blocks : KV capacity in blocks (from :func:`gpusched.kvcache.kv_capacity`, or an engine's
         measured block count when replaying a real run).
-    scheduler : a registered scheduler name (a fresh scheduler per instance and run) or a
+    scheduler : a registered scheduler name (:mod:`gpusched.registry`; a fresh scheduler per instance and
+        run, told the trace and this instance) or a
         :class:`~gpusched.policy.BatchScheduler` object, used as given: give each instance its own if
         the scheduler keeps state.
     scheduler_knobs : keyword arguments for a scheduler given by name.
@@ -72,9 +74,13 @@ class InstanceConfig:
     def kv_capacity_tokens(self) -> int:
         return self.num_kv_blocks * self.block_size_tokens
 
-    def build_scheduler(self) -> BatchScheduler:
+    def build_scheduler(self, trace: Trace | None = None, seed: int = 0) -> BatchScheduler:
+        """The instance's scheduler for one run over ``trace`` (a registered name is built fresh, told the
+        trace and this instance through a :class:`~gpusched.registry.BuildContext`)."""
         if isinstance(self.scheduler, str):
-            return make_scheduler(self.scheduler, **self.scheduler_knobs)
+            context = BuildContext(trace=trace, step_model=self.step_model, num_kv_blocks=self.num_kv_blocks,
+                                   block_size_tokens=self.block_size_tokens, seed=seed)
+            return make_scheduler(self.scheduler, context, **self.scheduler_knobs)
         return self.scheduler
 
 
@@ -118,7 +124,7 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         raise ConfigError("no instances to simulate; pass at least one InstanceConfig")
     _check_roles(instances)
     _check_servable(trace, instances)
-    schedulers = [cfg.build_scheduler() for cfg in instances]
+    schedulers = [cfg.build_scheduler(trace, seed) for cfg in instances]
     _check_budgets(schedulers, instances)
     _check_whole_prefills(trace, schedulers)
     if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:

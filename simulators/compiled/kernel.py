@@ -21,12 +21,12 @@ import math
 import numpy as np
 from numba import njit
 
-# kernel exit codes (see simulators.compiled._raise_for)
+# kernel exit codes (see simulators.compiled.driver._raise_for)
 OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
 # integer parameters, by position in ``ip``
 (P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK) = range(18)
-# routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.routers
+# routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp``
 F_LAUNCH, F_FLOOR, F_FLOPS, F_BW = range(4)
@@ -323,7 +323,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     timeline)``.
 
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
-    engine (see :func:`simulators.compiled.arrival_event_times`); ``route[r]``: its instance when the
+    engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
     ``k``'s KV blocks. ``code`` is :data:`OK`, :data:`PAUSED` or the broken invariant (``culprit``: the
     request, or -1). ``timeline`` (grown and returned as needed) gets one row per step: time, instance,

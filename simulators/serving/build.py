@@ -9,7 +9,7 @@ from gpusched.kvcache import kv_capacity
 from gpusched.llm import get_model
 from gpusched.paths import BUNDLED_PROFILES
 from gpusched.perf import ProfiledStepTime, RooflineStepTime
-from simulators.serving import InstanceConfig
+from simulators.serving.run import InstanceConfig
 
 # The GPU each bundled profile was measured on (its KV capacity comes from this GPU's memory).
 PROFILE_GPU = {"h100": "H100-80GB", "rtx4090": "RTX-4090", "rtxpro6000": "RTX-PRO-6000"}

@@ -22,7 +22,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from gpusched.errors import ConfigError, UnknownNameError
+from gpusched import registry
+from gpusched.errors import ConfigError
 from gpusched.kvcache import BlockManager
 from gpusched.policy import SeqState, StepPlan
 
@@ -337,18 +338,18 @@ SCHEDULERS = {
     "sarathi": SarathiScheduler,
     "static": StaticBatchScheduler,
 }
+_SUMMARIES = {
+    "vllm-v1": "vLLM V1: running first, chunked prefill, FCFS admission, recompute (or swap) preemption",
+    "vllm-v0": "vLLM V0 default: whole-prompt prefill steps first, else decode steps",
+    "sarathi": "Sarathi-Serve: stall-free batching, decodes then chunked prefills within a token budget",
+    "static": "static batching (FasterTransformer-like): a batch forms only when the instance is idle",
+}
+for _name, _cls in SCHEDULERS.items():
+    registry.register("scheduler", _name, lambda context, _cls=_cls, **knobs: _cls(**knobs), _SUMMARIES[_name],
+                      "simulators.serving.schedulers")
 
 
-def make_scheduler(name: str, **knobs):
-    """Build a registered scheduler by name (``vllm-v1``, ``vllm-v0``, ``sarathi``, ``static``)."""
-    try:
-        cls = SCHEDULERS[name.lower()]
-    except KeyError:
-        raise UnknownNameError(
-            f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)} "
-            f"(or pass an object implementing gpusched.policy.BatchScheduler)"
-        ) from None
-    try:
-        return cls(**knobs)
-    except TypeError as err:
-        raise ConfigError(f"scheduler {name!r} does not take these knobs {sorted(knobs)}: {err}") from None
+def make_scheduler(name: str, context: registry.BuildContext | None = None, **knobs):
+    """Build a registered scheduler by name: the baselines above, or a paper's policy registered in
+    :mod:`gpusched.registry` (``gpusched policies`` lists them). ``context`` tells it the run it serves."""
+    return registry.build("scheduler", name, context, **knobs)

@@ -1,8 +1,8 @@
 """A pipelined serving engine: each node runs its layer range, requests travel their own pipeline (Helix §1.c-7).
 
-``simulate_pipeline(cluster, router, trace, mode=...)`` runs a :class:`~simulators.pipeline_spec.PipelineCluster`
+``simulate_pipeline(cluster, router, trace, mode=...)`` runs a :class:`~simulators.pipeline.spec.PipelineCluster`
 with a :class:`~gpusched.policy.PipelineRouter` and returns a
-:class:`~simulators.pipeline_results.PipelineResult`.
+:class:`~simulators.pipeline.results.PipelineResult`.
 
 How a request moves:
 
@@ -70,8 +70,8 @@ from gpusched.errors import ConfigError, KVCacheOverflowError
 from gpusched.policy import PipelineNodeView, PipelineRouter, PipelineStage, SeqState
 from gpusched.workload import Trace
 
-from simulators.pipeline_results import PipelineResult, build_result
-from simulators.pipeline_spec import SINK, SOURCE, PipelineCluster
+from simulators.pipeline.results import PipelineResult, build_result
+from simulators.pipeline.spec import SINK, SOURCE, PipelineCluster
 
 MODES = ("online", "offline")
 KV_MODES = ("grow", "reserve")
