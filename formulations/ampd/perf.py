@@ -24,7 +24,9 @@ backends are offered, both built from a :class:`gpusched.perf.StepTimeModel` (ro
       T_dec(b, C) = α + β_seq b + β_ctx C                             (C = Σ context of the batch)
 
   with non-negative coefficients (so the fit never gets faster with more work), sampled from the step
-  model on a grid. :meth:`PiecewiseAlphaBeta.fit_error` measures it against the step model off the grid.
+  model on a grid, with breakpoints placed by bisection where the source bends.
+  :meth:`PiecewiseAlphaBeta.fit_error` measures it against the step model off the grid (rooflines: under
+  1 % everywhere; the H100 profile: 2-7 % mean, the profile's own tables being jagged).
 
 :class:`PerfModel` holds one backend per worker (any hashable key: a worker name, a TP degree) and the
 links between workers, and answers the three functions; it is the cost model that
@@ -140,6 +142,34 @@ def _span(lo: int, hi: int, n: int) -> np.ndarray:
     return np.unique(np.rint(np.geomspace(lo, hi, n)).astype(np.int64))
 
 
+def _piecewise(fit_segment, value_range, breakpoints, tolerance_pct, max_segments, what):
+    """(breakpoints, coefficient rows): fixed ``breakpoints``, or bisection of ``value_range`` (see
+    :meth:`PiecewiseAlphaBeta.fit`). ``fit_segment(lo, hi) -> (coefficients, max miss %)``."""
+    if breakpoints is not None:
+        bp = _segments(breakpoints, what)
+        return bp, tuple(fit_segment(lo, hi)[0] for lo, hi in zip(bp, bp[1:]))
+    lo, hi = _segments(value_range, what + "_range")
+    if len(value_range) != 2:
+        raise ConfigError(f"{what}_range must be a (low, high) pair, got {value_range!r}")
+    fits = {(lo, hi): fit_segment(lo, hi)}
+    final = set()  # segments whose split did not help: the miss is along the other axis, or noise
+    while len(fits) < max_segments:
+        splittable = [(err, seg) for seg, (_, err) in fits.items()
+                      if err > tolerance_pct and seg[1] - seg[0] >= 2 and seg not in final]
+        if not splittable:
+            break
+        err, (a, b) = max(splittable)
+        mid = min(max(int(round(math.sqrt(a * b))), a + 1), b - 1)
+        left, right = fit_segment(a, mid), fit_segment(mid, b)
+        if min(left[1], right[1]) > 0.9 * err:
+            final.add((a, b))
+            continue
+        del fits[(a, b)]
+        fits[(a, mid)], fits[(mid, b)] = left, right
+    segments = sorted(fits)
+    return (tuple(a for a, _ in segments) + (segments[-1][1],), tuple(fits[seg][0] for seg in segments))
+
+
 @dataclass(frozen=True)
 class PiecewiseAlphaBeta:
     """Fitted T_pre and T_dec (form in the module docstring). Build it with :meth:`fit`.
@@ -171,46 +201,55 @@ class PiecewiseAlphaBeta:
         return np.column_stack([np.ones_like(b), b, c])
 
     @classmethod
-    def fit(cls, source: WorkerTimes | StepTimeModel,
-            incr_breakpoints: Sequence[int] = (1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
-            hist_points: Sequence[int] = (0, 1024, 4096, 16384, 32768),
-            batch_breakpoints: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128, 256),
-            context_points: Sequence[int] = (256, 1024, 4096, 8192),
-            samples_per_segment: int = 8) -> "PiecewiseAlphaBeta":
-        """Fit to ``source`` on a grid: per prefill segment, ``samples_per_segment`` new-token counts
-        (geometric) x ``hist_points``; per decode segment, batch sizes x per-sequence ``context_points``.
+    def fit(cls, source: WorkerTimes | StepTimeModel, incr_range: tuple[int, int] = (1, 16384),
+            hist_points: Sequence[int] = (0, 1024, 4096, 16384, 32768), batch_range: tuple[int, int] = (1, 256),
+            context_points: Sequence[int] = (256, 1024, 4096, 8192), tolerance_pct: float = 1.0,
+            max_segments: int = 24, samples_per_segment: int = 8,
+            incr_breakpoints: Sequence[int] | None = None,
+            batch_breakpoints: Sequence[int] | None = None) -> "PiecewiseAlphaBeta":
+        """Fit to ``source``. Per prefill segment [lo, hi] of new tokens the samples are ``samples_per_segment``
+        counts (geometric) x ``hist_points``; per decode segment, batch sizes x per-sequence ``context_points``.
 
-        Defaults span the H100 profile's measured range (prefill up to 16k new tokens, cached up to 32k,
-        decode batches up to 256 at contexts up to 8k), so a profiled source is fitted where it was measured.
+        Breakpoints [R]: unless given, found by bisection -- start from one segment over ``incr_range``
+        (``batch_range``) and split, at its geometric midpoint, the segment whose samples the fit misses most,
+        while that miss exceeds ``tolerance_pct`` and there are fewer than ``max_segments``. This puts
+        breakpoints where the source bends (a GEMM turning compute-bound, a profile's grid) on any GPU. A split
+        after which *both* halves still miss by 90 % of the whole is undone and the segment kept: the miss is
+        not localised in new tokens (it lies along the history or context axis, or is a profile's noise).
+        Defaults span the H100 profile's measured range (16k new tokens over up to 32k cached, decode
+        batches up to 256 at contexts up to 8k).
         """
         times = source if isinstance(source, WorkerTimes) else StepTimes(source)
-        ibp = _segments(incr_breakpoints, "incr")
-        bbp = _segments(batch_breakpoints, "batch")
         hs = [_tokens("hist_points", h) for h in hist_points]
         cs = [_tokens("context_points", c) for c in context_points]
         if not hs or not cs or samples_per_segment < 2:
             raise ConfigError("fit needs hist_points, context_points and samples_per_segment >= 2")
-        pre = []
-        for lo, hi in zip(ibp, ibp[1:]):
-            pts = [(h, m) for m in _span(lo, hi, samples_per_segment) for h in hs]
-            pre.append(cls._nnls(cls._prefill_features(*zip(*pts)),
-                                 [times.prefill_time_s(h, int(m)) for h, m in pts]))
-        dec = []
-        for lo, hi in zip(bbp, bbp[1:]):
-            pts = [(b, b * c) for b in _span(lo, hi, samples_per_segment) for c in cs]
-            dec.append(cls._nnls(cls._decode_features(*zip(*pts)),
-                                 [times.decode_time_s(int(b), int(c)) for b, c in pts]))
-        return cls(ibp, tuple(pre), bbp, tuple(dec))
+        if not (isinstance(tolerance_pct, (int, float)) and tolerance_pct > 0) or max_segments < 1:
+            raise ConfigError(f"fit needs tolerance_pct > 0 and max_segments >= 1, got {tolerance_pct!r}, "
+                              f"{max_segments!r}")
+
+        def prefill_segment(lo, hi):
+            pts = [(h, int(m)) for m in _span(lo, hi, samples_per_segment) for h in hs]
+            return cls._nnls(cls._prefill_features(*zip(*pts)), [times.prefill_time_s(h, m) for h, m in pts])
+
+        def decode_segment(lo, hi):
+            pts = [(int(b), int(b) * c) for b in _span(lo, hi, samples_per_segment) for c in cs]
+            return cls._nnls(cls._decode_features(*zip(*pts)), [times.decode_time_s(b, c) for b, c in pts])
+
+        ibp, pre = _piecewise(prefill_segment, incr_range, incr_breakpoints, tolerance_pct, max_segments, "incr")
+        bbp, dec = _piecewise(decode_segment, batch_range, batch_breakpoints, tolerance_pct, max_segments, "batch")
+        return cls(ibp, pre, bbp, dec)
 
     @staticmethod
-    def _nnls(features: np.ndarray, targets: Sequence[float]) -> tuple[float, ...]:
-        """Non-negative least squares on *relative* error (rows scaled by 1/target), so short and long
-        steps weigh alike."""
+    def _nnls(features: np.ndarray, targets: Sequence[float]) -> tuple[tuple[float, ...], float]:
+        """Non-negative least squares on *relative* error (rows scaled by 1/target, so short and long steps
+        weigh alike): (coefficients, largest relative miss on the samples in %)."""
         y = np.asarray(targets, float)
         if np.any(~np.isfinite(y)) or np.any(y <= 0):
             raise ConfigError("PiecewiseAlphaBeta.fit: the source returned a time that is not finite and > 0")
-        coef, _ = nnls(features / y[:, None], np.ones_like(y))
-        return tuple(float(c) for c in coef)
+        scaled = features / y[:, None]
+        coef, _ = nnls(scaled, np.ones_like(y))
+        return tuple(float(c) for c in coef), float(100 * np.max(np.abs(scaled @ coef - 1)))
 
     def prefill_time_s(self, hist_tokens: int, incr_tokens: int) -> float:
         h, m = _tokens("hist_tokens", hist_tokens), _tokens("incr_tokens", incr_tokens)
