@@ -41,6 +41,12 @@ from gpusched.perf import ProfiledStepTime, RooflineStepTime  # noqa: E402
 PARTS = ("perf", "workloads", "planner", "reorder")
 
 
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ------------------------------------------------------------------------------------------- perf
 def perf_part(out: Path, quick: bool) -> tuple[pd.DataFrame, str]:
     llama = get_model("llama3.1-70b")
@@ -77,9 +83,7 @@ def perf_part(out: Path, quick: bool) -> tuple[pd.DataFrame, str]:
     ax.set(title="AMPD T_pre(l_hist, l_incr): Llama-3.1-70B, H20 TP4 (roofline)", xlabel="cached history l_hist (tokens)",
            ylabel="prefill time (ms)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ampd_perf.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "ampd_perf.png")
     md = ["## Performance model (§2.1)", "",
           "T_pre/T_dec from the step model; T_kv = 1 ms + bytes / bandwidth (IB 25 GB/s, NVLink 450 GB/s one way). "
           "Fit = piecewise α-β (per range of new tokens: α + β_new m + β_hist h + β_attn m(h + m/2); per range of "
@@ -125,9 +129,7 @@ def workloads_part(out: Path, quick: bool) -> tuple[pd.DataFrame, str]:
         ax.set(xticks=x, xticklabels=df["workload"], ylabel="tokens", title=label, yscale="log")
         ax.legend(fontsize=7)
     fig.suptitle(f"AMPD session stand-ins, {n} sessions each (seed 0)")
-    fig.tight_layout()
-    fig.savefig(out / "ampd_workloads.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "ampd_workloads.png")
     md = ["## Workloads (§4): stand-ins vs the paper's Table 1", "",
           "Rounds 1 + Geometric (ToolBench, GAIA) or 3 (HotpotQA, DuReader); lengths log-normal, CV 1; interaction "
           "log-normal median 1 s σ 1 (tools) or 0.2 s (retrieval) -- spec §4 [R]. Context = the session's last "
@@ -194,9 +196,7 @@ def planner_part(out: Path, quick: bool) -> tuple[pd.DataFrame, str]:
     ax.set(xscale="log", yscale="log", xlabel="GPU budget N", ylabel="planning time (s)",
            title="AMPD planner time, analytic toy costs (phase 1)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ampd_planner.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "ampd_planner.png")
     md += ["Planning time, toy costs with the load scaled to the budget (rate 2N/8 /s, N/8 x 120 sessions), top-3, "
            "best of 3 runs. Cost evaluations = candidates the estimator must price: in phase 2 each is a simulation, "
            "which is where the paper's minute goes.", "",
@@ -236,9 +236,7 @@ def reorder_part(out: Path, quick: bool, seed: int) -> tuple[pd.DataFrame, str]:
     ax.set(xlabel="reorder window w (1 = FCFS)", ylabel="prefills meeting TTFT (%)",
            title=f"Algorithm 2 alone: one H20 TP4 worker, DuReader prefills, TTFT {slo.ttft_s:.2f} s")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "ampd_reorder.png", dpi=120)
-    plt.close(fig)
+    _save(fig, out / "ampd_reorder.png")
     md = ["## Algorithm 2 alone (one prefill worker; not the paper's experiment)", "",
           f"Llama-3.1-70B on H20 TP4 (roofline), DuReader stand-in prefills (initial and incremental) arriving "
           f"Poisson at `load` x the worker's mean service rate; TTFT_thres = 5 x T_pre of the mean increment = "

@@ -69,6 +69,8 @@ def test_windowed_mean_by_hand():
     assert m.mean(15.0) == 0.0 and len(m) == 0
     with pytest.raises(ConfigError, match="time order"):
         m.add(3.0, 1.0)
+    with pytest.raises(ConfigError, match="last question"):
+        m.mean(12.0)                                  # the window at 12 s was already expired at 15 s
     with pytest.raises(ConfigError, match="weight"):
         m.add(20.0, 1.0, weight=0)
     with pytest.raises(ConfigError, match="window_s"):

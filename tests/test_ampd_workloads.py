@@ -74,6 +74,16 @@ def test_csv_round_trip(tmp_path):
     pd.testing.assert_frame_equal(trace.df, back.df)
 
 
+def test_string_session_ids_lost_by_the_csv_reader_are_refused(tmp_path):
+    """gpusched's native CSV reader reads session_id as a number, so string ids come back empty (NaN);
+    load_sessions refuses them instead of serving sessions that no longer exist."""
+    df = pd.DataFrame({"request_id": [0, 1], "arrival_time_s": [0.0, 0.0], "prompt_tokens": [5, 10],
+                       "output_tokens": [2, 2], "session_id": ["a", "a"], "round": [0, 1], "think_time_s": [0.0, 1.0]})
+    path = Trace(df, name="strings").to_csv(tmp_path / "strings.csv")
+    with pytest.raises(TraceError, match="row 0 .*session_id=nan is empty"):
+        load_sessions(path)
+
+
 def test_check_sessions_names_the_row():
     good = agent_trace("hotpotqa", 1.0, 3, seed=0).df
     with pytest.raises(TraceError, match=r"row 2 \(request_id=2\): round=1 breaks session 0's rounds .*expected 2"):

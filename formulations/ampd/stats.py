@@ -19,10 +19,10 @@ STATS_WINDOW_S = 10.0  # [P]
 
 class WindowedMean:
     """Weighted mean of the samples of the last ``window_s`` seconds: a sample at time t counts at ``now`` iff
-    ``now - window_s < t <= now``. Samples must arrive in time order; each is added and expired once
-    (amortised O(1))."""
+    ``now - window_s < t <= now``. Samples must arrive, and questions be asked, in time order; each sample is
+    added and expired once (amortised O(1))."""
 
-    __slots__ = ("window_s", "_samples", "_sum", "_weight", "_last_s")
+    __slots__ = ("window_s", "_samples", "_sum", "_weight", "_last_s", "_asked_s")
 
     def __init__(self, window_s: float = STATS_WINDOW_S):
         if not isinstance(window_s, (int, float)) or not math.isfinite(window_s) or window_s <= 0:
@@ -32,6 +32,7 @@ class WindowedMean:
         self._sum = 0.0
         self._weight = 0.0
         self._last_s = -math.inf
+        self._asked_s = -math.inf  # expiry is destructive: a later question may not look further back
 
     def add(self, time_s: float, value: float, weight: float = 1.0) -> None:
         """Record ``value`` observed at ``time_s`` with ``weight`` (e.g. the sequences a decode step advanced)."""
@@ -47,6 +48,10 @@ class WindowedMean:
 
     def mean(self, now_s: float) -> float:
         """The weighted mean over ``(now_s - window_s, now_s]``; 0 with no sample there."""
+        if not math.isfinite(now_s) or now_s < self._asked_s:
+            raise ConfigError(f"WindowedMean.mean: now_s={now_s!r} is not finite or earlier than the last "
+                              f"question ({self._asked_s}); ask in time order")
+        self._asked_s = now_s
         samples = self._samples
         horizon = now_s - self.window_s
         while samples and samples[0][0] <= horizon:

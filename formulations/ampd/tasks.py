@@ -59,6 +59,14 @@ def _queue(owner: str, queue) -> tuple[PrefillTask, ...]:
     return queue
 
 
+def _check_view(view, stat: str) -> None:
+    """Validate a worker view's windowed statistic, remaining time and queue (the queue becomes a tuple)."""
+    owner = f"{type(view).__name__}({view.key!r})"
+    _seconds(owner, stat, getattr(view, stat))
+    _seconds(owner, "running_remaining_s", view.running_remaining_s)
+    object.__setattr__(view, "queue", _queue(owner, view.queue))
+
+
 @dataclass(frozen=True)
 class PrefillWorkerView:
     """A prefill worker as Algorithm 1 reads it: ``key`` in the cost model, ``ttft_hat_s`` = average TTFT of
@@ -72,10 +80,7 @@ class PrefillWorkerView:
     running_remaining_s: float = 0.0
 
     def __post_init__(self):
-        owner = f"PrefillWorkerView({self.key!r})"
-        _seconds(owner, "ttft_hat_s", self.ttft_hat_s)
-        _seconds(owner, "running_remaining_s", self.running_remaining_s)
-        object.__setattr__(self, "queue", _queue(owner, self.queue))
+        _check_view(self, "ttft_hat_s")
 
 
 @dataclass(frozen=True)
@@ -90,10 +95,7 @@ class DecodeWorkerView:
     running_remaining_s: float = 0.0
 
     def __post_init__(self):
-        owner = f"DecodeWorkerView({self.key!r})"
-        _seconds(owner, "itl_hat_s", self.itl_hat_s)
-        _seconds(owner, "running_remaining_s", self.running_remaining_s)
-        object.__setattr__(self, "queue", _queue(owner, self.queue))
+        _check_view(self, "itl_hat_s")
 
 
 @dataclass(frozen=True)
