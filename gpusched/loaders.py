@@ -149,11 +149,14 @@ def _finish(path: Path, rows: RowChecker, out: pd.DataFrame, timing: _Arrivals |
 
 
 def _numeric_or_text(values: pd.Series) -> pd.Series:
-    """An extra column: numbers if every non-empty value is one (int64 if all integers), else the text."""
+    """An extra column: int64 if every value is an integer written plainly (``"021"`` stays text: its zero
+    may matter), float if every value is a plain number, else the text as read."""
     v, missing, nan = as_numbers(values)
-    if nan.any() or missing.all():
+    text = values.astype(str).str.strip()
+    if nan.any() or missing.all() or text.str.match(r"^[+-]?0\d").any():
         return values
-    if not missing.any() and np.all(v == np.floor(v)) and np.all(np.abs(v) < 2.0**53):
+    if not missing.any() and np.all(np.abs(v) < 2.0**53) and np.all(v == np.floor(v)) \
+            and (text == pd.Series(v.astype(np.int64), index=values.index).astype(str)).all():
         return pd.Series(v.astype(np.int64), index=values.index)
     return pd.Series(v, index=values.index)
 

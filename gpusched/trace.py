@@ -210,8 +210,8 @@ def _validated(df: pd.DataFrame, name: str) -> pd.DataFrame:
             i = int(np.flatnonzero(p.mask)[0])
             raise TraceError(
                 f"trace {name!r}: {int(p.mask.sum())} row(s) with bad {p.column!r}; first at row {i} (0-based "
-                f"position in the table, request_id={df['request_id'].iloc[i]!r}): {p.column}="
-                f"{df[p.column].iloc[i]!r} {p.reason}")
+                f"position in the table, request_id={_plain(df['request_id'].iloc[i])!r}): {p.column}="
+                f"{_plain(df[p.column].iloc[i])!r} {p.reason}")
     df["arrival_time_s"] = as_numbers(df["arrival_time_s"])[0]
     for col in COUNT_COLUMNS:
         df[col] = as_numbers(df[col])[0].astype(np.int64)  # range-checked above
@@ -400,6 +400,11 @@ class Trace:
         df = pd.DataFrame(rows, columns=list(Request.__dataclass_fields__))
         df = df.dropna(axis=1, how="all")
         return cls(df, name=name, **kwargs)
+
+
+def _plain(v: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _isna(v: Any) -> bool:

@@ -8,8 +8,9 @@ This module is the front door; each idea lives in its own module and is re-expor
 - :mod:`gpusched.bundled`: the bundled traces by name.
 - :mod:`gpusched.synthetic` (with :mod:`gpusched.arrivals`, :mod:`gpusched.lengths`): seeded generators.
 
-Imports run one way, ``trace -> rows -> lengths -> servegen -> loaders -> workload`` (with ``bundled`` and
-``arrivals`` below them and ``synthetic`` beside ``loaders``), so no module imports another late.
+Imports run one way (each module imports only those before it, at module level)::
+
+    trace, bundled, arrivals  ->  rows  ->  lengths  ->  synthetic, servegen  ->  loaders  ->  workload
 """
 from __future__ import annotations
 

@@ -287,3 +287,10 @@ def test_default_call_on_the_24_node_cluster_is_valid_and_at_least_the_chain():
     assert max_flow(pr, r.placement).value_tokens_per_s == pytest.approx(r.objective)
     assert r.objective >= 2045.64  # the chain heuristic's max flow (test_helix.test_heuristic_baselines)
 
+
+
+def test_helix_problem_refuses_a_negative_latency_or_throughput():
+    with pytest.raises(ConfigError, match=r"link_latency_s\[\(0, 1\)\] = -0\.001 must be a finite number"):
+        HelixProblem(2, {0: [1.0], 1: [1.0]}, {(0, 1): 1.0}, link_latency_s={(0, 1): -0.001})
+    with pytest.raises(ConfigError, match=r"node 0: T\(1\) = -1\.0 tokens/s must be finite and >= 0"):
+        HelixProblem(2, {0: [-1.0], 1: [1.0]}, {(0, 1): 1.0})

@@ -130,6 +130,9 @@ class HelixProblem:
                     raise ConfigError(f"{name}[{node!r}]: capacity {cap!r} tokens/s must be >= 0")
                 d[node] = cap
             ends[name] = MappingProxyType(d)
+        for key, latency in (self.link_latency_s or {}).items():
+            if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
+                raise ConfigError(f"link_latency_s[{key!r}] = {latency!r} must be a finite number of seconds >= 0")
         object.__setattr__(self, "throughput", MappingProxyType(thr))
         object.__setattr__(self, "links", MappingProxyType(links))
         object.__setattr__(self, "source_links", ends["source_links"])
