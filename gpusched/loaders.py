@@ -41,6 +41,7 @@ import csv
 import inspect
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,29 @@ def _ids(rows: RowChecker, df: pd.DataFrame, column: str | None, meta: dict) -> 
         return _own_ids(df[column])
     meta["request_id"] = GENERATED_IDS
     return np.arange(len(df), dtype=np.int64)
+
+
+@dataclass
+class _File:
+    """A trace file opened for reading: its records (``df``), their row checker, the synthetic arrivals it
+    needs if it has no time column (else None) and the provenance gathered so far."""
+
+    path: Path
+    df: pd.DataFrame
+    rows: RowChecker
+    timing: _Arrivals | None
+    meta: dict
+
+
+def _open(path: Any, on_error: str, need: tuple[str, ...], time_col: str | None, rate_per_s: float | None,
+          seed: Any, arrival: str, cv: float, jsonl: bool = False) -> _File:
+    """Read ``path`` (CSV, or JSON lines), check its ``need`` columns and decide where arrivals come from."""
+    path = Path(path)
+    text = read_jsonl(path, on_error) if jsonl else read_csv_text(path, on_error)
+    line = (int(text.lines[0]) if len(text.lines) else 1) if jsonl else text.header_line
+    require_columns(path, text.df.columns, need, line)
+    timing = _timing(path, text.df.columns, time_col, line, rate_per_s, seed, arrival, cv) if time_col else None
+    return _File(path, text.df, text.checker(path, on_error), timing, {})
 
 
 def _finish(path: Path, rows: RowChecker, out: pd.DataFrame, timing: _Arrivals | None, meta: dict,
@@ -243,13 +267,8 @@ def read_native(path: Path, on_error: str = "raise", rate_per_s: float | None = 
     needs ``rate_per_s``. ``prefix_block_hashes`` is space-separated integers; ``prefix_block_tokens`` one
     integer >= 1 repeated on every row. Other columns are kept: numbers if every value is one, else text.
     """
-    path = Path(path)
-    text = read_csv_text(path, on_error)
-    df = text.df
-    require_columns(path, df.columns, ("prompt_tokens", "output_tokens"), text.header_line)
-    timing = _timing(path, df.columns, "arrival_time_s", text.header_line, rate_per_s, seed, arrival, cv)
-    rows = text.checker(path, on_error)
-    meta: dict = {}
+    f = _open(path, on_error, ("prompt_tokens", "output_tokens"), "arrival_time_s", rate_per_s, seed, arrival, cv)
+    path, df, rows, timing, meta = f.path, f.df, f.rows, f.timing, f.meta
     out = pd.DataFrame({"request_id": _ids(rows, df, "request_id", meta)})
     if timing is None:
         out["arrival_time_s"] = parse_numbers(rows, df["arrival_time_s"], "arrival_time_s", unit="seconds")
@@ -305,13 +324,8 @@ def read_azure(path: Path, on_error: str = "raise", rate_per_s: float | None = N
     gaps are real); a file that mixes the two is refused, since the gap between them would be a guess.
     ``request_id`` is generated (data-row index).
     """
-    path = Path(path)
-    text = read_csv_text(path, on_error)
-    df = text.df
-    require_columns(path, df.columns, ("ContextTokens", "GeneratedTokens"), text.header_line)
-    timing = _timing(path, df.columns, "TIMESTAMP", text.header_line, rate_per_s, seed, arrival, cv)
-    rows = text.checker(path, on_error)
-    meta: dict = {}
+    f = _open(path, on_error, ("ContextTokens", "GeneratedTokens"), "TIMESTAMP", rate_per_s, seed, arrival, cv)
+    path, df, rows, timing, meta = f.path, f.df, f.rows, f.timing, f.meta
     out = pd.DataFrame({"request_id": _ids(rows, df, None, meta),
                         "prompt_tokens": parse_counts(rows, df["ContextTokens"], "ContextTokens"),
                         "output_tokens": parse_counts(rows, df["GeneratedTokens"], "GeneratedTokens")})
@@ -351,13 +365,9 @@ def read_mooncake(path: Path, on_error: str = "raise", block_tokens: int = MOONC
     """Mooncake FAST'25 JSONL: ``timestamp`` (ms from trace start), ``input_length``, ``output_length``,
     ``hash_ids`` (one 64-bit integer id per ``block_tokens``-token prefix block -> ``prefix_block_hashes``).
     ``trace.prefix_block_tokens`` records the block size (512). ``request_id`` is generated."""
-    path = Path(path)
-    text = read_jsonl(path, on_error)
-    df, line = text.df, int(text.lines[0]) if len(text.lines) else 1
-    require_columns(path, df.columns, ("input_length", "output_length"), line)
-    timing = _timing(path, df.columns, "timestamp", line, rate_per_s, seed, arrival, cv)
-    rows = text.checker(path, on_error)
-    meta: dict = {}
+    f = _open(path, on_error, ("input_length", "output_length"), "timestamp", rate_per_s, seed, arrival, cv,
+              jsonl=True)
+    path, df, rows, timing, meta = f.path, f.df, f.rows, f.timing, f.meta
     out = pd.DataFrame({"request_id": _ids(rows, df, None, meta),
                         "prompt_tokens": parse_counts(rows, df["input_length"], "input_length"),
                         "output_tokens": parse_counts(rows, df["output_length"], "output_length")})
@@ -382,13 +392,8 @@ def read_sageserve(path: Path, on_error: str = "raise", rate_per_s: float | None
     prod/dev -> ``tier`` interactive/batch, ``sla`` (s) -> ``slo_e2e_s``; ``batch_id`` and
     ``client_tenant`` are kept when present. Without ``request_id`` ids are generated.
     """
-    path = Path(path)
-    text = read_csv_text(path, on_error)
-    df = text.df
-    require_columns(path, df.columns, ("prompt_size", "token_size"), text.header_line)
-    timing = _timing(path, df.columns, "arrival_timestamp", text.header_line, rate_per_s, seed, arrival, cv)
-    rows = text.checker(path, on_error)
-    meta: dict = {}
+    f = _open(path, on_error, ("prompt_size", "token_size"), "arrival_timestamp", rate_per_s, seed, arrival, cv)
+    path, df, rows, timing, meta = f.path, f.df, f.rows, f.timing, f.meta
     out = pd.DataFrame({"request_id": _ids(rows, df, "request_id", meta),
                         "prompt_tokens": parse_counts(rows, df["prompt_size"], "prompt_size"),
                         "output_tokens": parse_counts(rows, df["token_size"], "token_size")})
@@ -424,13 +429,8 @@ def read_vidur(path: Path, on_error: str = "raise", rate_per_s: float | None = N
     of the two counts and is not kept (nor ``pd_ratio``, their ratio); other columns are kept. Without
     ``arrived_at`` the file is a length table and needs ``rate_per_s``.
     """
-    path = Path(path)
-    text = read_csv_text(path, on_error)
-    df = text.df
-    require_columns(path, df.columns, (PREFILL, DECODE), text.header_line)
-    timing = _timing(path, df.columns, "arrived_at", text.header_line, rate_per_s, seed, arrival, cv)
-    rows = text.checker(path, on_error)
-    meta: dict = {}
+    f = _open(path, on_error, (PREFILL, DECODE), "arrived_at", rate_per_s, seed, arrival, cv)
+    path, df, rows, timing, meta = f.path, f.df, f.rows, f.timing, f.meta
     out = pd.DataFrame({"request_id": _ids(rows, df, "request_id", meta),
                         "prompt_tokens": parse_counts(rows, df[PREFILL], PREFILL),
                         "output_tokens": parse_counts(rows, df[DECODE], DECODE)})
@@ -481,11 +481,9 @@ def read_vllm(path: Path, on_error: str = "raise") -> Trace:
     ``arrival_time`` is kept as ``measured_client_arrival_s`` re-based to its own minimum (another clock).
     Every record needs its ``request_id`` (it pairs the record with the engine's measurements).
     """
-    path = Path(path)
-    text = read_jsonl(path, on_error)
-    df, line = text.df, int(text.lines[0]) if len(text.lines) else 1
-    require_columns(path, df.columns, ("request_id", "input_toks", "output_toks", "queued_ts"), line)
-    rows = text.checker(path, on_error)
+    f = _open(path, on_error, ("request_id", "input_toks", "output_toks", "queued_ts"), None, None, 0, "", 1.0,
+              jsonl=True)
+    path, df, rows = f.path, f.df, f.rows
     rid = df["request_id"]
     rows.flag(is_missing(rid), "request_id", rid, "is missing; every vLLM record needs the request_id that pairs "
                                                   "it with the engine's measurements")

@@ -51,10 +51,11 @@ def read_servegen(paths: Any, clients: Any = None, start_s: float = 0.0, end_s: 
     sets the count. ``match_rate=False`` uses the raw fitted scale. A window without a fit draws Gamma gaps
     with the measured CV (exponential if the CV is unknown), always at the measured rate.
 
-    Size: the expected number of requests (``rate x time`` over the windows sampled, at the raw fitted
-    mean with ``match_rate=False``) must not exceed ``max_requests`` (default
-    :data:`gpusched.arrivals.MAX_ARRIVALS`, ten million); above it the load is refused, naming the window
-    that contributes most, before anything is allocated.
+    Size: a window's process runs from its start up to its end or ``end_s``, whichever comes first (what
+    falls before ``start_s`` is drawn, then dropped). The expected number of draws (``rate x time`` over
+    those spans, at the raw fitted mean with ``match_rate=False``) must not exceed ``max_requests``
+    (default :data:`gpusched.arrivals.MAX_ARRIVALS`, ten million); above it the load is refused, naming
+    the window that contributes most, before anything is allocated.
 
     Lengths: from ``chunk-<id>-dataset.json`` next to the rate file when present (the PMF of the latest
     window starting at or before the arrival, the first window's before it; input and output are drawn
@@ -85,7 +86,7 @@ def read_servegen(paths: Any, clients: Any = None, start_s: float = 0.0, end_s: 
     parts = []
     for client, f, win, todo in plans:
         rng = np.random.default_rng([seed, client])
-        times = [_window_arrivals(rng, f, win.loc[i], width, match_rate, start_s, end_s) for i, width, _ in todo]
+        times = [_window_arrivals(rng, f, win.loc[i], horizon, match_rate, start_s) for i, horizon, _ in todo]
         t = np.concatenate(times) if times else np.zeros(0)
         if lengths is not None:
             lens = sample_lengths(len(t), seed=rng, table=lengths)
@@ -191,7 +192,8 @@ def _fit_mean_s(dist: np.ndarray, shape: np.ndarray, scale: np.ndarray) -> np.nd
 
 def _sampled_windows(win: pd.DataFrame, start_s: float, end_s: float,
                      match_rate: bool) -> list[tuple[int, float, float]]:
-    """``(row, width_s, expected requests in [start_s, end_s))`` of every active window that overlaps it."""
+    """``(row, horizon_s, expected draws)`` of every active window that overlaps ``[start_s, end_s)``: its
+    renewal process runs from the window start for ``horizon_s = min(width, end_s - start)`` seconds."""
     ws = win["window_start_s"].to_numpy()
     if not len(ws):
         return []
@@ -199,8 +201,8 @@ def _sampled_windows(win: pd.DataFrame, start_s: float, end_s: float,
     width = np.diff(ws, append=ws[-1] + last)
     out = []
     for i in np.flatnonzero((win["rate_rps"].to_numpy() > 0) & (ws < end_s) & (ws + width > start_s)):
-        overlap = min(ws[i] + width[i], end_s) - max(ws[i], start_s)
-        out.append((int(i), float(width[i]), _expected(win.loc[i], overlap, match_rate)))
+        horizon = float(min(width[i], end_s - ws[i]))
+        out.append((int(i), horizon, _expected(win.loc[i], horizon, match_rate)))
     return out
 
 
@@ -218,19 +220,19 @@ def _check_size(plans: list, start_s: float, end_s: float, max_requests: int) ->
     e, f, line, rate = max((e, f, int(win.at[i, "line"]), float(win.at[i, "rate_rps"]))
                            for _, f, win, todo in plans for i, _, e in todo)
     raise TraceError(f"{f}: line {line}: field 'rate_rps' = {rate!r}: sampling [{start_s:g}, {end_s:g}) s "
-                     f"would draw ~{total:.3g} requests in all (this window ~{e:.3g}), more than "
-                     f"max_requests={max_requests:,}; narrow [start_s, end_s), load fewer clients, or raise "
+                     f"would draw ~{total:.3g} arrivals in all (this window ~{e:.3g}, from its start), more "
+                     f"than max_requests={max_requests:,}; end earlier (end_s), load fewer clients, or raise "
                      f"max_requests if you have the memory (~100 bytes per request)")
 
 
-def _window_arrivals(rng: np.random.Generator, path: Path, w: pd.Series, width: float, match_rate: bool,
-                     start_s: float, end_s: float) -> np.ndarray:
-    """Arrivals of one window: a renewal process from the window start, kept inside the window and
-    ``[start_s, end_s)``."""
+def _window_arrivals(rng: np.random.Generator, path: Path, w: pd.Series, horizon_s: float, match_rate: bool,
+                     start_s: float) -> np.ndarray:
+    """Arrivals of one window: a renewal process from the window start, run for ``horizon_s`` seconds (the
+    window's width, or less where ``end_s`` cuts it) and kept from ``start_s`` on."""
     dist, shape, scale, cv, rate = w["arrival_dist"], w["shape"], w["scale"], w["cv"], w["rate_rps"]
-    expected = _expected(w, width, match_rate)
+    expected = _expected(w, horizon_s, match_rate)
     t, t_end, drawn = [], 0.0, 0
-    while t_end < width:
+    while t_end < horizon_s:
         k = int(expected * 1.2 + 6 * np.sqrt(expected) + 16)
         if dist == "Gamma":
             g, mean = rng.gamma(shape, scale, k), w["fit_mean_s"]
@@ -248,9 +250,10 @@ def _window_arrivals(rng: np.random.Generator, path: Path, w: pd.Series, width: 
         if drawn > 4 * expected + 10_000:  # the draws' mean is far below the one the fit implies
             raise TraceError(f"{path}: line {w['line']}: the fitted {dist or 'Gamma'} (shape={shape!r}, "
                              f"scale={scale!r}) draws inter-arrival times far shorter than its own mean "
-                             f"({width / drawn:.3g} s vs {1 / rate if match_rate else mean:.3g} s); check the fit")
-    c = w["window_start_s"] + np.concatenate(t)
-    return c[(c < w["window_start_s"] + width) & (c >= start_s) & (c < end_s)]
+                             f"({horizon_s / drawn:.3g} s vs {1 / rate if match_rate else mean:.3g} s); check the fit")
+    c = np.concatenate(t)
+    c = w["window_start_s"] + c[c < horizon_s]
+    return c[c >= start_s]
 
 
 # ---- length PMFs --------------------------------------------------------------------------------------------

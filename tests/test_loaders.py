@@ -174,10 +174,16 @@ def test_bad_unknown_format(tmp_path):
         load_trace(p, format="nope")
 
 
-def test_bad_servegen_window(tmp_path):
+def servegen_dir(tmp_path, rates: bytes):
+    """A folder holding one ServeGen rate file, ``chunk-1-trace.csv``, with ``rates`` as its content."""
     d = tmp_path / "sg"
     d.mkdir()
-    (d / "chunk-1-trace.csv").write_text("0,2.0,1.0,Gamma,1.0,0.5\n600,1.0,1.0,Poisson,1.0,1.0\n")
+    (d / "chunk-1-trace.csv").write_bytes(rates)
+    return d
+
+
+def test_bad_servegen_window(tmp_path):
+    d = servegen_dir(tmp_path, b"0,2.0,1.0,Gamma,1.0,0.5\n600,1.0,1.0,Poisson,1.0,1.0\n")
     with pytest.raises(TraceError, match=r"line 2: field 'arrival_dist' = 'Poisson'"):
         load_trace(d, lengths="sharegpt-lengths")
 
@@ -252,17 +258,13 @@ def test_native_row_with_empty_id_is_refused(tmp_path):
 
 
 def test_servegen_windows_out_of_order_are_refused(tmp_path):
-    d = tmp_path / "sg"
-    d.mkdir()
-    (d / "chunk-1-trace.csv").write_text("0,2.0,1.0,Gamma,1.0,0.5\n1200,1.0,1.0,,,\n600,1.0,1.0,,,\n")
+    d = servegen_dir(tmp_path, b"0,2.0,1.0,Gamma,1.0,0.5\n1200,1.0,1.0,,,\n600,1.0,1.0,,,\n")
     with pytest.raises(TraceError, match=r"chunk-1-trace\.csv: line 3: field 'window_start_s' = '600' is not after"):
         load_trace(d, lengths="sharegpt-lengths")
 
 
 def test_servegen_empty_rate_file_is_refused(tmp_path):
-    d = tmp_path / "sg"
-    d.mkdir()
-    (d / "chunk-1-trace.csv").write_bytes(b"")
+    d = servegen_dir(tmp_path, b"")
     with pytest.raises(TraceError, match=r"chunk-1-trace\.csv: the file is empty"):
         load_trace(d / "chunk-1-trace.csv", format="servegen", lengths="sharegpt-lengths")
 
@@ -294,6 +296,16 @@ def test_servegen_huge_rates_are_refused_before_allocating(tmp_path, rate):
     # under the limit, a narrow interval of the same file loads
     small = load_trace(f, lengths="sharegpt-lengths", end_s=600)
     assert 0 < len(small) < 2000
+
+
+def test_servegen_end_inside_a_busy_window_draws_only_up_to_the_end(tmp_path):
+    # 1e4 req/s over a 600-s window would be 6e6 draws; up to end_s = 10 s it is ~1e5 (Poisson: sd ~316)
+    f = tmp_path / "chunk-4-trace.csv"
+    f.write_text("0,1e4,1.0,Gamma,1.0,1e-4\n600,1.0,1.0,Gamma,1.0,1.0\n")
+    tr = load_trace(f, lengths="sharegpt-lengths", start_s=5, end_s=10, max_requests=200_000)
+    assert abs(len(tr) - 5e4) < 5 * 224 and tr.df["arrival_time_s"].between(5, 10, inclusive="left").all()
+    with pytest.raises(TraceError, match=r"line 1: .*~6e\+06 arrivals"):
+        load_trace(f, lengths="sharegpt-lengths", end_s=600, max_requests=200_000)
 
 
 def test_vllm_first_token_before_queued_is_refused(tmp_path):
