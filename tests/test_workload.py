@@ -127,3 +127,45 @@ def test_bundled_summary():
     assert set(s["name"]) == set(list_bundled_traces())
     assert {"rows", "duration_s", "rate_per_s", "prompt_p50", "prompt_p99", "output_p90", "note"} <= set(s.columns)
     assert "5 req/s" in s.set_index("name").loc["sharegpt-lengths", "note"]
+
+
+def test_trace_modules_import_one_way_at_module_level():
+    """Issue 20: the workload modules form a DAG, with no import inside a function between them."""
+    import ast
+    from pathlib import Path
+
+    import gpusched
+    names = ["trace", "bundled", "arrivals", "rows", "lengths", "synthetic", "servegen", "loaders", "workload"]
+    graph = {}
+    for name in names:
+        tree = ast.parse((Path(gpusched.__file__).parent / f"{name}.py").read_text())
+        top = set(tree.body)
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                target = node.module.removeprefix("gpusched.") if node.module.startswith("gpusched.") else \
+                    (node.names[0].name if node.module == "gpusched" else None)
+                if target in names:
+                    assert node in top, f"gpusched/{name}.py imports gpusched.{target} inside a function"
+                    deps.add(target)
+        graph[name] = deps
+    done: list[str] = []
+    while len(done) < len(names):  # topological order exists iff there is no cycle
+        ready = [n for n in names if n not in done and graph[n] <= set(done)]
+        assert ready, f"import cycle among {sorted(set(names) - set(done))}: {graph}"
+        done += ready
+
+
+def test_schema_rules_on_a_dataframe():
+    base = {"request_id": [0, 1], "arrival_time_s": [0.0, 1.0], "prompt_tokens": [3, 4], "output_tokens": [2, 2]}
+    with pytest.raises(TraceError, match=r"row 1 .*request_id=nan\): request_id=nan is empty"):
+        Trace(pd.DataFrame({**base, "request_id": [0, None]}))
+    with pytest.raises(TraceError, match="session_id.*not exactly 0, 1"):
+        Trace(pd.DataFrame({**base, "session_id": ["s", "s"], "round": [0, 2]}))
+    with pytest.raises(TraceError, match="has no 'round' column"):
+        Trace(pd.DataFrame({**base, "session_id": ["s", "s"]}))
+    with pytest.raises(TraceError, match="slo_ttft_s.*is not a number"):
+        Trace(pd.DataFrame({**base, "slo_ttft_s": [0.5, "soon"]}))
+    ok = Trace(pd.DataFrame({**base, "session_id": ["s", None], "round": [0, None]}))
+    rep = ok.repeat(2)  # a row outside every session stays outside in every copy
+    assert [None if pd.isna(x) else x for x in rep.df["session_id"]] == ["s", None, "s#1", None]

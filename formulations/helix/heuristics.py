@@ -71,17 +71,21 @@ HEURISTICS = {"petals": petals_placement, "swarm": swarm_placement, "chain": cha
               "regional": regional_chain_placement}
 
 
-def heuristic_placement(problem: HelixProblem, name: str) -> dict[Node, tuple[int, int]]:
+def heuristic_placement(problem: HelixProblem, name: str) -> dict[Node, tuple[int, int]] | None:
     """Placement by heuristic name (``"petals"``, ``"swarm"``, ``"chain"``, ``"regional"``, or ``"best"``:
-    the best of them by max flow, evaluated without partial inference since the MILP has none)."""
+    the best of them by max flow, evaluated without partial inference since the MILP has none).
+
+    ``"best"`` skips a heuristic that does not apply to the cluster (swarm needs enough nodes) or whose
+    placement :func:`max_flow` refuses, so it never hands an invalid warm start to the MILP; it returns None
+    if no heuristic gives a valid placement."""
     if name == "best":
         best, val = None, -1.0
         for n in HEURISTICS:
             try:
                 p = HEURISTICS[n](problem)
+                v = max_flow(problem, p).value_tokens_per_s
             except ConfigError:
                 continue
-            v = max_flow(problem, p).value_tokens_per_s
             if v > val:
                 best, val = p, v
         return best

@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 import highspy
 import numpy as np
 
-from gpusched.errors import ConfigError
+from gpusched.errors import ConfigError, SolverTimeoutError
 
 from ._highs import ModelBuilder, solve as _solve
-from .flow import SINK, SOURCE, flow_value_or_zero, max_flow
+from .flow import SINK, SOURCE, max_flow
 from .heuristics import heuristic_placement
 from .optimality import prove_optimal
 from .problem import HelixProblem, Node, Placement, _sort_key
@@ -235,49 +235,95 @@ def build_placement_model(problem: HelixProblem, *, valid_cut: bool = False, tig
 # ------------------------------------------------------------------------------------------ solve
 
 
-def solve_placement(problem: HelixProblem, time_limit_s: float, warm_start: Placement | str | None = None,
+def solve_placement(problem: HelixProblem, time_limit_s: float, warm_start: Placement | str | None = "best",
                     prune_top_k: int | None = None, *, valid_cut: bool = False, tight_big_m: bool = False,
                     symmetry_breaking: bool = False, threads: int = 1, seed: int = 0,
                     prove: bool = False) -> PlacementResult:
-    """Solve the Helix placement MILP on HiGHS within ``time_limit_s`` seconds.
+    """Solve the Helix placement MILP on HiGHS within ``time_limit_s`` seconds; the best valid placement found.
 
-    ``warm_start``: a placement ``{node: (s, e)}`` or the name of a heuristic (``"petals"``, ``"swarm"``,
-    ``"chain"``, ``"best"`` = the best of the three by max flow); it is handed to HiGHS as a full feasible
-    point (``s``, ``b``, ``d`` and the max-flow ``f``). ``prune_top_k`` keeps each vertex's k fastest links
-    (:func:`prune_links`); the returned objective is the placement's max flow on the *unpruned* problem.
-    ``prove``: if HiGHS did not prove the incumbent optimal, run
-    :func:`~formulations.helix.optimality.prove_optimal` on it (layer-cover bound, then the hub
-    feasibility MILP with what is left of ``time_limit_s``, at least 1 s); the proof goes to
-    ``res.proof`` and its bound tightens ``upper_bound`` and ``gap``. ``status`` stays HiGHS's own.
-    Raises :class:`~gpusched.errors.SolverTimeoutError` if no placement is found in time.
+    ``warm_start``: the name of a heuristic (``"best"``, the default: the best of ``petals``, ``swarm``,
+    ``chain``, ``regional`` by max flow, see :func:`.heuristics.heuristic_placement`), a placement
+    ``{node: (s, e)}``, or ``None`` for the bare MILP. It is handed to HiGHS as a full feasible point
+    (``s``, ``b``, ``d`` and the max-flow ``f``).
+
+    **What is returned.** A placement is valid when every node holds a range within ``[0, L)`` of at most
+    ``K_i`` layers and every layer is held by some node (:meth:`HelixProblem.validate_placement`); the MILP
+    itself does not ask for coverage, so a time-limited incumbent with no flow may leave layers uncovered
+    (on the 24-node cluster, the bare MILP's 60-s incumbent had flow 0). The result is the MILP's incumbent
+    if it is valid and at least as good as the warm start by max flow on the unpruned problem
+    (``method="milp"``); otherwise the warm start itself (``method="warm-start"``, with
+    ``extra["kept_warm_start"]`` saying why). ``status`` stays HiGHS's own. With ``warm_start=None`` an
+    invalid incumbent raises :class:`~gpusched.errors.SolverTimeoutError`: no invalid placement is ever
+    returned. ``extra["milp_objective"]`` is the incumbent's max flow (None if invalid) and
+    ``extra["warm_start_objective"]`` the warm start's.
+
+    ``prune_top_k`` keeps each vertex's k fastest links (:func:`prune_links`); the returned objective is the
+    placement's max flow on the *unpruned* problem. ``prove``: if HiGHS did not prove the result optimal, run
+    :func:`~formulations.helix.optimality.prove_optimal` on it (layer-cover bound, then the hub feasibility
+    MILP with what is left of ``time_limit_s``, at least 1 s); the proof goes to ``res.proof`` and its bound
+    tightens ``upper_bound`` and ``gap``. Raises :class:`~gpusched.errors.SolverTimeoutError` if no valid
+    placement is found in time.
     """
     t0 = time.perf_counter()
     model_problem = prune_links(problem, prune_top_k) if prune_top_k else problem
     pm = build_placement_model(model_problem, valid_cut=valid_cut, tight_big_m=tight_big_m,
                                symmetry_breaking=symmetry_breaking)
+    ws = heuristic_placement(problem, warm_start) if isinstance(warm_start, str) else warm_start
     start = None
-    if warm_start is not None:
-        ws = heuristic_placement(problem, warm_start) if isinstance(warm_start, str) else warm_start
+    if ws is not None:
         start = pm.start_vector(ws)
         if symmetry_breaking:
             start = _sort_within_classes(pm, start)
     h = pm.builder.load(maximize=True)
     budget = max(1e-3, time_limit_s - (time.perf_counter() - t0))
-    outcome = _solve(h, time_limit_s=budget, threads=threads, seed=seed, start=start)
-    placement = pm.placement_from(outcome.values)
-    objective = flow_value_or_zero(problem, placement)
-    ub = min(outcome.dual_bound, problem.upper_bound_tokens_per_s()) if not prune_top_k else \
-        problem.upper_bound_tokens_per_s()
+    try:
+        outcome = _solve(h, time_limit_s=budget, threads=threads, seed=seed, start=start)
+    except SolverTimeoutError:
+        if _valid_flow(problem, ws) is None:
+            raise
+        outcome = None  # HiGHS stopped before adopting the warm start: keep it
+    milp_placement = pm.placement_from(outcome.values) if outcome is not None else None
+    milp_value = _valid_flow(problem, milp_placement)
+    ws_value = _valid_flow(problem, ws)
+    placement, objective, method, kept = milp_placement, milp_value, "milp", None
+    if ws_value is not None and (milp_value is None or milp_value < ws_value):
+        kept = ("the MILP found no incumbent in time" if outcome is None else
+                "the MILP's incumbent leaves layers uncovered" if milp_value is None else
+                f"the MILP's incumbent has a lower max flow ({milp_value:.6g} tokens/s)")
+        placement, objective, method = dict(ws), ws_value, "warm-start"
+    if objective is None:
+        raise SolverTimeoutError(
+            f"no valid placement within {time_limit_s} s: the MILP's incumbent leaves layers uncovered "
+            f"(HiGHS: {outcome.model_status_text}); pass warm_start='best' (a heuristic placement) or more time")
+    placement = problem.validate_placement(placement)
+    status = outcome.status if outcome is not None else "time_limit"
+    dual = outcome.dual_bound if outcome is not None else math.inf
+    ub = min(dual, problem.upper_bound_tokens_per_s()) if not prune_top_k else problem.upper_bound_tokens_per_s()
     ub = max(ub, objective)
     proof = None
-    if prove and outcome.status != "optimal" and objective > 0:
+    if prove and status != "optimal" and objective > 0:
         proof = prove_optimal(problem, placement, max(1.0, time_limit_s - (time.perf_counter() - t0)),
                               threads=threads, seed=seed)
         ub = max(objective, min(ub, proof.upper_bound_tokens_per_s))
-    return PlacementResult(placement, objective, ub, outcome.status, time.perf_counter() - t0,
-                           (ub - objective) / ub if ub > 0 else 0.0, pm.size, outcome.objective,
-                           extra={"dual_bound": outcome.dual_bound, "highs_gap": outcome.gap,
-                                  "highs_status": outcome.model_status_text}, proof=proof)
+    extra = {"dual_bound": dual, "highs_gap": outcome.gap if outcome is not None else math.inf,
+             "highs_status": outcome.model_status_text if outcome is not None else "no incumbent",
+             "milp_objective": milp_value, "warm_start_objective": ws_value}
+    if kept is not None:
+        extra["kept_warm_start"] = kept
+    return PlacementResult(placement, objective, ub, status, time.perf_counter() - t0,
+                           (ub - objective) / ub if ub > 0 else 0.0, pm.size,
+                           outcome.objective if outcome is not None else None, method=method, extra=extra,
+                           proof=proof)
+
+
+def _valid_flow(problem: HelixProblem, placement: Placement | None) -> float | None:
+    """Max flow of ``placement`` if it is valid (every layer held, ranges within ``K_i``), else None."""
+    if placement is None:
+        return None
+    try:
+        return max_flow(problem, placement).value_tokens_per_s
+    except ConfigError:
+        return None
 
 
 def _sort_within_classes(pm: PlacementModel, x: np.ndarray) -> np.ndarray:

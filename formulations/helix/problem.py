@@ -20,9 +20,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Hashable, Mapping
 
+import numpy as np
 import pandas as pd
 
 from gpusched.errors import ConfigError, UnknownNameError
+from gpusched.rows import parse_numbers, read_csv_text, require_columns, utf8_error
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -128,6 +130,9 @@ class HelixProblem:
                     raise ConfigError(f"{name}[{node!r}]: capacity {cap!r} tokens/s must be >= 0")
                 d[node] = cap
             ends[name] = MappingProxyType(d)
+        for key, latency in (self.link_latency_s or {}).items():
+            if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
+                raise ConfigError(f"link_latency_s[{key!r}] = {latency!r} must be a finite number of seconds >= 0")
         object.__setattr__(self, "throughput", MappingProxyType(thr))
         object.__setattr__(self, "links", MappingProxyType(links))
         object.__setattr__(self, "source_links", ends["source_links"])
@@ -195,15 +200,60 @@ class HelixProblem:
 _UNITS = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9, "MilliSec": 1e-3, "Sec": 1.0, "MicroSec": 1e-6}
 
 
-def _parse_quantity(text: str, where: str) -> float:
+class _Ini:
+    """An INI file read for error messages: the parsed sections and where each section and key sits."""
+
+    def __init__(self, path: str | Path, what: str):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ConfigError(f"cannot read {what} {self.path}: no such file")
+        try:
+            text = self.path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise ConfigError(str(utf8_error(self.path))) from None
+        self.lines = text.splitlines()
+        self.cp = configparser.ConfigParser(interpolation=None)  # '%' is data here, not a reference
+        try:
+            self.cp.read_string(text, source=str(self.path))
+        except configparser.Error as e:
+            errors = getattr(e, "errors", None)  # ParsingError: [(line, text), ...]
+            line = errors[0][0] if errors else getattr(e, "lineno", "?")
+            detail = f"cannot parse line {errors[0][1]}" if errors else \
+                re.sub(r"^While reading from .*?\]: ", "", str(e).splitlines()[0])
+            raise ConfigError(f"{self.path}: line {line}: not a valid {what} ({type(e).__name__}: {detail}); "
+                              f"sections are [Name] lines and entries key = value lines, once each") from None
+
+    def where(self, section: str, key: str | None = None) -> str:
+        """``<file>: line <n>: [section]`` (the key's line when it is found, else the section's)."""
+        line = next((i for i, t in enumerate(self.lines, 1) if t.strip() == f"[{section}]"), None)
+        if line is not None and key is not None:
+            for i in range(line, len(self.lines)):
+                t = self.lines[i].strip()
+                if t.startswith("["):
+                    break
+                if re.match(rf"{re.escape(key)}\s*[=:]", t, flags=re.IGNORECASE):
+                    line = i + 1
+                    break
+        return f"{self.path}: line {line if line is not None else '?'}: [{section}]"
+
+
+def _parse_quantity(text: str, where: str, what: str) -> float:
+    """``N`` or ``N * unit`` as a finite number >= 0 in base units (bytes/s, seconds)."""
     m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(?:\*\s*([A-Za-z]+))?\s*", text)
-    if not m:
-        raise ConfigError(f"{where}: cannot parse quantity {text!r} (expected 'N * unit')")
-    value = float(m.group(1))
+    try:
+        value = float(m.group(1)) if m else math.nan
+    except ValueError:
+        value = math.nan
+    if math.isnan(value):
+        raise ConfigError(f"{where}: {what} = {text!r} is not a quantity 'N * unit' (e.g. '1000 * mbps', "
+                          f"'1 * MilliSec')")
     if m.group(2):
         if m.group(2) not in _UNITS:
-            raise ConfigError(f"{where}: unknown unit {m.group(2)!r} in {text!r}; known: {sorted(_UNITS)}")
+            raise ConfigError(f"{where}: {what} = {text!r} has unknown unit {m.group(2)!r}; known: {sorted(_UNITS)}")
         value *= _UNITS[m.group(2)]
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{where}: {what} = {text!r} must be a finite number >= 0 (a negative {what} "
+                          f"has no meaning)")
     return value
 
 
@@ -220,31 +270,45 @@ def _parse_endpoint(tok: str, nodes: set, where: str):
 
 
 def read_cluster_ini(path: str | Path) -> tuple[dict[int, str], list[tuple[object, object, float, float]]]:
-    """Parse a Helix cluster file: ``({node: gpu_type}, [(u, v, bandwidth_bytes_per_s, latency_s)])``."""
-    path = Path(path)
-    cp = configparser.ConfigParser()
-    if not cp.read(path):
-        raise ConfigError(f"cannot read cluster file {path}")
+    """Parse a Helix cluster file: ``({node: gpu_type}, [(u, v, bandwidth_bytes_per_s, latency_s)])``.
+
+    Raises :class:`ConfigError` naming the file, line and section for a file that is not INI, a node
+    without a type or given twice, a link to an unknown node, to itself or given twice, and a bandwidth
+    or latency that is not a finite quantity >= 0.
+    """
+    ini = _Ini(path, "cluster file")
+    cp = ini.cp
     types: dict[int, str] = {}
     for sec in cp.sections():
         m = re.fullmatch(r"ComputeNode-(\d+)", sec)
         if m:
-            if "type" not in cp[sec]:
-                raise ConfigError(f"{path}: [{sec}] has no 'type'")
+            if not cp[sec].get("type", "").strip():
+                raise ConfigError(f"{ini.where(sec)} has no 'type' (the node's GPU type, e.g. type=A100)")
+            if int(m.group(1)) in types:
+                raise ConfigError(f"{ini.where(sec)} defines node {int(m.group(1))} again")
             types[int(m.group(1))] = cp[sec]["type"].strip()
     if not types:
-        raise ConfigError(f"{path}: no [ComputeNode-i] sections")
-    links = []
+        raise ConfigError(f"{ini.path}: no [ComputeNode-i] sections; a cluster file defines its nodes that way")
+    links, seen = [], {}
     for sec in cp.sections():
         if not sec.startswith("Link-"):
             continue
         parts = sec[len("Link-"):].split("-")
         if len(parts) != 2:
-            raise ConfigError(f"{path}: link section [{sec}] must be Link-a-b")
-        u = _parse_endpoint(parts[0], set(types), f"{path} [{sec}]")
-        v = _parse_endpoint(parts[1], set(types), f"{path} [{sec}]")
-        bw = _parse_quantity(cp[sec].get("bandwidth", ""), f"{path} [{sec}] bandwidth")
-        lat = _parse_quantity(cp[sec].get("latency", "0"), f"{path} [{sec}] latency")
+            raise ConfigError(f"{ini.where(sec)}: a link section is named Link-<a>-<b>")
+        u = _parse_endpoint(parts[0], set(types), ini.where(sec))
+        v = _parse_endpoint(parts[1], set(types), ini.where(sec))
+        if u == v:
+            raise ConfigError(f"{ini.where(sec)}: a link from {u!r} to itself")
+        pair = frozenset((u, v))
+        if pair in seen:
+            raise ConfigError(f"{ini.where(sec)}: the link {u}-{v} is already given by [{seen[pair]}] (links are "
+                              f"undirected); keep one")
+        seen[pair] = sec
+        if "bandwidth" not in cp[sec]:
+            raise ConfigError(f"{ini.where(sec)} has no 'bandwidth' (e.g. bandwidth = 1000 * mbps)")
+        bw = _parse_quantity(cp[sec]["bandwidth"], ini.where(sec, "bandwidth"), "bandwidth")
+        lat = _parse_quantity(cp[sec].get("latency", "0"), ini.where(sec, "latency"), "latency")
         links.append((u, v, bw, lat))
     return types, links
 
@@ -266,22 +330,52 @@ def _mix_matches(mix: str, counts: dict[str, int], n: int) -> bool:
     return True
 
 
+_THROUGHPUT_COLUMNS = ("model", "cluster_mix", "gpu_type", "k_layers", "T_k_tokens_per_s")
+
+
+def _throughput_rows(path: Path) -> pd.DataFrame:
+    """The ``T_i(k)`` CSV checked row by row (located :class:`ConfigError`): names present, ``k_layers`` an
+    integer >= 1, ``T_k_tokens_per_s`` a finite number >= 0, no (model, mix, type, k) twice."""
+    text = read_csv_text(path, error=ConfigError, skippable=False)
+    require_columns(path, text.df.columns, _THROUGHPUT_COLUMNS, text.header_line, error=ConfigError)
+    df = text.df
+    rows = text.checker(path, "raise", error=ConfigError, fix="correct them in the file")
+    for c in ("model", "cluster_mix", "gpu_type"):
+        rows.flag((df[c].str.strip() == "").to_numpy(), c, df[c], "is empty")
+    k = parse_numbers(rows, df["k_layers"], "k_layers")
+    rows.flag(np.isfinite(k) & ((k < 1) | (k != np.floor(k)) | (k > 10**6)), "k_layers", df["k_layers"],
+              "must be an integer >= 1 (layers held by one node)")
+    t = parse_numbers(rows, df["T_k_tokens_per_s"], "T_k_tokens_per_s", unit="tokens/s")
+    out = pd.DataFrame({"model": df["model"].str.strip(), "cluster_mix": df["cluster_mix"].str.strip(),
+                        "gpu_type": df["gpu_type"].str.strip(), "k_layers": np.where(np.isfinite(k), k, 0),
+                        "T_k_tokens_per_s": t})
+    rows.flag(out.duplicated(["model", "cluster_mix", "gpu_type", "k_layers"]).to_numpy(), "k_layers",
+              df["k_layers"], "repeats an earlier row's (model, cluster_mix, gpu_type, k_layers)")
+    rows.finish()
+    out["k_layers"] = out["k_layers"].astype(np.int64)
+    out["line"] = text.lines
+    return out
+
+
 def load_throughput_table(throughput_csv: str | Path, model: str, node_types: Mapping[int, str],
                           cluster_mix: str | None = None) -> dict[str, tuple[float, ...]]:
     """``{gpu_type: (T(1), ..., T(K))}`` for this model and cluster mix from ``node_throughput_T_k.csv``.
 
     ``T_i(k)`` depends on the whole cluster's machine mix (spec §1.g); ``cluster_mix=None`` picks the
-    table whose ``cluster_mix`` label agrees with the cluster's node count and per-type counts.
+    table whose ``cluster_mix`` label agrees with the cluster's node count and per-type counts. A malformed
+    file (not CSV, a column missing, a negative or non-numeric throughput, a layer count repeated or
+    missing) raises :class:`ConfigError` naming the file and line.
     """
-    df = pd.read_csv(throughput_csv)
+    throughput_csv = Path(throughput_csv)
+    df = _throughput_rows(throughput_csv)
     if model not in set(df["model"]):
         raise UnknownNameError(f"model {model!r} not in {throughput_csv}; known: {sorted(set(df['model']))}")
     df = df[df["model"] == model]
     known = set(df["gpu_type"])
     for node, t in sorted(node_types.items(), key=lambda x: _sort_key(x[0])):
         if t not in known:
-            raise UnknownNameError(f"node {node} has type {t!r} without a throughput table for {model}; "
-                                   f"tables exist for {sorted(known)}")
+            raise UnknownNameError(f"{throughput_csv}: node {node} has type {t!r} without a throughput table for "
+                                   f"{model}; tables exist for {sorted(known)}")
     counts: dict[str, int] = {}
     for t in node_types.values():
         counts[t] = counts.get(t, 0) + 1
@@ -290,8 +384,8 @@ def load_throughput_table(throughput_csv: str | Path, model: str, node_types: Ma
         cands = [m for m in mixes if _mix_matches(m, counts, len(node_types))
                  and set(counts) <= set(df[df["cluster_mix"] == m]["gpu_type"])]
         if len(cands) != 1:
-            raise ConfigError(f"cannot pick a T(k) table for model {model!r} and node counts {counts}: "
-                              f"candidates {cands} among {mixes}; pass cluster_mix explicitly")
+            raise ConfigError(f"{throughput_csv}: cannot pick a T(k) table for model {model!r} and node counts "
+                              f"{counts}: candidates {cands} among {mixes}; pass cluster_mix explicitly")
         cluster_mix = cands[0]
     elif cluster_mix not in mixes:
         raise UnknownNameError(f"cluster_mix {cluster_mix!r} not in {throughput_csv}; known: {mixes}")
@@ -301,7 +395,8 @@ def load_throughput_table(throughput_csv: str | Path, model: str, node_types: Ma
         grp = grp.sort_values("k_layers")
         ks = list(grp["k_layers"])
         if ks != list(range(1, len(ks) + 1)):
-            raise ConfigError(f"T(k) table of {g!r} ({model}, {cluster_mix}) has layer counts {ks}, not 1..K")
+            raise ConfigError(f"{throughput_csv}: line {int(grp['line'].min())}: the T(k) table of {g!r} ({model}, "
+                              f"{cluster_mix}) has layer counts {ks}, not 1..K; add the missing rows")
         tables[g] = tuple(float(x) for x in grp["T_k_tokens_per_s"])
     return tables
 
@@ -345,25 +440,51 @@ def load_helix_problem(cluster_ini: str | Path, model: str, throughput_csv: str 
 def load_helix_placement(sol_ini: str | Path, problem: HelixProblem | None = None) -> dict[int, tuple[int, int]]:
     """Read a published placement (``[Settings] offset``; ``compute_node_{i+offset} = [layer ids]``).
 
-    Returns ``{node: (start, end)}`` with ``end`` exclusive. Layer ids must be contiguous. With ``problem``
-    the placement is also validated (coverage, ``K_i``).
+    Returns ``{node: (start, end)}`` with ``end`` exclusive. Layer ids must be contiguous integers >= 0. With
+    ``problem`` the placement is also validated (every node placed, ranges within ``L`` and ``K_i``, every
+    layer covered). Errors are :class:`ConfigError` naming the file and line.
     """
-    cp = configparser.ConfigParser()
-    if not cp.read(sol_ini):
-        raise ConfigError(f"cannot read placement file {sol_ini}")
-    offset = int(cp["Settings"].get("offset", "0")) if cp.has_section("Settings") else 0
+    ini = _Ini(sol_ini, "placement file")
+    cp = ini.cp
+    offset = 0
+    if cp.has_section("Settings") and "offset" in cp["Settings"]:
+        try:
+            offset = int(cp["Settings"]["offset"])
+        except ValueError:
+            raise ConfigError(f"{ini.where('Settings', 'offset')}: offset = {cp['Settings']['offset']!r} is not "
+                              f"an integer") from None
     if not cp.has_section("Solution"):
-        raise ConfigError(f"{sol_ini}: no [Solution] section")
-    out = {}
+        raise ConfigError(f"{ini.path}: no [Solution] section (lines compute_node_<i> = [layer ids])")
+    out, line_of = {}, {}
     for key, value in cp["Solution"].items():
+        where = ini.where("Solution", key)
         m = re.fullmatch(r"compute_node_(\d+)", key)
         if not m:
-            raise ConfigError(f"{sol_ini}: unexpected key {key!r} in [Solution]")
+            raise ConfigError(f"{where}: unexpected key {key!r} (expected compute_node_<i>)")
         node = int(m.group(1)) - offset
-        layers = ast.literal_eval(value)
-        if not layers or list(layers) != list(range(layers[0], layers[0] + len(layers))):
-            raise ConfigError(f"{sol_ini}: node {node} holds non-contiguous or empty layers {layers}")
-        out[node] = (int(layers[0]), int(layers[-1]) + 1)
+        try:
+            layers = ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            layers = None
+        if not isinstance(layers, (list, tuple)) or not layers or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in layers):
+            raise ConfigError(f"{where}: {key} = {value[:60]!r} is not a non-empty list of layer ids >= 0")
+        if list(layers) != list(range(layers[0], layers[0] + len(layers))):
+            raise ConfigError(f"{where}: node {node} holds non-contiguous layers {list(layers)[:20]}; a node holds "
+                              f"one contiguous range")
+        if node in out:
+            raise ConfigError(f"{where}: node {node} is placed twice")
+        out[node], line_of[node] = (int(layers[0]), int(layers[-1]) + 1), where
     if problem is not None:
-        problem.validate_placement(out)
+        for node, (a, b) in out.items():
+            if node not in problem.throughput:
+                raise UnknownNameError(f"{line_of[node]}: node {node} (offset {offset}) is not in the problem; "
+                                       f"its nodes are {problem.nodes}")
+            if b > problem.num_layers or b - a > problem.max_layers(node):
+                raise ConfigError(f"{line_of[node]}: node {node} holds layers [{a}, {b}) but the model has L = "
+                                  f"{problem.num_layers} layers and the node at most K = {problem.max_layers(node)}")
+        try:
+            problem.validate_placement(out)
+        except ConfigError as e:
+            raise type(e)(f"{ini.path}: {e}") from None
     return out

@@ -29,9 +29,9 @@ from typing import Mapping
 
 from gpusched.errors import ConfigError, SolverError
 
-from .hindsight import HindsightArrays, build_hindsight_arrays, highs_model, request_rows, starts_from_counts
+from .hindsight import (HindsightArrays, build_hindsight_arrays, highs_model, mcsf_warm_start, request_rows,
+                         starts_from_counts)
 from .model import Instance, InfeasibleScheduleError, Schedule, check_schedule
-from .online import mcsf
 
 __all__ = ["write_hindsight_model", "write_solution_file", "read_solution_file", "schedule_from_solution"]
 
@@ -47,7 +47,8 @@ def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int
 
     Args:
         upper_bound: total latency of a known schedule, to tighten the horizon; ``"mcsf"`` (default:
-            MC-SF's) or ``None`` (the spec's horizon ``T = max a + sum o``: a larger model).
+            MC-SF's with exact predictions, :func:`.hindsight.mcsf_warm_start`) or ``None`` (the spec's
+            horizon ``T = max a + sum o``: a larger model).
         aggregate_identical, separation: as in :func:`.hindsight.hindsight_optimal`.
     """
     import highspy
@@ -58,7 +59,7 @@ def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int
     if isinstance(upper_bound, str):
         if upper_bound != "mcsf":
             raise ConfigError(f"upper_bound must be an integer, 'mcsf' or None, got {upper_bound!r}")
-        upper_bound = mcsf(instance).total_latency
+        upper_bound = mcsf_warm_start(instance).total_latency  # feasible even under under-predictions
     arrays = build_hindsight_arrays(instance, upper_bound, aggregate=aggregate_identical,
                                     separation_rows=separation)
     lp = highs_model(arrays)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
@@ -37,11 +37,11 @@ from gpusched.solve import prepare_highs_threads
 
 from .bounds import latency_lower_bound, separation_families
 from .cpsat import solve_hindsight_cpsat
-from .model import Instance, Schedule, check_schedule, identical_classes
+from .model import InfeasibleScheduleError, Instance, Schedule, check_schedule, identical_classes
 from .online import mcsf
 
 __all__ = ["SOLVERS", "HindsightArrays", "HindsightResult", "hindsight_optimal", "build_hindsight_arrays",
-           "highs_model"]
+           "highs_model", "mcsf_warm_start"]
 
 SOLVERS = ("highs", "cp-sat", "cp-sat+highs")  # see hindsight_optimal
 
@@ -341,6 +341,20 @@ def _solve_pulp(instance, arrays, time_limit_s, threads, msg, warm):
     return x, term, float(bound), res.solve_time_s
 
 
+def mcsf_warm_start(instance: Instance) -> Schedule:
+    """MC-SF's schedule of ``instance`` with exact predictions (``õ = o``): the default warm start and upper
+    bound of the hindsight problem.
+
+    The hindsight problem is full-information: it schedules the true outputs ``o``. MC-SF run with the
+    instance's own predictions ``õ`` is a schedule for *those*; when some ``õ_i < o_i`` it may hold more
+    than ``M`` tokens under the true outputs (spec P1 guarantees feasibility only for ``õ >= o``), and its
+    latency is then no upper bound. With ``õ = o`` P1 applies, so this schedule is feasible
+    (:func:`.model.check_schedule` confirms it) and its total latency bounds the optimum.
+    """
+    exact = instance if instance.predicted_output is None else replace(instance, predicted_output=None)
+    return mcsf(exact)
+
+
 def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: str = "highs",
                       backend: str = "highspy", threads: int | None = None, warm_start: Schedule | None | str = "mcsf",
                       msg: bool = False, aggregate_identical: bool = True, separation: bool = True) -> HindsightResult:
@@ -365,7 +379,12 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
         backend: ``"highspy"`` (matrix API, default) or ``"pulp"``.
         threads: solver threads (``None``: the solver's default).
         warm_start: a feasible schedule to tighten the horizon and seed the search, ``"mcsf"`` (default:
-            MC-SF's schedule) or ``None`` (spec horizon ``T = max a + sum o``, no seed).
+            :func:`mcsf_warm_start`, MC-SF's schedule with exact predictions, which is feasible whatever
+            ``instance.predicted_output`` says) or ``None`` (spec horizon ``T = max a + sum o``, no seed).
+            A given schedule that breaks the model raises
+            :class:`~formulations.mcsf.model.InfeasibleScheduleError` naming the violation.
+
+    An empty instance (no requests) returns at once: objective 0, proven optimal.
         msg: print the solver log.
         aggregate_identical: solve the class-aggregated model (see above).
         separation: add the separation inequalities of :mod:`.bounds` (IP: clique rows over each family's
@@ -380,12 +399,18 @@ def hindsight_optimal(instance: Instance, time_limit_s: float = 60.0, solver: st
     if not (time_limit_s > 0 and math.isfinite(time_limit_s)):
         raise ConfigError(f"time_limit_s must be a finite number > 0, got {time_limit_s!r}")
     t0 = time.perf_counter()
-    warm = mcsf(instance) if isinstance(warm_start, str) and warm_start == "mcsf" else warm_start
-    if isinstance(warm, str):
+    if instance.n == 0:
+        return HindsightResult(Schedule(instance, (), "hindsight"), 0, "optimal", 0.0, 0.0, 0.0,
+                               time.perf_counter() - t0, "optimal", 0, 0, 0, None, backend)
+    warm = mcsf_warm_start(instance) if isinstance(warm_start, str) and warm_start == "mcsf" else warm_start
+    if isinstance(warm, str) or not (warm is None or isinstance(warm, Schedule)):
         raise ConfigError(f"warm_start must be a Schedule, 'mcsf' or None, got {warm_start!r}")
     ub = None
     if warm is not None:
-        ub = check_schedule(instance, warm.start)
+        try:
+            ub = check_schedule(instance, warm.start)
+        except InfeasibleScheduleError as e:
+            raise InfeasibleScheduleError(f"warm_start: {e}; pass a feasible schedule, 'mcsf' or None") from None
     if solver == "cp-sat":
         return _hindsight_cpsat(instance, time_limit_s, threads, msg, warm, ub, time.perf_counter() - t0,
                                 separation)

@@ -20,26 +20,46 @@ import numpy as np
 from gpusched.errors import ConfigError, DoesNotFitError
 
 __all__ = ["Instance", "Schedule", "InfeasibleScheduleError", "memory_profile", "schedule_violations",
-           "check_schedule", "identical_classes"]
+           "check_schedule", "identical_classes", "MAX_HORIZON_ROUNDS", "MAX_MEMORY_TOKENS"]
+
+#: The largest serial horizon ``T = max_i a_i + sum_i o_i`` (rounds) an instance may have. Everything here is
+#: time-indexed: the hindsight IP has a memory row per round up to ``T`` (and up to ``n T`` start columns), a
+#: memory profile is an array of ``T`` rounds, and the online algorithms run one batch per round. At 10**7
+#: rounds a profile is 80 MB per array and a Python batch loop takes minutes; far beyond, a single output
+#: of 2**40 tokens would never return. The paper's instances have ``T`` of a few thousand rounds.
+MAX_HORIZON_ROUNDS = 10**7
+#: The largest KV capacity ``M`` (tokens). An H100 holds ~10**6 tokens of a 8B model; this bound keeps every
+#: memory sum over up to ``MAX_HORIZON_ROUNDS`` requests inside int64 and every coefficient exact in float64.
+MAX_MEMORY_TOKENS = 2**32
 
 
 class InfeasibleScheduleError(ConfigError):
     """A schedule that breaks the model: starts before arrival, wrong length, or memory above ``M``."""
 
 
-def _int_tuple(name: str, values: Sequence[int], minimum: int) -> tuple[int, ...]:
-    out = []
-    for i, v in enumerate(values):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            if isinstance(v, (float, np.floating)) and float(v).is_integer():
-                v = int(v)
-            else:
-                raise ConfigError(f"{name}[{i}] = {v!r} is not an integer; the MC-SF model counts rounds and "
-                                  f"tokens in integers")
-        if v < minimum:
-            raise ConfigError(f"{name}[{i}] = {v} is below the minimum {minimum}")
-        out.append(int(v))
-    return tuple(out)
+def _bounded_int(label: str, v, minimum: int, maximum: int, why: str) -> int:
+    """``v`` as a Python int in ``[minimum, maximum]`` (an integral float accepted), or a ConfigError."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        if isinstance(v, (float, np.floating)) and float(v).is_integer():
+            v = int(v)
+        else:
+            raise ConfigError(f"{label} = {v!r} is not an integer; the MC-SF model counts rounds and tokens in "
+                              f"integers")
+    if v < minimum:
+        raise ConfigError(f"{label} = {v} is below the minimum {minimum}")
+    if v > maximum:
+        raise ConfigError(f"{label} = {v} is above {maximum:,}, {why}")
+    return int(v)
+
+
+def _int_tuple(name: str, values: Sequence[int], minimum: int, maximum: int, why: str) -> tuple[int, ...]:
+    """``values`` as a tuple of bounded ints (see :func:`_bounded_int`), one per request."""
+    if isinstance(values, (str, bytes, dict, set)) or not hasattr(values, "__len__") \
+            or not hasattr(values, "__iter__"):
+        hint = f" (for one request pass ({values!r},))" if isinstance(values, (int, float)) else ""
+        raise ConfigError(f"{name} must be a sequence of integers, one per request (a list, tuple or array); got "
+                          f"{type(values).__name__} {values!r:.60}{hint}")
+    return tuple(_bounded_int(f"{name}[{i}]", v, minimum, maximum, why) for i, v in enumerate(values))
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,10 @@ class Instance:
         predicted_output: (n,) predictions ``õ_i >= 1`` used by the online algorithms, or ``None`` for
             exact predictions (``õ = o``). The paper's guarantee assumes ``õ_i >= o_i``.
 
+    Raises :class:`~gpusched.errors.ConfigError` unless each of ``arrival``, ``prompt``, ``output`` (and
+    ``predicted_output``) is a sequence of integers (integral floats accepted) of the same length, with
+    ``M <=`` :data:`MAX_MEMORY_TOKENS` and the serial horizon ``max a + sum o <=`` :data:`MAX_HORIZON_ROUNDS`
+    (checked on Python integers, before any array is built). An empty instance (``n = 0``) is valid.
     Raises :class:`~gpusched.errors.DoesNotFitError` if a request could never run alone
     (``s_i + o_i > M``) or could never pass MC-SF's check (``s_i + õ_i > M``, spec §1(g).10): a literal
     MC-SF loop would otherwise wait for it forever.
@@ -66,19 +90,27 @@ class Instance:
     predicted_output: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        a = _int_tuple("arrival", self.arrival, 0)
-        s = _int_tuple("prompt", self.prompt, 0)
-        o = _int_tuple("output", self.output, 1)
-        (m,) = _int_tuple("memory", [self.memory], 1)
+        horizon = "the longest horizon the time-indexed model takes (MAX_HORIZON_ROUNDS)"
+        tokens = "the largest KV capacity the model takes (MAX_MEMORY_TOKENS)"
+        m = _bounded_int("memory", self.memory, 1, MAX_MEMORY_TOKENS, tokens)
+        a = _int_tuple("arrival", self.arrival, 0, MAX_HORIZON_ROUNDS, horizon)
+        s = _int_tuple("prompt", self.prompt, 0, MAX_MEMORY_TOKENS, tokens)
+        o = _int_tuple("output", self.output, 1, MAX_HORIZON_ROUNDS, horizon)
         if not (len(a) == len(s) == len(o)):
             raise ConfigError(f"arrival, prompt and output must have the same length, got {len(a)}, {len(s)}, "
                               f"{len(o)}")
+        T = (max(a) if a else 0) + sum(o)
+        if T > MAX_HORIZON_ROUNDS:
+            raise ConfigError(f"the serial horizon T = max(arrival) + sum(output) = {T:,} rounds is above "
+                              f"MAX_HORIZON_ROUNDS = {MAX_HORIZON_ROUNDS:,}: the time-indexed model (one memory "
+                              f"row per round) would not fit in memory or time; scale the instance down (e.g. "
+                              f"count outputs in blocks of tokens) or split it")
         object.__setattr__(self, "arrival", a)
         object.__setattr__(self, "prompt", s)
         object.__setattr__(self, "output", o)
         object.__setattr__(self, "memory", m)
         if self.predicted_output is not None:
-            p = _int_tuple("predicted_output", self.predicted_output, 1)
+            p = _int_tuple("predicted_output", self.predicted_output, 1, MAX_MEMORY_TOKENS, tokens)
             if len(p) != len(o):
                 raise ConfigError(f"predicted_output has {len(p)} entries, expected {len(o)}")
             object.__setattr__(self, "predicted_output", p)
