@@ -222,3 +222,20 @@ def test_helix_router_on_bundled_cluster():
     assert (res.nodes.kv_peak_slots <= res.nodes.kv_capacity_slots).all()
     # every pipeline covers layers 0..80 over chaining nodes, as the max-flow graph allows
     assert (res.requests.num_stages >= 1).all()
+
+
+def test_a_malformed_latency_table_is_a_located_profile_error(tmp_path):
+    """Helix latency tables (ms per layer): a negative time, a NaN and a non-UTF-8 byte each name the file and line."""
+    from gpusched.errors import ProfileError
+    from simulators.pipeline.spec import load_layer_latency
+
+    good = "1,0.5\n100,1.0\n"
+    for bad, where in (("1,0.5\n100,-1.0\n", "line 2"), ("1,0.5\nnan,1.0\n", "line 2"),
+                       (b"1,0.5\n100,1.0\n200,\xff\n", "line 3")):
+        folder = tmp_path / str(abs(hash(bad)))
+        folder.mkdir()
+        (folder / "decode_bs2time.csv").write_text(good)
+        path = folder / "prompt_bs2time.csv"
+        path.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
+        with pytest.raises(ProfileError, match=f"prompt_bs2time.csv.*{where}"):
+            load_layer_latency(folder)

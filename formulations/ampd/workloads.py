@@ -250,11 +250,8 @@ def save_sessions(trace: Trace, path: str | Path) -> Path:
 
 def load_sessions(path: str | Path) -> Trace:
     """Read a native-CSV multi-round trace (:func:`gpusched.workload.load_trace`), validate it and give
-    ``round`` (and ``session_id``, whole numbers once read back) integer dtypes."""
+    ``round`` an integer dtype; ``session_id`` keeps what the loader read (integers, or text ids)."""
     trace = check_sessions(load_trace(str(path)))
     df = trace.df.copy()
     df["round"] = df["round"].astype(np.int64)
-    sid = df["session_id"].to_numpy(float)
-    if np.all(sid == np.floor(sid)):
-        df["session_id"] = sid.astype(np.int64)
     return Trace(df, name=trace.name, source=trace.source, meta=trace.meta)

@@ -16,6 +16,7 @@ builds a :class:`PipelineCluster` from its placement and the measured tables and
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,19 +85,30 @@ class LayerLatency:
 
 
 def _read_bs2time(path: Path) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+    """``(batch tokens, seconds per layer)`` rows of one Helix latency table; every bad row is named by line."""
     try:
-        with open(path, newline="") as f:
-            for n, row in enumerate(csv.reader(f), 1):
-                if not row:
-                    continue
-                try:
-                    xs.append(float(row[0]))
-                    ys.append(float(row[1]) * 1e-3)  # the artifact writes milliseconds per layer
-                except (ValueError, IndexError):
-                    raise ProfileError(f"{path}:{n}: expected 'batch_tokens,ms_per_layer', got {row}") from None
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise ProfileError(f"latency table {path} not found") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        raise ProfileError(f"{path}: line {line}: byte {raw[err.start:err.start + 1]!r} is not UTF-8; save the "
+                           f"table as UTF-8 text") from None
+    xs, ys = [], []
+    for n, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+        if not row:
+            continue
+        try:
+            x, ms = float(row[0]), float(row[1])
+        except (ValueError, IndexError):
+            raise ProfileError(f"{path}: line {n}: expected 'batch_tokens,ms_per_layer', got {row}") from None
+        if not (math.isfinite(x) and x >= 0 and math.isfinite(ms) and ms >= 0):
+            raise ProfileError(f"{path}: line {n}: batch tokens {row[0]!r} and time {row[1]!r} ms must be finite "
+                               f"and >= 0; fix or remove the row")
+        xs.append(x)
+        ys.append(ms * 1e-3)  # the artifact writes milliseconds per layer
     return xs, ys
 
 
