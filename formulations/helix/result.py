@@ -14,7 +14,10 @@ class PlacementResult:
     :func:`max_flow` on the solved graph); ``upper_bound`` the best proven bound in tokens/s (min of the
     solver's dual bound and ``UB = Σ max_k k T_i(k) / L``); ``gap = (upper_bound - objective) / upper_bound``;
     ``status`` HiGHS's own model status (``"optimal"`` only if HiGHS proved it; ``"time_limit"`` otherwise,
-    ``"heuristic"`` for placements not from a solver); ``solve_time_s`` wall time of the solve.
+    ``"heuristic"`` for placements not from a solver); ``solve_time_s`` wall time of the solve; ``method``
+    where the placement came from: ``"milp"`` (the solver's incumbent), ``"warm-start"`` (the solver's
+    incumbent was invalid or worse than the warm start, which is returned instead; ``extra["kept_warm_start"]``
+    says why), or the heuristic's name.
     """
 
     placement: dict[Node, tuple[int, int]]
