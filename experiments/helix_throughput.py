@@ -110,6 +110,15 @@ PAPER = {
     ("geo24", "offline", "helix", "swarm"): 81.7, ("geo24", "offline", "helix", "random"): 87.4,
     ("geo24", "offline", "helix", SR): 83.6,
 }
+# Full-run ratios (README): Helix's decode throughput over each baseline's, per (cluster, mode, baseline)
+FULL_RUN_RATIOS = {
+    ("single24", "offline", "swarm", "swarm"): 1.95, ("single24", "online", "swarm", "swarm"): 1.35,
+    ("single24", "offline", "sp", "fixed"): 1.58, ("single24", "online", "sp", "fixed"): 1.54,
+    ("cluster42", "offline", "swarm", "swarm"): 1.33, ("cluster42", "online", "swarm", "swarm"): 1.01,
+    ("cluster42", "offline", "sp", "fixed"): 2.61, ("cluster42", "online", "sp", "fixed"): 2.63,
+    ("geo24", "offline", "swarm", "swarm"): 2.09, ("geo24", "online", "swarm", "swarm"): 1.32,
+    ("single24", "offline", "petals", "helix"): 1.17, ("geo24", "offline", "petals", "helix"): 1.28,
+}
 # ratios the paper reports: (label, numerator, denominator as (placement, router), {(cluster, mode): paper})
 RATIOS = [
     ("Helix / Swarm system", ("helix", "helix"), ("swarm", "swarm"),
@@ -441,19 +450,9 @@ def main(argv=None) -> int:
     return 0
 
 
-# Full-run ratios (README): Helix's decode throughput over each baseline's, per (cluster, mode, baseline)
-FULL_RUN_RATIOS = {
-    ("single24", "offline", "swarm", "swarm"): 1.95, ("single24", "online", "swarm", "swarm"): 1.35,
-    ("single24", "offline", "sp", "fixed"): 1.58, ("single24", "online", "sp", "fixed"): 1.54,
-    ("cluster42", "offline", "swarm", "swarm"): 1.33, ("cluster42", "online", "swarm", "swarm"): 1.01,
-    ("cluster42", "offline", "sp", "fixed"): 2.61, ("cluster42", "online", "sp", "fixed"): 2.63,
-    ("geo24", "offline", "swarm", "swarm"): 2.09, ("geo24", "online", "swarm", "swarm"): 1.32,
-    ("single24", "offline", "petals", "helix"): 1.17, ("geo24", "offline", "petals", "helix"): 1.28,
-}
-
-
 def _quick_notes(df: pd.DataFrame) -> list[str]:
-    """Quick-mode ratios (Helix over a baseline) on the other side of 1 from the full run's (:data:`FULL_RUN_RATIOS`)."""
+    """Quick-mode ratios (Helix over a baseline) on the other side of 1 from the full run's
+    (:data:`FULL_RUN_RATIOS`)."""
     notes = []
     idx = df.dropna(subset=["decode_throughput_tokens_per_s"]).set_index(
         ["cluster", "mode", "placement", "router"])["decode_throughput_tokens_per_s"]

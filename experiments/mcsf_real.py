@@ -99,8 +99,8 @@ def run(out_dir: str = "results/mcsf_real", quick: bool = False, seed: int = 0,
     grid_caps, grid_alphas = ((64, 256), (0.1, 0.3, 0.5)) if quick else (GRID_CAPS, GRID_ALPHAS)
     if "lmsys-lognormal" in lengths:
         units += len(rates) * len(grid_caps) * len(grid_alphas) * max(sizes)
-    started = announce("mcsf_real", out, units * SECONDS_PER_REQUEST,
-                       f"{units:,} request-policy runs x ~{SECONDS_PER_REQUEST * 1e3:g} ms (ShareGPT x{SHAREGPT_COST})")
+    started = announce("mcsf_real", out, units * SECONDS_PER_REQUEST, f"{units:,} request-policy runs x "
+                       f"~{SECONDS_PER_REQUEST * 1e3:g} ms (ShareGPT x{SHAREGPT_COST})")
     for L, rate, n in progress(jobs, desc="mcsf real", disable=quick):
         # ShareGPT requests are ~20x longer than LMSYS ones; quick mode keeps those streams at 30 and 60
         nn = (30 * (sizes.index(n) + 1)) if (quick and L == "sharegpt") else n
@@ -149,9 +149,10 @@ def _quick_notes(res: pd.DataFrame, grid: pd.DataFrame | None) -> list[str]:
     for (lengths, rate), d in res.groupby(["lengths", "rate_per_s"]):
         last = d[d.n_requests == d.n_requests.max()].set_index("policy")["avg_latency_s"]
         full = FULL_RUN_VS_BENCHMARK.get(lengths)
-        if full is not None and np.isfinite(last.get("MC-SF", np.nan)) and np.isfinite(last.get("MC-Benchmark", np.nan)):
+        sf, bench = last.get("MC-SF", np.nan), last.get("MC-Benchmark", np.nan)
+        if full is not None and np.isfinite(sf) and np.isfinite(bench):
             note = quick_note(f"MC-SF vs MC-Benchmark ({lengths}, {rate:g}/s), average latency %",
-                              100 * (last["MC-SF"] / last["MC-Benchmark"] - 1), full, "README")
+                              100 * (sf / bench - 1), full, "README")
             if note:
                 notes.append(note)
     if grid is not None and "batch_cap" in grid:

@@ -25,7 +25,8 @@ Lookup is by canonical name (:func:`list_gpus`) or by an alias, case- and punctu
 ``get_gpu("h100")``, ``get_gpu("NVIDIA H100 80GB HBM3")``, ``get_gpu("a100-80g")``, ``get_gpu("RTX4090")``.
 A bare ``a100`` means the **80 GB** part (``A100-80GB``), as in Vidur and most serving papers; the
 40 GB part is ``a100-40gb`` (the Helix (ASPLOS'25) profiles' ``A100`` machine type is the 40 GB part;
-Helix's code reads its own per-machine tables and does not look GPUs up here). ``V100`` (16 GB), ``L4``, ``T4`` resolve to single GPUs. Helix's ``L4x2``/``T4x2``/``T4x4`` are *multi-GPU nodes*, not GPU
+Helix's code reads its own per-machine tables and does not look GPUs up here). ``V100`` (16 GB), ``L4``
+and ``T4`` resolve to single GPUs. Helix's ``L4x2``/``T4x2``/``T4x4`` are *multi-GPU nodes*, not GPU
 kinds, and are deliberately not aliases: build them as clusters in :mod:`gpusched.cluster`.
 
 :class:`LinkSpec` describes a network link between instances (bandwidth in bytes/s, latency in s).
@@ -90,7 +91,8 @@ class GpuSpec:
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError(f"{owner}: source must name the datasheet the numbers come from")
         rt = self.runtime_memory_bytes
-        if rt is not None and (isinstance(rt, bool) or not isinstance(rt, int) or not 0 < rt <= 1.1 * self.memory_bytes):
+        if rt is not None and (isinstance(rt, bool) or not isinstance(rt, int)
+                               or not 0 < rt <= 1.1 * self.memory_bytes):
             raise ConfigError(f"{owner}: runtime_memory_bytes must be None or an int in (0, 1.1 x memory_bytes], "
                               f"got {rt!r}")
 
