@@ -22,6 +22,12 @@ strengthened), the hub feasibility MILP without and with cover cuts, a bisection
 cluster) and the smallest valid upper bound. Usage::
 
     python -m experiments.bench_helix_placement [--time-limit 60] [--threads 1] [--instances single24 ...]
+        [--prove-ideas] [--resume] [--solver-log]
+
+It prints where it writes and an estimate (at most 6 time-limited solves per instance, 11 with
+``--prove-ideas``), writes ``bench_helix_placement.csv`` after every instance (``--resume`` skips the instances
+an interrupted run with the same settings finished) and, at the end, ``bench_helix_placement.md`` and
+``bench_helix_placement.png`` (each method's max flow per instance, with the published value and the bounds).
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ from formulations.helix import (DATA_DIR, build_placement_model, heuristic_place
 from formulations.helix._highs import run_feasibility, solve as highs_solve
 from formulations.helix.flow import SOURCE, flow_value_or_zero
 from gpusched.errors import InfeasibleError, SolverError
+
+from ._ux import ResumableRows, add_solver_log_flag, announce, finish, progress, solver_output
 
 EPS = 1e-3  # tokens/s: a proof shows that no placement reaches ours + EPS
 
@@ -187,30 +195,73 @@ def prove_ideas(pr, best_pl, time_limit_s: float, threads: int, add) -> None:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-limit", type=float, default=60.0, help="seconds per MILP run")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="HiGHS threads per run")
     ap.add_argument("--instances", nargs="*", default=list(INSTANCES), choices=list(INSTANCES))
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--prove-ideas", action="store_true", help="also compare ways of proving optimality")
+    ap.add_argument("--resume", action="store_true", help="skip the instances an interrupted run with the same "
+                    "settings finished in --out")
+    add_solver_log_flag(ap)
     args = ap.parse_args(argv)
-    rows = []
-    t0 = time.perf_counter()
-    for name in args.instances:
+    solves = 11 if args.prove_ideas else 6
+    started = announce("bench_helix_placement", args.out, len(args.instances) * solves * args.time_limit,
+                       f"at most {len(args.instances)} instances x {solves} solves x {args.time_limit:g} s; proofs "
+                       f"and small instances stop earlier")
+    solver_output(args.solver_log)
+    settings = {"time_limit_s": args.time_limit, "threads": args.threads, "prove_ideas": args.prove_ideas}
+    table = ResumableRows(args.out, "bench_helix_placement", settings, ("instance", "method"), args.resume)
+    for name in progress(args.instances, desc="helix placement"):
+        if table.done(instance=name, method="ours"):
+            print(f"== {name}: kept from the interrupted run", flush=True)
+            continue
         print(f"== {name}", flush=True)
-        rows += run_instance(name, args.time_limit, args.threads, args.prove_ideas)
-    df = pd.DataFrame(rows)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "bench_helix_placement.csv", index=False)
+        for row in run_instance(name, args.time_limit, args.threads, args.prove_ideas):
+            table.add(row)
+    rows = table.frame().to_dict("records")
     md = ["# Helix placement on HiGHS vs published Gurobi incumbents", "",
           f"time limit {args.time_limit} s per run, {args.threads} thread(s); objective = max flow (tokens/s) "
-          f"of the placement on the unpruned cluster; total wall time {time.perf_counter() - t0:.0f} s.", "",
+          f"of the placement on the unpruned cluster.", "",
           "| instance | method | objective | upper bound | gap | status | time (s) |", "|---|---|---:|---:|---:|---|---:|"]
     for r in rows:
-        ub = "" if r["upper_bound_tokens_per_s"] is None else f"{r['upper_bound_tokens_per_s']:.2f}"
-        gap = "" if r["gap"] is None else f"{100 * r['gap']:.1f}%"
+        ub = "" if pd.isna(r["upper_bound_tokens_per_s"]) else f"{r['upper_bound_tokens_per_s']:.2f}"
+        gap = "" if pd.isna(r["gap"]) else f"{100 * r['gap']:.1f}%"
         md.append(f"| {r['instance']} | {r['method']} | {r['objective_tokens_per_s']:.2f} | {ub} | {gap} | "
                   f"{r['status']} | {r['solve_time_s']:.1f} |")
     (args.out / "bench_helix_placement.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {args.out}/bench_helix_placement.csv and .md")
+    plot(table.frame(), args.out / "bench_helix_placement.png", args.time_limit, args.threads)
+    finish("bench_helix_placement", args.out,
+           ["bench_helix_placement.csv", "bench_helix_placement.md", "bench_helix_placement.png"], started)
+
+
+def plot(df: pd.DataFrame, path: Path, time_limit_s: float, threads: int) -> None:
+    """Max flow of every method per instance (bars), the published placement's (dashed) and the best upper
+    bound (dotted), tokens/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(df["instance"]))
+    fig, axes = plt.subplots(1, len(names), figsize=(max(6.5, 4.2 * len(names)), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        part = df[(df["instance"] == name) & df["objective_tokens_per_s"].notna()]
+        part = part[~part["method"].isin(["published", "cover_bound"])]
+        ax.bar(range(len(part)), part["objective_tokens_per_s"], color="tab:blue", label="max flow of the placement")
+        ax.set_xticks(range(len(part)), part["method"], rotation=60, ha="right", fontsize=7)
+        published = df[(df["instance"] == name) & (df["method"] == "published")]["objective_tokens_per_s"]
+        if len(published):
+            ax.axhline(float(published.iloc[0]), color="tab:red", ls="--", label="published (Gurobi)")
+        ours = df[(df["instance"] == name) & (df["method"] == "ours")]["upper_bound_tokens_per_s"]
+        if len(ours) and pd.notna(ours.iloc[0]):
+            ax.axhline(float(ours.iloc[0]), color="black", ls=":", label="best upper bound")
+        ax.set_title(name)
+        ax.set_ylabel("max flow (tokens/s)")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Helix placement: each method vs the published placement\n(HiGHS, {time_limit_s:g} s per run, "
+                 f"{threads} thread(s))", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

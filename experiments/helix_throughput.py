@@ -77,6 +77,8 @@ from gpusched.workload import Trace, load_trace  # noqa: E402
 from simulators.pipeline import simulate_pipeline  # noqa: E402
 from simulators.pipeline.routers import FixedPipelineRouter  # noqa: E402
 
+from experiments._ux import ResumableRows, announce, finish, progress, quick_note  # noqa: E402
+
 OUT = Path("results/helix_throughput")
 CLUSTERS = {  # cluster file, published layouts, paper's online Helix rate (tokens/s)
     "single24": ("single24.ini", {"helix": "single24_70b_ilp.ini", "swarm": "single24_70b_swarm.ini",
@@ -107,6 +109,15 @@ PAPER = {
     ("geo24", "offline", "swarm", "helix"): 41.6, ("geo24", "offline", "petals", "helix"): 66.6,
     ("geo24", "offline", "helix", "swarm"): 81.7, ("geo24", "offline", "helix", "random"): 87.4,
     ("geo24", "offline", "helix", SR): 83.6,
+}
+# Full-run ratios (README): Helix's decode throughput over each baseline's, per (cluster, mode, baseline)
+FULL_RUN_RATIOS = {
+    ("single24", "offline", "swarm", "swarm"): 1.95, ("single24", "online", "swarm", "swarm"): 1.35,
+    ("single24", "offline", "sp", "fixed"): 1.58, ("single24", "online", "sp", "fixed"): 1.54,
+    ("cluster42", "offline", "swarm", "swarm"): 1.33, ("cluster42", "online", "swarm", "swarm"): 1.01,
+    ("cluster42", "offline", "sp", "fixed"): 2.61, ("cluster42", "online", "sp", "fixed"): 2.63,
+    ("geo24", "offline", "swarm", "swarm"): 2.09, ("geo24", "online", "swarm", "swarm"): 1.32,
+    ("single24", "offline", "petals", "helix"): 1.17, ("geo24", "offline", "petals", "helix"): 1.28,
 }
 # ratios the paper reports: (label, numerator, denominator as (placement, router), {(cluster, mode): paper})
 RATIOS = [
@@ -242,10 +253,14 @@ def run_separate(cname, system, mode, trace, offline_window, online_s, legacy) -
 
 
 def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_threshold=0.8,
-        legacy=False) -> pd.DataFrame:
+        legacy=False, table: ResumableRows | None = None) -> pd.DataFrame:
+    """One row per (cluster, placement, router, mode). With ``table`` every row is written as it finishes and
+    the rows ``table`` already holds (a resumed run) are skipped."""
     trace, dropped = azure_requests()
     print(f"requests: {trace.name}, {len(trace)} rows ({dropped:.1%} of the trace has longer prompts)")
-    rows = []
+    rows = [] if table is None else table.rows
+    jobs = [(c, p, r, m) for c in clusters for p, r in combos for m in modes]
+    bar = progress(jobs, desc="helix throughput")
     for cname in clusters:
         cfile, layouts, rate = CLUSTERS[cname]
         pr = load_helix_problem(DATA_DIR / "clusters" / cfile, MODEL)
@@ -258,6 +273,9 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
             if (separate and (cname, pname) not in SEPARATE) or (not separate and pname not in placements):
                 continue
             for mode in modes:
+                bar.update(1)
+                if table is not None and table.done(cluster=cname, placement=pname, router=rname, mode=mode):
+                    continue
                 row = {"cluster": cname, "placement": pname, "router": rname, "mode": mode, "error": ""}
                 try:
                     if separate:
@@ -284,7 +302,7 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
                         offered = rate
                 except KVCacheOverflowError as e:  # Helix's simulator would stop on its assertion too
                     row["error"] = str(e)
-                    rows.append(row)
+                    _keep(row, rows, table)
                     print(f"{cname:9s} {pname:7s} {rname:14s} {mode:7s} KV overflow: {e}", flush=True)
                     continue
                 row.update({"max_flow_tokens_per_s": flow,
@@ -294,11 +312,27 @@ def run(clusters, combos, modes, offline_window, online_s, online_rate=None, kv_
                             **{k: s[k] for k in ("prompt_latency_p50_s", "prompt_latency_p95_s", "decode_latency_p50_s",
                                                  "decode_latency_p95_s", "mean_stages", "launched", "finished",
                                                  "unfinished", "rejected", "duration_s", "warmup_s", "wall_time_s")}})
-                rows.append(row)
+                _keep(row, rows, table)
                 print(f"{cname:9s} {pname:7s} {rname:14s} {mode:7s} flow {flow:8.1f}  decode "
                       f"{row['decode_throughput_tokens_per_s']:7.1f} tok/s  prompt p50 {row['prompt_latency_p50_s']:6.2f} s "
                       f"decode p50 {row['decode_latency_p50_s']:5.2f} s  ({s['wall_time_s']:.1f} s wall)", flush=True)
     return pd.DataFrame(rows)
+
+
+def _keep(row: dict, rows: list, table: ResumableRows | None) -> None:
+    """Add ``row`` to the results (and to the CSV at once when there is a table)."""
+    if table is None:
+        rows.append(row)
+    else:
+        table.add(row)
+
+
+def estimate_s(clusters, combos, modes, offline_window, online_s) -> float:
+    """Wall seconds of a run: simulated seconds x 0.025 s per simulated second of a 24-node cluster (measured on
+    the quick single 24-node run), scaled by the cluster's node count."""
+    nodes = {"single24": 24, "geo24": 24, "cluster42": 42}
+    per_run = {"offline": sum(offline_window), "online": online_s}
+    return sum(0.025 * nodes[c] / 24 * per_run[m] for c in clusters for _ in combos for m in modes)
 
 
 def ratio_table(df: pd.DataFrame) -> list[str]:
@@ -384,6 +418,8 @@ def main(argv=None) -> int:
     ap.add_argument("--legacy-engine", action="store_true",
                     help="the previous setup: full-footprint KV reservation and the KV-usage feeder for all routers")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--resume", action="store_true", help="keep the runs an interrupted run with the same settings "
+                    "left in --out (runs.csv is written after every run)")
     args = ap.parse_args(argv)
     combos = SYSTEMS if args.systems_only else SYSTEMS + ABLATIONS
     if args.combos:
@@ -397,13 +433,38 @@ def main(argv=None) -> int:
         offline_window, online_s = (60.0, 600.0), 1800.0
         note = ("Full mode: offline 60 s warm-up + 600 s measured; online 1,800 s (the paper's length), the first "
                 "600 s excluded as ramp-up.")
-    t0 = time.perf_counter()
+    started = announce("helix_throughput", args.out, estimate_s(args.clusters, combos, args.modes, offline_window,
+                                                                 online_s),
+                       f"{len(args.clusters) * len(combos) * len(args.modes)} runs x simulated seconds x ~0.025 s")
+    settings = {"quick": args.quick, "clusters": args.clusters, "modes": args.modes, "combos": combos,
+                "online_tokens_per_s": args.online_tokens_per_s, "legacy": args.legacy_engine}
+    table = ResumableRows(args.out, "runs", settings, ("cluster", "placement", "router", "mode"), args.resume)
     df = run(args.clusters, combos, args.modes, offline_window, online_s, args.online_tokens_per_s,
-             legacy=args.legacy_engine)
+             legacy=args.legacy_engine, table=table)
     engine = (LEGACY_NOTE if args.legacy_engine else ENGINE_NOTE)
     write(df, args.out, note + " " + engine)
-    print(f"done in {time.perf_counter() - t0:.1f} s; wrote {args.out}/runs.csv, helix_throughput.png, helix_throughput.md")
+    if args.quick:
+        for line in _quick_notes(df):
+            print(line)
+    finish("helix_throughput", args.out, ["runs.csv", "helix_throughput.png", "helix_throughput.md"], started)
     return 0
+
+
+def _quick_notes(df: pd.DataFrame) -> list[str]:
+    """Quick-mode ratios (Helix over a baseline) on the other side of 1 from the full run's
+    (:data:`FULL_RUN_RATIOS`)."""
+    notes = []
+    idx = df.dropna(subset=["decode_throughput_tokens_per_s"]).set_index(
+        ["cluster", "mode", "placement", "router"])["decode_throughput_tokens_per_s"]
+    for (cname, mode, pname, rname), full in FULL_RUN_RATIOS.items():
+        helix, other = idx.get((cname, mode, "helix", "helix")), idx.get((cname, mode, pname, rname))
+        if helix is None or other is None or not other > 0:
+            continue
+        note = quick_note(f"Helix / {pname} with {rname} ({cname}, {mode}) decode throughput, log ratio",
+                          float(np.log(helix / other)), float(np.log(full)), f"README, ratio {full:.2f}")
+        if note:
+            notes.append(note)
+    return notes
 
 
 ENGINE_NOTE = (

@@ -32,6 +32,14 @@ import pandas as pd
 from gpusched.errors import InfeasibleError
 from formulations.mcsf import PAPER_MEMORY_TOKENS, simulate_real
 
+from ._ux import announce, finish, progress, quick_note
+
+SECONDS_PER_REQUEST = 1e-4  # per request and policy on the log-normal lengths (measured); ShareGPT's are ~20x
+SHAREGPT_COST = 20
+# Full-run results (README): MC-SF's average latency relative to MC-Benchmark (%), and whether alpha-greedy is
+# feasible at a batch cap of 256 for any alpha <= 0.5 (it is not); a quick run is checked against them
+FULL_RUN_VS_BENCHMARK = {"sharegpt": -31.6, "lmsys-lognormal": -86.0}
+
 SHAREGPT = "length_stats/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
 LMSYS_STATS = {"prompt": (40.62, 11.0), "output": (85.32, 45.0)}  # (mean, median), spec §1(d)
 ALPHA_GREEDY = (0.1, 0.2, 0.25, 0.3)
@@ -77,8 +85,6 @@ def _policies():
 
 def run(out_dir: str = "results/mcsf_real", quick: bool = False, seed: int = 0,
         sizes=None, rates=(50.0, 10.0), lengths=None, batch_cap: int = 96) -> pd.DataFrame:
-    from tqdm import tqdm
-
     sizes = list(sizes) if sizes is not None else ([100, 200] if quick else [1000 * k for k in range(1, 11)])
     # ShareGPT streams are heavy (prompts ~2,400 tokens: ~90k batches per 1,000 requests), so the full run
     # leaves them to ``--lengths sharegpt --sizes 1000``
@@ -86,7 +92,16 @@ def run(out_dir: str = "results/mcsf_real", quick: bool = False, seed: int = 0,
                                                          else ["lmsys-lognormal"])
     rows = []
     jobs = [(L, r, n) for L in lengths for r in rates for n in sizes]
-    for L, rate, n in tqdm(jobs, desc="mcsf real", disable=quick):
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n_policies = len(list(_policies()))
+    units = sum(n * n_policies * (SHAREGPT_COST if L == "sharegpt" else 1) for L, _, n in jobs)
+    grid_caps, grid_alphas = ((64, 256), (0.1, 0.3, 0.5)) if quick else (GRID_CAPS, GRID_ALPHAS)
+    if "lmsys-lognormal" in lengths:
+        units += len(rates) * len(grid_caps) * len(grid_alphas) * max(sizes)
+    started = announce("mcsf_real", out, units * SECONDS_PER_REQUEST, f"{units:,} request-policy runs x "
+                       f"~{SECONDS_PER_REQUEST * 1e3:g} ms (ShareGPT x{SHAREGPT_COST})")
+    for L, rate, n in progress(jobs, desc="mcsf real", disable=quick):
         # ShareGPT requests are ~20x longer than LMSYS ones; quick mode keeps those streams at 30 and 60
         nn = (30 * (sizes.index(n) + 1)) if (quick and L == "sharegpt") else n
         df = make_stream(L, rate, nn, seed)
@@ -106,20 +121,48 @@ def run(out_dir: str = "results/mcsf_real", quick: bool = False, seed: int = 0,
                        "peak_memory_tokens": np.nan, "batches": np.nan, "note": str(e)[:120]}
             rows.append({"lengths": L, "rate_per_s": rate, "n_requests": nn, "policy": label, **row,
                          "wall_s": time.perf_counter() - t0})
+        pd.DataFrame(rows).to_csv(out / "latency.csv", index=False)  # partial results after every stream
     res = pd.DataFrame(rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / "latency.csv", index=False)
     _plot(res, out / "latency.png")
     summary = _markdown(res, quick, seed, batch_cap)
     if "lmsys-lognormal" in lengths:  # the grid's runs are cheap on these lengths only
-        grid = alpha_grid("lmsys-lognormal", rates, max(sizes), seed, caps=(64, 256) if quick else GRID_CAPS,
-                          alphas=(0.1, 0.3, 0.5) if quick else GRID_ALPHAS)
+        grid = alpha_grid("lmsys-lognormal", rates, max(sizes), seed, caps=grid_caps, alphas=grid_alphas)
         grid.to_csv(out / "alpha_grid.csv", index=False)
         _plot_grid(grid, out / "alpha_grid.png")
         summary += "\n" + _grid_markdown(grid)
+    else:
+        grid = None
+    notes = _quick_notes(res, grid) if quick else []
+    if notes:
+        print("\n".join(notes))
+        summary += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     (out / "summary.md").write_text(summary)
+    finish("mcsf_real", out, ["latency.csv", "latency.png", "summary.md"]
+           + (["alpha_grid.csv", "alpha_grid.png"] if grid is not None else []), started)
     return res
+
+
+def _quick_notes(res: pd.DataFrame, grid: pd.DataFrame | None) -> list[str]:
+    """Where a quick run points the other way from the full run (:data:`FULL_RUN_VS_BENCHMARK`; at a batch cap
+    of 256 the full grid finds alpha-greedy infeasible for every alpha up to 0.5)."""
+    notes = []
+    for (lengths, rate), d in res.groupby(["lengths", "rate_per_s"]):
+        last = d[d.n_requests == d.n_requests.max()].set_index("policy")["avg_latency_s"]
+        full = FULL_RUN_VS_BENCHMARK.get(lengths)
+        sf, bench = last.get("MC-SF", np.nan), last.get("MC-Benchmark", np.nan)
+        if full is not None and np.isfinite(sf) and np.isfinite(bench):
+            note = quick_note(f"MC-SF vs MC-Benchmark ({lengths}, {rate:g}/s), average latency %",
+                              100 * (sf / bench - 1), full, "README")
+            if note:
+                notes.append(note)
+    if grid is not None and "batch_cap" in grid:
+        at256 = grid[(grid["batch_cap"] == 256) & grid["feasible"].astype(bool)]
+        if len(at256):
+            notes.append(f"note: --quick points the other way from the full run on alpha-greedy at batch cap 256: "
+                         f"feasible here from alpha {at256['alpha'].min():g} (200 requests), infeasible for every "
+                         f"alpha up to 0.5 in the full run (10,000 requests, README); the quick streams are too "
+                         f"short for the reset livelock to appear")
+    return notes
 
 
 def alpha_grid(lengths: str, rates, n: int, seed: int, caps=GRID_CAPS, alphas=GRID_ALPHAS) -> pd.DataFrame:

@@ -25,6 +25,8 @@ from gpusched.errors import ConfigError
 from formulations.mcsf import Instance, hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import SOLVERS
 
+from ._ux import add_solver_log_flag, announce, finish, solver_output
+
 MODELS = ("all-at-0", "poisson")  # the spec's Arrival Models 1 and 2
 PAPER = {  # spec §1(e) rows 1-2 ([2nd])
     "all-at-0": {"mean": 1.005, "best": 1.000, "worst": 1.074, "exact": "114/200"},
@@ -80,7 +82,7 @@ def synthetic_instances(seed: int, n_instances: int, scale: str):
 def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int = 0,
         n_instances: int | None = None, time_limit_s: float | None = None, threads: int | None = None,
         scale: str = "paper", solver: str = "cp-sat+highs", separation: bool = True,
-        resume: bool = False) -> pd.DataFrame:
+        resume: bool = False, solver_log: bool = False) -> pd.DataFrame:
     """Solve ``n_instances`` instances per arrival model (200 full, 6 quick); write CSV, PNG and markdown.
 
     ``quick`` implies ``scale="quick"``, 6 instances and a 2 s limit. ``separation=False`` solves the spec's
@@ -98,6 +100,9 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     tl = time_limit_s if time_limit_s is not None else (2.0 if quick else 60.0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    started = announce("mcsf_synthetic", out, 2 * n_inst * tl,
+                       f"at most {2 * n_inst} instances x the {tl:g} s limit; proven instances stop earlier")
+    solver_output(solver_log)
     settings = {"scale": scale, "seed": seed, "instances": n_inst, "time_limit_s": tl, "threads": threads,
                 "solver": solver, "separation": separation}
     done = _finished_rows(out, settings) if resume else {}
@@ -115,7 +120,7 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
         sf = mcsf(inst)
         sf_s = time.perf_counter() - t0
         res = hindsight_optimal(inst, time_limit_s=tl, threads=threads, warm_start=sf, solver=solver,
-                                separation=separation)
+                                separation=separation, msg=solver_log)
         rows[(model, k)] = {"model": model, "instance": k, "n": inst.n, "M": inst.memory, "s": inst.prompt[0],
                             "mcsf_tel": sf.total_latency, "ip_tel": res.objective, "ip_bound": res.best_bound,
                             "ip_status": res.status, "ip_gap": res.gap, "ip_solve_time_s": res.solve_time_s,
@@ -126,6 +131,7 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
     df = _in_job_order(rows, jobs)
     _plot(df, out / "ratios.png")
     (out / "summary.md").write_text(_markdown(df, scale, seed, tl, n_inst, solver, separation))
+    finish("mcsf_synthetic", out, ["instances.csv", "ratios.png", "summary.md", "settings.json"], started)
     return df
 
 
@@ -218,9 +224,11 @@ def main(argv=None) -> None:
     ap.add_argument("--no-separation", action="store_true", help="the spec's model without the separation inequalities")
     ap.add_argument("--resume", action="store_true", help="keep the instances an interrupted run with the same "
                     "settings already solved in --out")
+    add_solver_log_flag(ap)
     a = ap.parse_args(argv)
     run(a.out, quick=a.quick, seed=a.seed, n_instances=a.instances, time_limit_s=a.time_limit, scale=a.scale,
-        solver=a.solver, threads=a.threads, separation=not a.no_separation, resume=a.resume)
+        solver=a.solver, threads=a.threads, separation=not a.no_separation, resume=a.resume,
+        solver_log=a.solver_log)
     print((Path(a.out) / "summary.md").read_text())
 
 

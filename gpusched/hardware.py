@@ -16,11 +16,17 @@ Every :class:`GpuSpec` carries
 * ``pcie_bandwidth_bytes_per_s`` -- host link, *one direction*: half the bidirectional figure NVIDIA
   prints (PCIe Gen3 x16 16e9, Gen4 x16 32e9, Gen5 x16 64e9 B/s).
 * ``source`` -- the datasheet or whitepaper the numbers come from.
+* ``runtime_memory_bytes`` -- the total the CUDA runtime reports (``cudaMemGetInfo``, what
+  ``torch.cuda.mem_get_info`` and vLLM's ``gpu_memory_utilization`` start from), where a public record
+  exists, else ``None``. It is below the datasheet figure (driver and ECC reservations): an RTX 4090
+  reports 25,250,627,584 B. :mod:`gpusched.vllm_memory` uses it to estimate a vLLM engine's KV blocks.
 
 Lookup is by canonical name (:func:`list_gpus`) or by an alias, case- and punctuation-insensitive:
 ``get_gpu("h100")``, ``get_gpu("NVIDIA H100 80GB HBM3")``, ``get_gpu("a100-80g")``, ``get_gpu("RTX4090")``.
-The Helix (ASPLOS'25) profiles name machine types ``A100`` (a 40 GB A100), ``V100`` (16 GB), ``L4``,
-``T4``; these resolve to single GPUs. Helix's ``L4x2``/``T4x2``/``T4x4`` are *multi-GPU nodes*, not GPU
+A bare ``a100`` means the **80 GB** part (``A100-80GB``), as in Vidur and most serving papers; the
+40 GB part is ``a100-40gb`` (the Helix (ASPLOS'25) profiles' ``A100`` machine type is the 40 GB part;
+Helix's code reads its own per-machine tables and does not look GPUs up here). ``V100`` (16 GB), ``L4``
+and ``T4`` resolve to single GPUs. Helix's ``L4x2``/``T4x2``/``T4x4`` are *multi-GPU nodes*, not GPU
 kinds, and are deliberately not aliases: build them as clusters in :mod:`gpusched.cluster`.
 
 :class:`LinkSpec` describes a network link between instances (bandwidth in bytes/s, latency in s).
@@ -58,6 +64,8 @@ class GpuSpec:
         nvlink_bandwidth_bytes_per_s: per-GPU total NVLink bandwidth, bytes/s (both directions), or None.
         pcie_bandwidth_bytes_per_s: host PCIe bandwidth in one direction, bytes/s.
         source: the vendor datasheet/whitepaper the numbers come from.
+        runtime_memory_bytes: device memory as the CUDA runtime reports it, bytes, or None when no
+            public record is known (see the module docstring).
     """
 
     name: str
@@ -67,6 +75,7 @@ class GpuSpec:
     nvlink_bandwidth_bytes_per_s: float | None
     pcie_bandwidth_bytes_per_s: float
     source: str
+    runtime_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -81,6 +90,11 @@ class GpuSpec:
         _check_positive(owner, "pcie_bandwidth_bytes_per_s", self.pcie_bandwidth_bytes_per_s)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError(f"{owner}: source must name the datasheet the numbers come from")
+        rt = self.runtime_memory_bytes
+        if rt is not None and (isinstance(rt, bool) or not isinstance(rt, int)
+                               or not 0 < rt <= 1.1 * self.memory_bytes):
+            raise ConfigError(f"{owner}: runtime_memory_bytes must be None or an int in (0, 1.1 x memory_bytes], "
+                              f"got {rt!r}")
 
     @property
     def ridge_flops_per_byte(self) -> float:
@@ -124,7 +138,7 @@ _CATALOGUE: list[tuple[GpuSpec, tuple[str, ...]]] = [
             source="NVIDIA A100 Tensor Core GPU datasheet (A100 40GB SXM: 40 GB HBM2, 1,555 GB/s, "
             "BF16 312 TFLOPS dense / 624 sparse, NVLink 600 GB/s, PCIe Gen4 64 GB/s bidirectional)",
         ),
-        ("A100", "A100-40G", "A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", "A100-SXM-40GB", "A100 40GB"),
+        ("A100-40G", "A100-SXM4-40GB", "NVIDIA A100-SXM4-40GB", "A100-SXM-40GB", "A100 40GB"),
     ),
     (
         GpuSpec(
@@ -137,7 +151,7 @@ _CATALOGUE: list[tuple[GpuSpec, tuple[str, ...]]] = [
             source="NVIDIA A100 Tensor Core GPU datasheet (A100 80GB SXM: 80 GB HBM2e, 2,039 GB/s, "
             "BF16 312 TFLOPS dense / 624 sparse, NVLink 600 GB/s, PCIe Gen4 64 GB/s bidirectional)",
         ),
-        ("A100-80G", "A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "A100-SXM-80GB", "A100 80GB"),
+        ("A100", "A100-80G", "A100-SXM4-80GB", "NVIDIA A100-SXM4-80GB", "A100-SXM-80GB", "A100 80GB"),
     ),
     (
         GpuSpec(
@@ -254,7 +268,9 @@ _CATALOGUE: list[tuple[GpuSpec, tuple[str, ...]]] = [
             nvlink_bandwidth_bytes_per_s=None,
             pcie_bandwidth_bytes_per_s=_PCIE_GEN4,
             source="NVIDIA Ada Lovelace GPU Architecture whitepaper v2.1, GeForce RTX 4090 (24 GB GDDR6X, "
-            "1,008 GB/s, BF16 tensor with FP32 accumulate 165.2 TFLOPS dense / 330.4 sparse, no NVLink, PCIe Gen4)",
+            "1,008 GB/s, BF16 tensor with FP32 accumulate 165.2 TFLOPS dense / 330.4 sparse, no NVLink, PCIe Gen4); "
+            "runtime memory: device_total_memory_bytes in LLMServingSim 2.0's RTX 4090 vLLM run (meta.json)",
+            runtime_memory_bytes=25_250_627_584,
         ),
         ("RTX4090", "GeForce RTX 4090", "NVIDIA GeForce RTX 4090", "4090"),
     ),
@@ -268,7 +284,9 @@ _CATALOGUE: list[tuple[GpuSpec, tuple[str, ...]]] = [
             pcie_bandwidth_bytes_per_s=_PCIE_GEN5,
             source="NVIDIA RTX PRO 6000 Blackwell Workstation Edition datasheet / RTX Blackwell GPU architecture "
             "whitepaper (96 GB GDDR7 ECC, 1,792 GB/s, FP16/BF16 tensor with FP32 accumulate ~503.8 TFLOPS dense, "
-            "no NVLink, PCIe Gen5 x16 128 GB/s bidirectional)",
+            "no NVLink, PCIe Gen5 x16 128 GB/s bidirectional); runtime memory: 97,886 MiB, the CUDA total "
+            "llama.cpp logs for an RTX PRO 6000 Blackwell Workstation Edition (ggml-org/llama.cpp issue #22319)",
+            runtime_memory_bytes=97_886 * 2**20,
         ),
         ("RTXPRO6000", "RTX PRO 6000 Blackwell", "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
          "NVIDIA RTX PRO 6000 Blackwell Server Edition", "RTX-PRO-6000-96GB", "PRO6000"),

@@ -4,7 +4,9 @@ Bundled profiles (see each folder's README for provenance and licence):
 
 - ``h100``: our own H100 80GB op tables and whole-step checks (``data/profiles/h100``).
 - ``rtx4090`` / ``rtxpro6000``: LLMServingSim 2.0's layerwise vLLM profiles of Llama-3.1-8B.
-- ``vllm-rtx4090``: LLMServingSim 2.0's measured vLLM run on the RTX 4090 (a ``validate-vllm`` bench dir).
+- ``vllm-rtx4090``: LLMServingSim 2.0's measured vLLM run on the RTX 4090 (a ``validate-vllm`` bench dir),
+  ``vllm-rtx4090-seqs128`` the same workload at ``max_num_seqs`` 128 and ``vllm-rtxpro6000`` on an RTX PRO
+  6000 (neither records its KV block count).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ BUNDLED_PROFILES: dict[str, Path] = {
 }
 BUNDLED_BENCHES: dict[str, Path] = {
     "vllm-rtx4090": _LSS / "bench/examples/RTX4090/Llama-3.1-8B",
+    "vllm-rtx4090-seqs128": _LSS / "bench/results/rtx4090-llama8b-tp1",
+    "vllm-rtxpro6000": _LSS / "bench/examples/RTXPRO6000/Llama-3.1-8B",
 }
 
 

@@ -74,7 +74,7 @@ from gpusched.profiles import (Grid1D, Grid2D, Grid4D, LINEAR_OPS, detect_format
                                read_h100_tables, read_lss_tables)
 
 __all__ = ["StepTimeModel", "RooflineStepTime", "ProfiledStepTime", "compare_to_steps", "mape",
-           "DTYPE_BYTES", "KERNEL_FLOOR_S"]
+           "DTYPE_BYTES", "KERNEL_FLOOR_S", "same_layer_shapes", "profile_models"]
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1, "int8": 1}
 KERNEL_FLOOR_S = 3e-6          # shortest kernel node in a CUDA-graph replay (prior, see module docstring)
@@ -312,6 +312,7 @@ class ProfiledStepTime:
         common = dict(model=spec, tp=tp, include_lm_head=include_lm_head, include_comm=include_comm,
                       prefill_samples=prefill_samples, dtype=dtype)
         if fmt == "llmservingsim":
+            _check_profiled_shape(root, spec)
             t = read_lss_tables(root, tp)
             need = {"embedding", "layernorm", "qkv_proj", "rotary_emb", "o_proj", "gate_up_proj", "act_fn",
                     "down_proj", "final_layernorm"}
@@ -509,6 +510,62 @@ class ProfiledStepTime:
                 ps = self.grids["per_sequence"]
                 t += ps["lm_head"](num_sampled) + ps["sampler"](num_sampled)
         return t
+
+
+_SHAPE_FIELDS = ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "head_dim", "ffn_size", "vocab_size",
+                 "ffn_gated")
+
+
+def same_layer_shapes(a, b) -> bool:
+    """True when two models run the same kernels per step (layers, widths, heads, FFN, vocabulary)."""
+    return all(getattr(a, f) == getattr(b, f) for f in _SHAPE_FIELDS)
+
+
+def _check_profiled_shape(root: Path, spec) -> None:
+    """Refuse to price ``spec`` with an LLMServingSim profile measured on a model of another shape: its
+    tables time *that* model's layers, so another shape would be priced silently wrong."""
+    from gpusched.errors import UnknownNameError
+    from gpusched.llm import MODELS, get_model
+    from gpusched.profiles import lss_profiled_model
+
+    profiled = lss_profiled_model(root)
+    if profiled is None:
+        raise ProfileError(f"{root}: cannot tell which model this profile measured (no 'model:' in meta.yaml and "
+                           f"no <org>/<model>/<variant> folders); add 'model: <Hugging Face id>' to its meta.yaml")
+    try:
+        measured = get_model(profiled)
+    except UnknownNameError:
+        raise ProfileError(f"{root}: measured {profiled!r}, a model gpusched.llm does not know, so it cannot check "
+                           f"that {spec.name} has the same shape; add a ModelSpec for it") from None
+    if same_layer_shapes(spec, measured):
+        return
+    covers = [name for name, other in MODELS.items() if same_layer_shapes(other, measured)]
+    from gpusched.paths import BUNDLED_PROFILES
+    label = next((name for name, path in BUNDLED_PROFILES.items() if Path(path).resolve() == Path(root).resolve()),
+                 str(root))
+    diff = ", ".join(f"{f} {getattr(spec, f)} vs {getattr(measured, f)}" for f in _SHAPE_FIELDS
+                     if getattr(spec, f) != getattr(measured, f))
+    raise ProfileError(f"profile {label} measured {profiled} and covers only models of its shape "
+                       f"({', '.join(covers)}); {spec.name} differs ({diff}), so its steps cannot be priced with "
+                       f"these tables: use a profile measured on {spec.name}, the H100 profile (several models) or "
+                       f"the roofline model of the GPU")
+
+
+def profile_models(path) -> list[str]:
+    """Short names of the catalogued models a profile can price (same layer shapes as what it measured)."""
+    from gpusched.llm import MODELS, get_model
+    from gpusched.paths import resolve_profile
+    from gpusched.profiles import lss_profiled_model
+
+    fmt, root = detect_format(Path(resolve_profile(path)))
+    if fmt == "h100":
+        measured = pd.read_csv(Path(root) / "ops_linear.csv", usecols=["model"])["model"].unique()
+        return sorted(str(m) for m in measured)
+    profiled = lss_profiled_model(root)
+    if profiled is None:
+        return []
+    spec = get_model(profiled)
+    return [name for name, other in MODELS.items() if same_layer_shapes(other, spec)]
 
 
 # ------------------------------------------------------------------------------------------ checks

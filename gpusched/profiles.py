@@ -27,7 +27,7 @@ import pandas as pd
 from gpusched.errors import ProfileError
 
 __all__ = ["Grid1D", "Grid2D", "Grid4D", "monotone_envelope", "detect_format", "H100Tables", "read_h100_tables",
-           "LssTables", "read_lss_tables", "find_lss_tp_dir"]
+           "LssTables", "read_lss_tables", "find_lss_tp_dir", "lss_profiled_model"]
 
 H100_FILES = ("ops_linear.csv", "ops_attn_prefill.csv", "ops_attn_decode.csv")
 LINEAR_OPS = ("qkv", "o", "gate_up", "down")
@@ -267,6 +267,22 @@ class LssTables:
     """
 
 
+def lss_profiled_model(root: Path) -> str | None:
+    """The model an LLMServingSim profile measured: ``model:`` of its ``meta.yaml`` (top level), else the
+    ``<org>/<model>`` folders above the ``<variant>`` folder (``.../meta-llama/Llama-3.1-8B/bf16``)."""
+    import re
+
+    root = Path(root)
+    meta = root / "meta.yaml"
+    if meta.is_file():
+        found = re.search(r"^model:\s*['\"]?([^'\"\s]+)", meta.read_text(errors="replace"), re.MULTILINE)
+        if found:
+            return found.group(1)
+    if len(root.parts) >= 3 and root.parent.parent.name:
+        return f"{root.parent.parent.name}/{root.parent.name}"
+    return None
+
+
 def find_lss_tp_dir(root: Path, tp: int) -> Path:
     d = Path(root) / f"tp{tp}"
     if not (d / "dense.csv").is_file():
@@ -299,11 +315,33 @@ def read_lss_tables(root: Path, tp: int) -> LssTables:
 def _fill_attention(arr: np.ndarray, axes) -> np.ndarray:
     """Complete LLMServingSim's 4-D attention grid so that multilinear interpolation never meets a hole.
 
-    The profiler measures only meaningful corners: no ``kv_decode`` when there are no decodes, no
-    ``kv_prefill`` when there is no prefill chunk, nothing for an empty batch, and (at 2048 batched
-    tokens) no prefill chunk together with 256 decodes. We fill, in order: an axis that does not matter
-    copies its 0 entry; the empty batch costs 0; decodes at context 0 cost as at the smallest context; a missing decode count adds the pure-decode difference to
-    the largest measured decode count of the same slice (prefill and decode work add up in one kernel).
+    Axes: ``(prefill_chunk, kv_prefill, n_decode, kv_decode)``; ``arr`` holds seconds, NaN where the
+    profiler measured nothing. Holes come from two sources:
+
+    * the profiler skips meaningless corners: no ``kv_decode`` without decodes, no ``kv_prefill``
+      without a prefill chunk, nothing for an empty batch, and (at 2048 batched tokens) no prefill
+      chunk beside 256 decodes;
+    * a profile may be the union of several grids (the RTX PRO 6000 one adds a x1.5 grid, chunks 24,
+      36, 54, ..., to the x2 grid): the product of the merged axes has points neither grid measured.
+
+    They are filled in this order, each step using only measured or already-filled values:
+
+    1. structural rules, exact by construction: an axis that does not matter copies its 0 entry
+       (``kv_decode`` when ``n_decode = 0``, ``kv_prefill`` when ``prefill_chunk = 0``); the empty
+       batch costs 0; decodes at context 0 cost what the smallest measured context costs;
+    2. bracketed interpolation: a hole with known values on both sides along some axis (same other
+       three coordinates) takes the linear interpolation between the nearest two, along the axis
+       whose bracket is narrowest relative to its upper end (``(hi - lo) / hi``; ties: the earlier
+       axis). This is the value the grid's multilinear interpolation gives there when the hole's axis
+       value is absent, so a merged grid adds information where it was measured and changes nothing
+       elsewhere. Every hole of a pass is computed from the array as it stood at the pass's start
+       (the result does not depend on visiting order); passes repeat until nothing changes;
+    3. decode additivity, for holes outside every bracket (a prefill chunk beside more decodes than
+       were measured with one): the largest measured decode count of the same slice plus the
+       pure-decode difference between the two counts (prefill and decode work add up in one kernel).
+
+    Steps 2 and 3 repeat until the grid is full; a hole none of them reaches raises
+    :class:`ProfileError` naming it.
     """
     if arr.shape[0] == 0 or axes[0][0] != 0 or axes[2][0] != 0:
         raise ProfileError("attention.csv must include prefill_chunk = 0 and n_decode = 0 rows")
@@ -317,14 +355,67 @@ def _fill_attention(arr: np.ndarray, axes) -> np.ndarray:
     a[0, :, 0, :] = np.nan_to_num(a[0, :, 0, :], nan=0.0)
     if kd0 is not None and a.shape[3] > 1:  # decodes with an empty context cost what the smallest one does
         a[:, :, 1:, kd0] = np.where(np.isnan(a[:, :, 1:, kd0]), a[:, :, 1:, kd0 + 1], a[:, :, 1:, kd0])
+    while np.isnan(a).any():
+        before = int(np.isnan(a).sum())
+        while _fill_bracketed(a, axes):
+            pass
+        _fill_decode_additive(a)
+        if int(np.isnan(a).sum()) == before:
+            i, k, l, m = (int(x[0]) for x in np.nonzero(np.isnan(a)))
+            point = tuple(float(x[j]) for x, j in zip(axes, (i, k, l, m)))
+            raise ProfileError(
+                f"attention.csv: cannot fill the unmeasured point (prefill_chunk, kv_prefill, n_decode, "
+                f"kv_decode) = {point} ({before} such points): no measured neighbours bracket it on any axis "
+                f"and no pure-decode row extends it; measure it or a grid around it")
+    return a
+
+
+def _fill_bracketed(a: np.ndarray, axes) -> bool:
+    """One pass of step 2 of :func:`_fill_attention`, in place; True if it filled anything."""
+    holes = np.isnan(a)
+    if not holes.any():
+        return False
+    best_width = np.full(a.shape, np.inf)
+    best_value = np.full(a.shape, np.nan)
+    for axis, coords in enumerate(axes):
+        x = np.asarray(coords, float)
+        n = len(x)
+        if n < 3:
+            continue
+        moved = np.moveaxis(a, axis, -1)
+        known = ~np.isnan(moved)
+        idx = np.arange(n)
+        lo = np.maximum.accumulate(np.where(known, idx, -1), axis=-1)  # nearest known at or below
+        hi = np.flip(np.minimum.accumulate(np.flip(np.where(known, idx, n), -1), axis=-1), -1)
+        inside = np.moveaxis(holes, axis, -1) & (lo >= 0) & (hi < n)
+        if not inside.any():
+            continue
+        lo_c, hi_c = np.clip(lo, 0, n - 1), np.clip(hi, 0, n - 1)
+        x_lo, x_hi, x_at = x[lo_c], x[hi_c], np.broadcast_to(x, moved.shape)
+        y_lo = np.take_along_axis(moved, lo_c, -1)
+        y_hi = np.take_along_axis(moved, hi_c, -1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            t = (x_at - x_lo) / (x_hi - x_lo)
+            value = y_lo + (y_hi - y_lo) * t
+            width = (x_hi - x_lo) / x_hi
+        width = np.where(inside, width, np.inf)
+        width, value = np.moveaxis(width, -1, axis), np.moveaxis(value, -1, axis)
+        better = width < best_width
+        best_width = np.where(better, width, best_width)
+        best_value = np.where(better, value, best_value)
+    filled = holes & np.isfinite(best_width)
+    a[filled] = best_value[filled]
+    return bool(filled.any())
+
+
+def _fill_decode_additive(a: np.ndarray) -> None:
+    """Step 3 of :func:`_fill_attention`, in place: holes with a measured lower decode count in their slice."""
     dec = a[0, 0]  # (nd, kd): pure decode
     for i, k, l, m in zip(*np.nonzero(np.isnan(a))):
         lower = [l2 for l2 in range(l) if np.isfinite(a[i, k, l2, m]) and np.isfinite(dec[l2, m])]
-        if not lower or not np.isfinite(dec[l, m]):
-            raise ProfileError(f"attention.csv: cannot fill the unmeasured point {tuple(x[j] for x, j in zip(axes, (i, k, l, m)))}")
-        l2 = lower[-1]
-        a[i, k, l, m] = a[i, k, l2, m] + max(dec[l, m] - dec[l2, m], 0.0)
-    return a
+        if lower and np.isfinite(dec[l, m]):
+            l2 = lower[-1]
+            a[i, k, l, m] = a[i, k, l2, m] + max(dec[l, m] - dec[l2, m], 0.0)
 
 
 class Grid4D:

@@ -44,7 +44,7 @@ def test_datasheet_values():
     ("H100-SXM", "H100-80GB"),
     ("NVIDIA H100 80GB HBM3", "H100-80GB"),
     ("a100-80g", "A100-80GB"),
-    ("A100", "A100-40GB"),       # Helix's A100 is the 40 GB part
+    ("A100", "A100-80GB"),       # a bare a100 is the 80 GB part, as Vidur users mean it
     ("A100-40G", "A100-40GB"),
     ("V100", "V100-16GB"),       # Helix's V100 has 16 GB
     ("V100-16G", "V100-16GB"),

@@ -177,3 +177,48 @@ def test_bad_inputs_raise(h100_8b):
     with pytest.raises(ConfigError):
         RooflineStepTime("llama3-8b", "h100", flops_efficiency=1.5)
     assert h100_8b.step_time_s() == 0.0
+
+
+# ------------------------------------------------------------------ LLMServingSim attention grids
+def _measured(name: str):
+    """The attention grid of a bundled LLMServingSim profile as read, and its measured points (seconds)."""
+    from gpusched.profiles import read_lss_tables
+
+    tables = read_lss_tables(BUNDLED_PROFILES[name], 1)
+    raw = pd.read_csv(BUNDLED_PROFILES[name] / "tp1" / "attention.csv")
+    axes = (tables.pc, tables.kp, tables.nd, tables.kd)
+    index = tuple(np.searchsorted(a, raw[c].to_numpy(float)) for a, c in zip(axes, raw.columns[:4]))
+    return tables, raw, index
+
+
+@pytest.mark.parametrize("name", ["rtx4090", "rtxpro6000"])
+def test_attention_grid_is_completed_and_keeps_every_measured_point(name):
+    tables, raw, index = _measured(name)
+    assert not np.isnan(tables.att_s).any()
+    assert np.array_equal(tables.att_s[index], raw["time_us"].to_numpy(float) * 1e-6)
+
+
+def test_a_merged_grid_hole_is_the_interpolation_of_its_nearest_bracketing_points():
+    """The RTX PRO 6000 profile merges a x2 grid and a x1.5 grid; chunk 24 was measured only at cached 0 and
+    >= 512, so (24, 16, 1, 16) is a hole. Along the chunk axis it lies halfway between the measured chunks 16
+    and 32 (a narrower bracket than cached 0..512), so it is their mean, read here from the CSV itself."""
+    tables, raw, _ = _measured("rtxpro6000")
+    at = raw.set_index(["prefill_chunk", "kv_prefill", "n_decode", "kv_decode"])["time_us"]
+    assert (24, 16, 1, 16) not in at.index
+    expected = 0.5 * (at[(16, 16, 1, 16)] + at[(32, 16, 1, 16)]) * 1e-6
+    i, k, l, m = (int(np.searchsorted(a, v)) for a, v in zip((tables.pc, tables.kp, tables.nd, tables.kd),
+                                                             (24, 16, 1, 16)))
+    assert tables.att_s[i, k, l, m] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_rtxpro6000_profile_prices_steps():
+    model = ProfiledStepTime.from_profile_dir("rtxpro6000", model="llama3.1-8b")
+    chunked = model.step_time_s([24], [1000] * 8, [100])  # a chunk of the x1.5 grid over cached context
+    assert 0 < model.step_time_s([], [1000] * 8) < chunked < model.step_time_s([2048], [1000] * 8)
+
+
+@pytest.mark.parametrize("model", ["mistral-7b", "llama2-70b", "llama2-7b"])
+def test_an_lss_profile_refuses_a_model_of_another_shape(model):
+    with pytest.raises(ProfileError, match=f"covers only models of its shape .*{model} differs"):
+        ProfiledStepTime.from_profile_dir("rtx4090", model=model)
+    ProfiledStepTime.from_profile_dir("rtx4090", model="llama3-8b")  # same layers as Llama-3.1-8B: allowed

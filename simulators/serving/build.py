@@ -39,15 +39,16 @@ def gpu_for(profile: str | Path | None, gpu: str | None) -> str:
 def build_instances(model: str, count: int = 1, tp: int = 1, profile=None, gpu=None,
                     scheduler: str = "vllm-v1", scheduler_knobs: dict | None = None, role: str = "colocated",
                     memory_utilization: float = 0.9, kv_blocks: int | None = None,
-                    block_size_tokens: int = 16) -> list[InstanceConfig]:
+                    block_size_tokens: int = 16, step_model=None) -> list[InstanceConfig]:
     """``count`` identical instances of ``model`` at TP ``tp``.
 
     KV capacity is ``kv_blocks`` if given (e.g. an engine's measured block count), else
-    :func:`gpusched.kvcache.kv_capacity` of the GPU at ``memory_utilization``.
+    :func:`gpusched.kvcache.kv_capacity` of the GPU at ``memory_utilization``. ``step_model``: a step-time
+    model already built for this model, GPU/profile and TP (else built by :func:`step_model_for`).
     """
     if count < 1:
         raise ConfigError(f"instance count {count} must be >= 1")
-    step = step_model_for(model, tp, profile, gpu)
+    step = step_model if step_model is not None else step_model_for(model, tp, profile, gpu)
     gpu_spec = get_gpu(gpu_for(profile, gpu)) if (gpu is not None or kv_blocks is None) else None
     if kv_blocks is None:
         kv_blocks = kv_capacity(model, gpu_spec, tp=tp, memory_utilization=memory_utilization,

@@ -1,7 +1,23 @@
-"""What a simulation returns: per-request and per-instance tables, a summary, and plots."""
+"""What a simulation returns: per-request and per-instance tables, a summary, plots, and an overload check.
+
+:func:`overload_report` says whether a run was overloaded, so that a huge mean TTFT is not read as a
+property of the policy when it is the queue's. Two symptoms are checked on the per-request table, with
+``N`` requests, ``W(t)`` the requests waiting at time ``t`` (arrived, not yet scheduled for the first
+time), ``t_mid`` and ``t_end`` the middle and the end of the arrival window:
+
+* **backlog growing to the end**: ``W(t_end) >= max(10, 5 % of N)`` and ``W(t_end) > W(t_mid)`` -- when the
+  last request arrives, a sizeable queue is waiting and it is longer than halfway through the arrivals,
+  so the instances fell behind the offered load and did not catch up;
+* **TTFT many times the service time**: the median TTFT is at least 10 times the median service time
+  after the first token (``e2e - TTFT``, the time the request then spends decoding): requests wait far
+  longer for a first token than it takes to serve them once started;
+
+and requests left unfinished are reported too. Any symptom makes the run "overloaded"; the report names
+the numbers, and the command line prints it as a warning.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,18 +84,24 @@ class SimResult:
         """TTFT, TPOT, end-to-end and queueing latency: mean and percentiles (seconds)."""
         return metrics.summary(self.requests)
 
-    def save(self, out_dir: str | Path, plots: bool = True) -> Path:
-        """Write ``requests.csv``, ``timeline.csv``, ``summary.csv`` and (optionally) PNG plots."""
+    def save(self, out_dir: str | Path, plots: bool = True, timeline: bool = True) -> Path:
+        """Write ``requests.csv``, ``summary.csv``, ``timeline.csv`` (one row per step: large; skipped with
+        ``timeline=False``) and (optionally) PNG plots (the timeline plot only with the timeline)."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.requests.to_csv(out / "requests.csv", index=False)
-        self.timeline.to_csv(out / "timeline.csv", index=False)
+        if timeline:
+            self.timeline.to_csv(out / "timeline.csv", index=False)
         self.summary().to_csv(out / "summary.csv")
         if plots:
             self.plot_latency_cdfs(out / "latency_cdf.png")
-            if len(self.timeline):
+            if timeline and len(self.timeline):
                 self.plot_timeline(out / "timeline.png")
         return out
+
+    def overload(self) -> "OverloadReport":
+        """:func:`overload_report` of this run's requests."""
+        return overload_report(self.requests)
 
     def plot_latency_cdfs(self, path: str | Path) -> None:
         """Empirical CDFs of TTFT, TPOT and end-to-end latency."""
@@ -87,14 +109,18 @@ class SimResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-        for ax, col, label in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), ("TTFT", "TPOT", "end-to-end")):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.9))
+        names = {"ttft_s": "time to first token", "tpot_s": "time per output token", "e2e_s": "end-to-end latency"}
+        for ax, col in zip(axes, names):
             values = np.sort(self.requests[col].dropna().to_numpy())
             if values.size:
                 ax.plot(values, np.arange(1, values.size + 1) / values.size)
-            ax.set_xlabel(f"{label} (s)")
+            ax.set_title(names[col])
+            ax.set_xlabel(f"{names[col]} (s)")
             ax.set_ylabel("fraction of requests")
             ax.grid(alpha=0.3)
+        finished = int((self.requests["status"] == "finished").sum())
+        fig.suptitle(f"Latency distributions ({finished:,} finished requests, {self.engine} engine)")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
@@ -110,15 +136,83 @@ class SimResult:
             ax_kv.plot(rows["time_s"], rows["kv_used_blocks"] / self.kv_blocks[inst], lw=0.8, label=f"instance {inst}")
             ax_q.plot(rows["time_s"], rows["running"], lw=0.8, label=f"running {inst}")
             ax_q.plot(rows["time_s"], rows["waiting"], lw=0.8, ls="--", label=f"waiting {inst}")
-        ax_kv.set_ylabel("KV utilisation")
+        ax_kv.set_ylabel("KV blocks in use (fraction)")
+        ax_kv.set_title("KV cache utilisation per instance")
         ax_q.set_ylabel("requests")
-        ax_q.set_xlabel("time (s)")
+        ax_q.set_title("running (solid) and waiting (dashed) requests per instance")
+        ax_q.set_xlabel("simulated time (s)")
         for ax in (ax_kv, ax_q):
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, ncol=4)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+
+@dataclass(frozen=True)
+class OverloadReport:
+    """Symptoms of overload in one run (see the module docstring for the definitions).
+
+    waiting_mid, waiting_end : requests waiting (arrived, never scheduled) at the middle and the end of the
+        arrival window. median_ttft_s, median_service_s : medians over finished requests of TTFT and of
+        ``e2e - TTFT``. unfinished : requests not finished when the run ended. reasons : one sentence per
+        symptom found (empty: not overloaded).
+    """
+
+    waiting_mid: int
+    waiting_end: int
+    median_ttft_s: float
+    median_service_s: float
+    unfinished: int
+    reasons: tuple[str, ...] = field(default=())
+
+    @property
+    def overloaded(self) -> bool:
+        return bool(self.reasons)
+
+    def message(self) -> str:
+        """One line for the user: the symptoms and what to do."""
+        if not self.reasons:
+            return "not overloaded"
+        return ("the run is overloaded: " + "; ".join(self.reasons) + ". Latencies then measure the queue more "
+                "than the policy: lower the load (--rate-scale below 1, --limit) or add capacity (--instances, "
+                "--tp, a larger GPU)")
+
+
+BACKLOG_MIN_REQUESTS = 10
+BACKLOG_MIN_FRACTION = 0.05
+TTFT_OVER_SERVICE = 10.0
+
+
+def overload_report(requests: pd.DataFrame) -> OverloadReport:
+    """Check a per-request table (:attr:`SimResult.requests`) for the overload symptoms of the module docstring."""
+    n = len(requests)
+    arrivals = np.sort(requests["arrival_time_s"].to_numpy(float))
+    scheduled = np.sort(requests["scheduled_time_s"].to_numpy(float))
+    scheduled = scheduled[~np.isnan(scheduled)]
+    if n == 0:
+        return OverloadReport(0, 0, float("nan"), float("nan"), 0)
+    t_end = arrivals[-1]
+    t_mid = arrivals[0] + 0.5 * (t_end - arrivals[0])
+
+    def waiting(t: float) -> int:  # arrived by t and not scheduled by t (first scheduling only)
+        return int(np.searchsorted(arrivals, t, side="right") - np.searchsorted(scheduled, t, side="right"))
+
+    w_mid, w_end = waiting(t_mid), waiting(t_end)
+    done = requests[requests["status"] == "finished"]
+    ttft = float(done["ttft_s"].median()) if len(done) else float("nan")
+    service = float((done["e2e_s"] - done["ttft_s"]).median()) if len(done) else float("nan")
+    unfinished = int(n - len(done))
+    reasons = []
+    if w_end >= max(BACKLOG_MIN_REQUESTS, BACKLOG_MIN_FRACTION * n) and w_end > w_mid:
+        reasons.append(f"{w_end:,} requests were waiting when the last one arrived (t = {t_end:,.0f} s), "
+                       f"up from {w_mid:,} halfway through the arrivals")
+    if service > 0 and ttft >= TTFT_OVER_SERVICE * service:
+        reasons.append(f"the median TTFT ({ttft:,.1f} s) is {ttft / service:,.0f}x the median service time after "
+                       f"the first token ({service:,.2f} s)")
+    if unfinished:
+        reasons.append(f"{unfinished:,} request(s) did not finish")
+    return OverloadReport(w_mid, w_end, ttft, service, unfinished, tuple(reasons))
 
 
 def requests_frame(columns: dict) -> pd.DataFrame:
