@@ -304,7 +304,7 @@ def _load_trace(args):
     if args.rate is not None:
         try:
             trace = load_trace(args.trace, rate_per_s=args.rate)
-        except TypeError as err:
+        except ConfigError as err:  # the loader refuses a rate for a trace with timestamps: say it in flags
             if "rate_per_s" not in str(err):
                 raise
             raise ConfigError(f"--rate {args.rate:g}: trace {args.trace!r} has its own arrival times; --rate gives "
