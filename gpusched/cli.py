@@ -128,6 +128,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run every registered paper's experiments (resuming finished cells); write DIR/report.md and .html."""
+    from experiments.reproduce import reproduce
+
+    s = reproduce(args.out, quick=args.quick, only=args.only, backend=args.backend, workers=args.workers,
+                  address=args.address, progress=not args.quiet)
+    print(f"{s.computed} cell(s) computed, {s.reused} reused, {len(s.failed)} failed in {s.wall_s:.1f} s; "
+          f"report: {s.report_md} and {s.report_html}")
+    return 1 if s.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpusched", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default="simpy", choices=["simpy", "step", "none"],
                    help="also time this mode on the trace once, in the same process, and print the ratio")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("reproduce", help="reproduce every registered paper into one report (resumable)")
+    p.add_argument("--out", required=True, help="output folder: cells, tables, plots, report.md, report.html")
+    p.add_argument("--quick", action="store_true", help="small cells, minutes in all: not the headline numbers")
+    p.add_argument("--only", nargs="+", default=None, metavar="PAPER", help="papers or experiments to run")
+    p.add_argument("--backend", default="inprocess", choices=["inprocess", "pool", "ray"])
+    p.add_argument("--workers", type=int, default=None, help="pool/Ray workers (default: CPUs)")
+    p.add_argument("--address", default=None, help="an existing Ray cluster (with --backend ray)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 
