@@ -250,7 +250,7 @@ EXPERIMENT = Experiment(
     name="head-to-head", paper="head-to-head",
     title="Head to head: every batch scheduler, same traces, Llama-3-8B on one H100, 1x-16x load",
     cells=cells, compute=cell, plots=plots, findings=findings, measurements=("wall_s",),
-    seconds_per_cell=(1.5, 40.0),
+    seconds_per_cell=(1.0, 60.0),
     about=("No paper publishes this comparison, so there is no paper's number to check: the table and the "
            "figures are the result. 1x load = the Azure 2023 conversation trace's offered tokens/s at its recorded "
            "rate, for every trace (arrival times rescaled); see `experiments/head_to_head.py` for each trace."))

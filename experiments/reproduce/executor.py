@@ -130,7 +130,7 @@ class InProcessExecutor:
         for task in tasks:
             yield task, run_cell(task.fn, task.params)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pass
 
 
@@ -153,8 +153,9 @@ class PoolExecutor:
                                                                f"compute this cell")
             yield futures[future], outcome
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers; ``wait=False`` (an interrupted run) does not wait for the cells in flight."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class RayExecutor:
@@ -196,7 +197,8 @@ class RayExecutor:
                 outcome = CellOutcome(None, math.nan, "?", "", f"Ray could not run the cell: {e}")
             yield task, outcome
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the local Ray instance this executor started (an existing cluster is left running)."""
         if self._started:
             self._ray.shutdown()
 

@@ -80,7 +80,8 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     last_done: dict[str, float] = {}
     ver = version()
     bar = None
-    if progress:
+    finished_loop = False
+    if progress and pending:
         from tqdm import tqdm
         bar = tqdm(total=len(pending), unit="cell", desc="reproduce", dynamic_ncols=True)
     try:
@@ -109,10 +110,11 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
             if bar is not None:
                 bar.set_postfix_str(task.experiment, refresh=False)
                 bar.update()
+        finished_loop = True
     finally:
         if bar is not None:
             bar.close()
-        executor.close()
+        executor.close(wait=finished_loop)  # interrupted: do not wait for the cells in flight
     wall_s = time.perf_counter() - t0
     rep = report_mod.Report(out, quick, executor.name, executor.workers,
                             command or _command(out, quick, only, backend, workers, address), ver, wall_s)
