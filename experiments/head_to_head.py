@@ -110,9 +110,10 @@ def scheduler_knobs(name: str, trace: Trace) -> dict:
     return {"max_num_batched_tokens": longest} if budget is not None and budget < longest else {}
 
 
-def cell(trace: str, scheduler: str, load: float, requests: int, seed: int) -> dict:
-    """One (trace, scheduler, load) run: the metrics row (NaN metrics and a reason when skipped)."""
-    base = base_trace(trace, requests)
+def cell(trace: str, scheduler: str, load: float, first_requests: int, seed: int) -> dict:
+    """One (trace, scheduler, load) run on the trace's first ``first_requests`` requests (0: all): the metrics
+    row (no metrics and a reason when skipped)."""
+    base = base_trace(trace, first_requests)
     tr = base.scale_rate(load)
     row = {"rate_per_s": tr.rate_per_s, "offered_tokens_per_s": tokens_per_s(tr), "knobs": "", "skipped": ""}
     t0 = time.perf_counter()
@@ -131,7 +132,7 @@ def cell(trace: str, scheduler: str, load: float, requests: int, seed: int) -> d
 def _metrics(requests: pd.DataFrame, trace: Trace) -> dict:
     fin = requests[requests["status"] == "finished"]
     th = metrics.throughput(requests)
-    out = {"requests": len(requests), "finished": len(fin), "preemptions": int(requests["num_preemptions"].sum()),
+    out = {"num_requests": len(requests), "finished": len(fin), "preemptions": int(requests["num_preemptions"].sum()),
            "e2e_mean_s": fin["e2e_s"].mean(), "e2e_p99_s": fin["e2e_s"].quantile(0.99),
            "ttft_mean_s": fin["ttft_s"].mean(), "ttft_p99_s": fin["ttft_s"].quantile(0.99),
            "tpot_mean_s": fin["tpot_s"].mean(), "output_tokens_per_s": th.output_tokens_per_s,
@@ -150,8 +151,8 @@ def _metrics(requests: pd.DataFrame, trace: Trace) -> dict:
 
 def cells(quick: bool) -> list[dict]:
     loads = QUICK_LOADS if quick else LOADS
-    requests = QUICK_REQUESTS if quick else 0
-    return [{"trace": t, "scheduler": s, "load": f, "requests": requests, "seed": 0}
+    first = QUICK_REQUESTS if quick else 0
+    return [{"trace": t, "scheduler": s, "load": f, "first_requests": first, "seed": 0}
             for t in TRACES for s in registry.names("scheduler") for f in loads]
 
 
@@ -182,7 +183,7 @@ def plots(table: pd.DataFrame, out: Path) -> list[Path]:
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
         axes.flat[0].legend(fontsize=7)
-        n = int(d["requests"].dropna().max()) if d["requests"].notna().any() else 0
+        n = int(d["num_requests"].dropna().max()) if d["num_requests"].notna().any() else 0
         fig.suptitle(f"{trace} ({TRACES.get(trace, '')}; {n:,} requests): Llama-3-8B on one H100, every scheduler")
         fig.tight_layout()
         path = out / f"head_to_head_{trace}.png"

@@ -67,64 +67,81 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     exps = list(experiments) if experiments is not None else registered(only)
+    by_name = {e.name: e for e in exps}
     plans = {e.name: e.plan(quick) for e in exps}
     stores = {e.name: CellStore(out / e.name) for e in exps}
     pending = [Task(e.name, e.compute, p) for e in exps for p in plans[e.name] if not stores[e.name].has(p)]
-    total = sum(len(p) for p in plans.values())
     executor = make_executor(backend, workers, address)
     _print_estimate(exps, plans, pending, quick, executor.workers, out)
-    failed: dict[str, list[tuple[dict, str]]] = {e.name: [] for e in exps}
-    by_name = {e.name: e for e in exps}
-    computed: dict[str, int] = {e.name: 0 for e in exps}
-    first_start: dict[str, float] = {}
-    last_done: dict[str, float] = {}
     ver = version()
-    bar = None
-    finished_loop = False
-    if progress and pending:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), unit="cell", desc="reproduce", dynamic_ncols=True)
+    progress_log = _Progress(exps, len(pending) if progress else 0)
+    finished = False
     try:
         for task, outcome in executor.run(pending):
-            store = stores[task.experiment]
             error = outcome.error
             if error is None:
                 try:
-                    store.save(task.params, outcome.rows, outcome.wall_s, executor.name, outcome.worker, ver,
-                               outcome.log)
+                    stores[task.experiment].save(task.params, outcome.rows, outcome.wall_s, executor.name,
+                                                 outcome.worker, ver, outcome.log)
                 except ConfigError as e:  # rows that cannot be tabled: the cell failed
                     error = f"ConfigError: {e}"
             if error is None:
-                computed[task.experiment] += 1
-                store.write_tables(plans[task.experiment], by_name[task.experiment].measurements)
-            else:
-                failed[task.experiment].append((task.params, error))
-                message = f"cell failed: {task.experiment} {task.params}: {error.strip().splitlines()[-1]}"
-                if bar is None:
-                    print(message, file=sys.stderr)
-                else:
-                    bar.write(message, file=sys.stderr)
-            now = time.perf_counter()  # span of the experiment's cells: first start (in-process exact) to last end
-            first_start.setdefault(task.experiment, now - (outcome.wall_s if outcome.wall_s == outcome.wall_s else 0))
-            last_done[task.experiment] = now
-            if bar is not None:
-                bar.set_postfix_str(task.experiment, refresh=False)
-                bar.update()
-        finished_loop = True
+                stores[task.experiment].write_tables(plans[task.experiment], by_name[task.experiment].measurements)
+            progress_log.cell_done(task, outcome.wall_s, error)
+        finished = True
     finally:
-        if bar is not None:
-            bar.close()
-        executor.close(wait=finished_loop)  # interrupted: do not wait for the cells in flight
-    wall_s = time.perf_counter() - t0
+        progress_log.close()
+        executor.close(wait=finished)  # interrupted: do not wait for the cells in flight
     rep = report_mod.Report(out, quick, executor.name, executor.workers,
-                            command or _command(out, quick, only, backend, workers, address), ver, wall_s)
+                            command or _command(out, quick, only, backend, workers, address), ver, math.nan)
     for e in exps:
-        rep.sections.append(_section(e, plans[e.name], stores[e.name], quick, failed[e.name], computed[e.name],
-                                     last_done.get(e.name, math.nan) - first_start.get(e.name, math.nan), ver))
+        rep.sections.append(_section(e, plans[e.name], stores[e.name], quick, progress_log.failed[e.name],
+                                     progress_log.computed[e.name], progress_log.span_s(e.name), ver))
     rep.wall_s = time.perf_counter() - t0
     md, html_path = report_mod.write(rep)
-    return RunSummary(out, md, html_path, sum(computed.values()), total - len(pending),
-                      [(name, p, err) for name, errs in failed.items() for p, err in errs], rep.wall_s)
+    failed = [(name, p, err) for name, errs in progress_log.failed.items() for p, err in errs]
+    total = sum(len(p) for p in plans.values())
+    return RunSummary(out, md, html_path, sum(progress_log.computed.values()), total - len(pending), failed,
+                      rep.wall_s)
+
+
+class _Progress:
+    """Counts finished and failed cells per experiment, their wall-time span, and draws the progress bar
+    (``total`` cells; none when 0)."""
+
+    def __init__(self, exps: list[Experiment], total: int):
+        self.computed = {e.name: 0 for e in exps}
+        self.failed: dict[str, list[tuple[dict, str]]] = {e.name: [] for e in exps}
+        self._first: dict[str, float] = {}
+        self._last: dict[str, float] = {}
+        self._bar = None
+        if total:
+            from tqdm import tqdm
+            self._bar = tqdm(total=total, unit="cell", desc="reproduce", dynamic_ncols=True)
+
+    def cell_done(self, task: Task, wall_s: float, error: str | None) -> None:
+        if error is None:
+            self.computed[task.experiment] += 1
+        else:
+            self.failed[task.experiment].append((task.params, error))
+            message = f"cell failed: {task.experiment} {task.params}: {error.strip().splitlines()[-1]}"
+            if self._bar is None:
+                print(message, file=sys.stderr)
+            else:
+                self._bar.write(message, file=sys.stderr)
+        now = time.perf_counter()  # the span runs from the first cell's start (exact in-process) to the last end
+        self._first.setdefault(task.experiment, now - (wall_s if math.isfinite(wall_s) else 0.0))
+        self._last[task.experiment] = now
+        if self._bar is not None:
+            self._bar.set_postfix_str(task.experiment, refresh=False)
+            self._bar.update()
+
+    def span_s(self, name: str) -> float:
+        return self._last.get(name, math.nan) - self._first.get(name, math.nan)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
 
 
 def _section(e: Experiment, plan: list[dict], store: CellStore, quick: bool, failed: list, computed_now: int,
