@@ -113,6 +113,10 @@ class SageServeWeek:
     source_dir: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("days", "mean_rate_per_s", "niw_mean_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"SageServeWeek {name}={value!r} must be a number")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
             raise ConfigError(f"SageServeWeek seed={self.seed!r} must be an int >= 0")
         if not (np.isfinite(self.days) and 0 < self.days <= SOURCE_DAYS):

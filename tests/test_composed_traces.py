@@ -114,7 +114,7 @@ def test_hourly_counts_follow_servegen_per_region(week):
 
 
 def test_bad_parameters_are_refused(tmp_path):
-    for kw in ({"days": 0}, {"days": 15}, {"mean_rate_per_s": float("nan")}, {"mean_rate_per_s": -1},
+    for kw in ({"days": 0}, {"days": 15}, {"days": "7"}, {"mean_rate_per_s": None}, {"mean_rate_per_s": float("nan")}, {"mean_rate_per_s": -1},
                {"seed": -1}, {"seed": 1.5}, {"source_start_day": 14}, {"models": ()},
                {"models": ("a", "a"), "model_lengths": ("sharegpt-lengths",) * 2},
                {"model_lengths": ("sharegpt-lengths",)}, {"regions": (0, 3), "region_utc_offset_h": (0, 0)},

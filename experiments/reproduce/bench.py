@@ -71,8 +71,11 @@ def main(argv: list[str] | None = None) -> int:
               f"load average now {os.getloadavg()[0]:.2f}", flush=True)
     base_w, base_wall, _, base_table, _ = results[0]
     for w, wall, _, table, _ in results[1:]:
-        same = table.shape == base_table.shape and (table.fillna("NaN") == base_table.fillna("NaN")).all(axis=1)
-        differ = len(table) if not isinstance(same, pd.Series) else int((~same).sum())
+        if table.shape == base_table.shape and list(table.columns) == list(base_table.columns):
+            same = ((table == base_table) | (table.isna() & base_table.isna())).all(axis=1)
+            differ = int((~same).sum())
+        else:
+            differ = len(table)
         print(f"  speed-up {base_w} -> {w} worker(s): {base_wall / wall:.2f}x; rows differing from the "
               f"{base_w}-worker table: {differ} of {len(table)}")
     return 0
