@@ -79,6 +79,31 @@ def synthetic_instances(seed: int, n_instances: int, scale: str):
             yield model, k, make_instance(rng, model, scale)
 
 
+def instance_at(seed: int, n_instances: int, scale: str, model: str, index: int) -> Instance:
+    """Instance ``index`` of arrival ``model`` in a run of ``n_instances`` per model (the generator's order)."""
+    if model not in MODELS or not 0 <= index < n_instances:
+        raise ConfigError(f"no instance {model!r} #{index} in a run of {n_instances} per model {MODELS}")
+    for m, k, inst in synthetic_instances(seed, n_instances, scale):
+        if (m, k) == (model, index):
+            return inst
+
+
+def solve_instance(model: str, k: int, inst: Instance, time_limit_s: float, threads: int | None, solver: str,
+                   separation: bool, solver_log: bool = False) -> dict:
+    """MC-SF and the hindsight problem on one instance: the row of ``instances.csv`` (``solver_log``: show
+    the solver's own log)."""
+    t0 = time.perf_counter()
+    sf = mcsf(inst)
+    sf_s = time.perf_counter() - t0
+    res = hindsight_optimal(inst, time_limit_s=time_limit_s, threads=threads, warm_start=sf, solver=solver,
+                            separation=separation, msg=solver_log)
+    return {"model": model, "instance": k, "n": inst.n, "M": inst.memory, "s": inst.prompt[0],
+            "mcsf_tel": sf.total_latency, "ip_tel": res.objective, "ip_bound": res.best_bound,
+            "ip_status": res.status, "ip_gap": res.gap, "ip_solve_time_s": res.solve_time_s,
+            "ip_vars": res.n_vars, "mcsf_time_s": sf_s, "ratio": sf.total_latency / res.objective,
+            "ratio_vs_bound": sf.total_latency / max(res.best_bound, 1e-9)}
+
+
 def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int = 0,
         n_instances: int | None = None, time_limit_s: float | None = None, threads: int | None = None,
         scale: str = "paper", solver: str = "cp-sat+highs", separation: bool = True,
@@ -116,17 +141,7 @@ def run(out_dir: str = "results/mcsf_synthetic", quick: bool = False, seed: int 
         if (model, k) in done:
             same_instance(done[(model, k)], inst, "instances.csv", "cannot resume; choose another --out")
             continue
-        t0 = time.perf_counter()
-        sf = mcsf(inst)
-        sf_s = time.perf_counter() - t0
-        res = hindsight_optimal(inst, time_limit_s=tl, threads=threads, warm_start=sf, solver=solver,
-                                separation=separation, msg=solver_log)
-        rows[(model, k)] = {"model": model, "instance": k, "n": inst.n, "M": inst.memory, "s": inst.prompt[0],
-                            "mcsf_tel": sf.total_latency, "ip_tel": res.objective, "ip_bound": res.best_bound,
-                            "ip_status": res.status, "ip_gap": res.gap, "ip_solve_time_s": res.solve_time_s,
-                            "ip_vars": res.n_vars, "mcsf_time_s": sf_s,
-                            "ratio": sf.total_latency / res.objective,
-                            "ratio_vs_bound": sf.total_latency / max(res.best_bound, 1e-9)}
+        rows[(model, k)] = solve_instance(model, k, inst, tl, threads, solver, separation, solver_log)
         _in_job_order(rows, jobs).to_csv(out / "instances.csv", index=False)  # an interruption loses one instance
     df = _in_job_order(rows, jobs)
     _plot(df, out / "ratios.png")

@@ -418,6 +418,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """Run every registered paper's experiments (resuming finished cells); write DIR/report.md and .html."""
+    from experiments.reproduce import reproduce
+    from gpusched.runinfo import prepare_out_dir
+
+    out = prepare_out_dir(args.out, overwrite=True)  # an existing folder is resumed, never wiped
+    s = reproduce(out, quick=args.quick, only=args.only, backend=args.backend, workers=args.workers,
+                  address=args.address, progress=not args.quiet)
+    print(f"{s.computed} cell(s) computed, {s.reused} reused, {len(s.failed)} failed in {s.wall_s:.1f} s; "
+          f"report: {s.report_md} and {s.report_html}")
+    return 1 if s.failed else 0
+
+
 def cmd_policies(args: argparse.Namespace) -> int:
     """Every registered scheduler, router and gate with its summary, source and knobs."""
     from gpusched import registry
@@ -585,6 +598,24 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every registered policy (gpusched.registry) with its summary, source and "
                                    "knobs.")
     p.set_defaults(func=cmd_policies)
+
+    p = sub.add_parser("reproduce", formatter_class=formatter,
+                       help="reproduce every registered paper into one report (resumable)",
+                       description="Run every registered experiment's cells (experiments.reproduce), reusing the "
+                                   "cells an earlier run into the same folder finished, and write report.md and a "
+                                   "static report.html: ours vs each paper's numbers with a verdict, the plots, and "
+                                   "the command to re-run one cell.")
+    _add(p, "--out", default="results/reproduce", help="output folder: cells, tables, plots, report.md, report.html")
+    p.add_argument("--quick", action="store_true",
+                   help="small cells, minutes in all (their numbers are not the headline ones)")
+    _add(p, "--only", nargs="+", default=None, metavar="PAPER", help="papers or experiments to run (default: all)")
+    _add(p, "--backend", default="inprocess", choices=["inprocess", "pool", "ray"],
+         help="where cells run: this process, a local process pool, or Ray")
+    _add(p, "--workers", type=_int_at_least(1, "the number of workers"), default=None,
+         help="pool or Ray workers (default: the machine's CPUs)")
+    _add(p, "--address", default=None, help="an existing Ray cluster's address (with --backend ray)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 
