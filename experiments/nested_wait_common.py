@@ -1,0 +1,143 @@
+"""Shared pieces of the Nested WAIT experiments: the A100 instance, the baselines, per-run metrics, a resumable
+CSV of rows, the stability test and the markdown table writer.
+
+Instance: Llama-2-7B on one A100-80GB with the **roofline** step-time model (``gpusched.perf.RooflineStepTime``;
+no A100 profile is bundled) and the paper's KV capacity ``C = 1.37e5`` tokens (8,562 blocks of 16; the
+catalogue's A100 has 80e9 bytes, which gives 125k tokens at 99 %: the paper's figure needs 80 GiB).
+
+Baselines, as the paper's Vidur defaults (spec §5a): vLLM = ``vllm-v1`` with whole-prompt prefill in one step
+(``enable_chunked_prefill=False``, 4,096-token steps) and no prefix cache; Sarathi = ``sarathi`` with 512-token
+chunks. Both admit greedily (FCFS) and recompute-preempt the newest request when the KV runs out.
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from gpusched.perf import RooflineStepTime
+from simulators.serving import InstanceConfig, simulate
+
+PAPER_KV_TOKENS = 137_000
+BLOCK = 16
+VLLM = ("vllm-v1", {"max_num_batched_tokens": 4096, "enable_chunked_prefill": False, "enable_prefix_caching": False})
+SARATHI = ("sarathi", {"token_budget": 512})
+STABLE_GROWTH = 1.5  # late/mid latency ratio above which a run counts as unstable (see is_stable)
+
+
+def a100_instance(scheduler="vllm-v1", knobs=None) -> InstanceConfig:
+    """Llama-2-7B, one A100-80GB, roofline step times, the paper's 1.37e5-token KV."""
+    return InstanceConfig(RooflineStepTime("llama2-7b", "A100-80GB"), PAPER_KV_TOKENS // BLOCK, BLOCK, scheduler,
+                          dict(knobs or {}))
+
+
+def run_metrics(trace, cfg: InstanceConfig) -> dict:
+    """Simulate ``trace`` on ``cfg``; latency metrics in seconds.
+
+    e2e_mean_s / ttft_mean_s: over requests arriving in the central window (20 %-80 % of the arrivals, as the paper
+    averages after the transient); e2e_all_mean_s: over all. growth: mean e2e of the last quarter of arrivals over
+    that of the second quarter (about 1 when stable). completion_rate: requests finished by the last arrival over
+    those arrived (tracks 1 when stable). throughput_tokens_per_s: output tokens of requests finished by the last
+    arrival, per second of the arrival window. restarts: preemptions per request (the paper's eviction-restarts).
+    """
+    res = simulate(trace, [cfg], record_timeline=False)
+    r = res.requests.sort_values("arrival_time_s", kind="stable").reset_index(drop=True)
+    n = len(r)
+    e2e = r["e2e_s"].to_numpy(float)
+    central = slice(int(0.2 * n), int(0.8 * n))
+    last = float(r["arrival_time_s"].iloc[-1])
+    done = r["finish_time_s"].to_numpy(float) <= last
+    return {
+        "requests": n, "finished": int((r["status"] == "finished").sum()),
+        "e2e_mean_s": float(np.nanmean(e2e[central])), "e2e_all_mean_s": float(np.nanmean(e2e)),
+        "e2e_p99_s": float(np.nanquantile(e2e, 0.99)),
+        "ttft_mean_s": float(np.nanmean(r["ttft_s"].to_numpy(float)[central])),
+        "growth": float(np.nanmean(e2e[3 * n // 4:]) / np.nanmean(e2e[n // 4: n // 2])),
+        "completion_rate": float(done.sum() / n),
+        "throughput_tokens_per_s": float(r["output_tokens"].to_numpy()[done].sum() / last) if last > 0 else math.nan,
+        "restarts": float(r["num_preemptions"].sum() / n), "steps": res.num_steps,
+    }
+
+
+def is_stable(growth: float) -> bool:
+    """[R] A run is stable when its latency does not grow over the run: mean latency of the last quarter of
+    arrivals over that of the second quarter <= 1.5. (The paper: "the largest tested rate at which latency stays
+    controlled and the completion rate tracks lambda". A completion-rate test is not used: a stable policy with a
+    long latency, e.g. WAIT clocked by arrivals, finishes few requests by the last arrival of a short run.)"""
+    return growth <= STABLE_GROWTH
+
+
+def largest_stable_rate(df: pd.DataFrame, policy: str) -> float:
+    """The largest rate up to which every tested rate is stable for ``policy`` (growth averaged over seeds); NaN
+    if the lowest is not."""
+    g = df[df["policy"] == policy].groupby("rate_per_s")["growth"].mean().sort_index()
+    best = math.nan
+    for rate, growth in g.items():
+        if not is_stable(growth):
+            break
+        best = float(rate)
+    return best
+
+
+class ResultLog:
+    """Rows of a sweep in a CSV, rewritten after each finished point, so that an interrupted run resumes.
+
+    ``key``: the columns that identify a point (``done`` tells whether a point is in the log).
+    """
+
+    def __init__(self, path: Path, key: tuple[str, ...], resume: bool):
+        self.path, self.key = Path(path), key
+        if resume and self.path.exists():
+            self.df = pd.read_csv(self.path)
+        else:
+            self.df = pd.DataFrame()
+            if self.path.exists():
+                self.path.unlink()
+        self._done = {tuple(r) for r in self.df[list(key)].itertuples(index=False)} if len(self.df) else set()
+
+    def done(self, point: tuple) -> bool:
+        return tuple(point) in self._done
+
+    def add(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        self.df = pd.concat([self.df, pd.DataFrame(rows)], ignore_index=True)
+        self._done.update(tuple(r[k] for k in self.key) for r in rows)
+        tmp = self.path.with_suffix(".tmp")
+        self.df.to_csv(tmp, index=False)
+        os.replace(tmp, self.path)
+
+
+def run_tasks(tasks: list, work: Callable, log: ResultLog, jobs: int, desc: str) -> None:
+    """Run ``work(task) -> rows`` for every task (in ``jobs`` processes), logging rows as each finishes."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="point")
+    if jobs <= 1:
+        for t in tasks:
+            log.add(work(t))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs) as pool:
+            for fut in as_completed([pool.submit(work, t) for t in tasks]):
+                log.add(fut.result())
+                bar.update()
+    bar.close()
+
+
+def markdown_table(df: pd.DataFrame, cols: Iterable[str], floats: str = "{:.3f}") -> list[str]:
+    cols = list(cols)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df[cols].iterrows():
+        lines.append("| " + " | ".join(floats.format(v) if isinstance(v, float) else str(v) for v in r) + " |")
+    return lines
+
+
+def with_scheduler(cfg: InstanceConfig, scheduler, knobs=None) -> InstanceConfig:
+    return replace(cfg, scheduler=scheduler, scheduler_knobs=dict(knobs or {}))
