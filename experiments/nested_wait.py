@@ -32,8 +32,8 @@ from formulations.nested_wait import (PromptType, calibrated_nested_wait, calibr
 from gpusched.registry import BuildContext
 from gpusched.synthetic import synthetic_trace
 
-from .nested_wait_common import (SARATHI, VLLM, ResultLog, a100_instance, largest_stable_rate,
-                                 markdown_table, run_metrics, run_tasks, with_scheduler)
+from .nested_wait_common import (SARATHI, VLLM, ResultLog, a100_instance, largest_stable_rate, markdown_table,
+                                 plot_policies, run_metrics, run_tasks, sweep_arguments, with_scheduler)
 
 OUT = Path("results/nested_wait")
 WORKLOADS = {
@@ -145,29 +145,12 @@ def fluid_limits() -> pd.DataFrame:
 
 
 def _plot(summary: pd.DataFrame, workload: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     part = summary[(summary["workload"] == workload) & ~summary["policy"].str.match(GRID.pattern)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, g in part.groupby("policy", sort=False):
-        g = g.sort_values("rate_per_s")
-        axes[0].errorbar(g["rate_per_s"], g["e2e_mean_s"], yerr=g["e2e_sd_s"], marker="o", ms=3, capsize=2, label=name)
-        axes[1].plot(g["rate_per_s"], g["throughput_tokens_per_s"], marker="o", ms=3, label=name)
-        axes[2].plot(g["rate_per_s"], 100 * g["restarts"], marker="o", ms=3, label=name)
-    for ax, label in zip(axes, ("mean end-to-end latency (s), central window", "output tokens/s (finished)",
-                                "restarts (% of requests)")):
-        ax.set_xlabel("arrival rate (req/s)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_yscale("log")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{workload}: Llama-2-7B on A100-80GB (roofline), C = 1.37e5 tokens, mean over seeds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_policies(part.assign(restarts_pct=100 * part["restarts"]), "rate_per_s",
+                  [("e2e_mean_s", "mean end-to-end latency (s), central window"),
+                   ("throughput_tokens_per_s", "output tokens/s (finished)"), ("restarts_pct", "restarts (% of requests)")],
+                  f"{workload}: Llama-2-7B on A100-80GB (roofline), C = 1.37e5 tokens, mean over seeds", path,
+                  "arrival rate (req/s)")
 
 
 def _markdown(summary: pd.DataFrame, limits: pd.DataFrame, path: Path, quick: bool, wall_s: float) -> None:
@@ -210,9 +193,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3-4 rates, short runs (a minute or two)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per point (default 10, quick 2)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
-    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
-    ap.add_argument("--resume", action="store_true", help="keep the points already in runs.csv")
-    ap.add_argument("--out", default=str(OUT))
+    sweep_arguments(ap, OUT)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ import pandas as pd
 from gpusched.workload import load_trace
 from simulators.serving.build import build_instances
 
-from .nested_wait_common import ResultLog, markdown_table, run_metrics, run_tasks
+from .nested_wait_common import ResultLog, markdown_table, plot_policies, run_metrics, run_tasks, sweep_arguments
 
 OUT = Path("results/nested_wait_azure")
 FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0)
@@ -60,37 +60,17 @@ def _point(task) -> list[dict]:
 
 
 def _plot(df: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, g in df.groupby("policy", sort=False):
-        g = g.sort_values("rate_factor")
-        axes[0].plot(g["rate_factor"], g["e2e_all_mean_s"], marker="o", label=name)
-        axes[1].plot(g["rate_factor"], g["ttft_mean_s"], marker="o", label=name)
-        axes[2].plot(g["rate_factor"], g["e2e_p99_s"], marker="o", label=name)
-    for ax, label in zip(axes, ("mean end-to-end latency (s), all requests", "mean TTFT (s), central window",
-                                "p99 end-to-end latency (s)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("arrival rate x the trace's")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle("Azure conversation trace 2023, Llama-3-8B on one H100 (measured profile)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_policies(df, "rate_factor", [("e2e_all_mean_s", "mean end-to-end latency (s), all requests"),
+                                      ("ttft_mean_s", "mean TTFT (s), central window"),
+                                      ("e2e_p99_s", "p99 end-to-end latency (s)")],
+                  "Azure conversation trace 2023, Llama-3-8B on one H100 (measured profile)", path,
+                  "arrival rate x the trace's", log_x=True, log_y=(True, True, True))
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help=f"first {QUICK_REQUESTS} requests, rates x1 and x16")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--out", default=str(OUT))
+    sweep_arguments(ap, OUT)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -139,5 +139,46 @@ def markdown_table(df: pd.DataFrame, cols: Iterable[str], floats: str = "{:.3f}"
     return lines
 
 
+def sweep_arguments(ap, out: Path) -> None:
+    """The options every sweep takes: ``--jobs``, ``--resume``, ``--out``."""
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes")
+    ap.add_argument("--resume", action="store_true", help="keep the points already in the CSV")
+    ap.add_argument("--out", default=str(out))
+
+
+def plot_policies(df: pd.DataFrame, x: str, panels: list[tuple[str, str]], title: str, path: Path, xlabel: str,
+                  log_x: bool = False, log_y: tuple[bool, ...] = (True,), vline: tuple[float, str] | None = None) -> None:
+    """One panel per ``(column, y label)``, one line per policy against ``x``; error bars from ``<column>``'s
+    ``_mean_s`` -> ``_sd_s`` partner when ``df`` has it; ``log_y[i]`` for panel i (missing: linear)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
+    for name, g in df.groupby("policy", sort=False):
+        g = g.sort_values(x)
+        for ax, (col, _) in zip(axes, panels):
+            sd = col.replace("_mean_s", "_sd_s")
+            err = g[sd] if sd != col and sd in g else None
+            ax.errorbar(g[x], g[col], yerr=err, marker="o", ms=3, capsize=2, label=name)
+    for i, (ax, (_, label)) in enumerate(zip(axes, panels)):
+        if vline is not None:
+            ax.axvline(vline[0], color="k", ls=":", lw=1, label=vline[1])
+        if log_x:
+            ax.set_xscale("log", base=2)
+        if i < len(log_y) and log_y[i]:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def with_scheduler(cfg: InstanceConfig, scheduler, knobs=None) -> InstanceConfig:
     return replace(cfg, scheduler=scheduler, scheduler_knobs=dict(knobs or {}))

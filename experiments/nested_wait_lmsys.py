@@ -31,7 +31,7 @@ from gpusched.synthetic import synthetic_trace
 from gpusched.workload import bundled_trace_path
 
 from .nested_wait_common import (SARATHI, VLLM, ResultLog, a100_instance, largest_stable_rate, markdown_table,
-                                 run_metrics, run_tasks, with_scheduler)
+                                 plot_policies, run_metrics, run_tasks, sweep_arguments, with_scheduler)
 
 OUT = Path("results/nested_wait_lmsys")
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.1, 1.25)  # of our fluid crossing
@@ -109,28 +109,11 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plot(summary: pd.DataFrame, crossing: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    part = summary[~summary["policy"].str.match(r"nested-L\d")]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, g in part.groupby("policy", sort=False):
-        g = g.sort_values("rate_per_s")
-        axes[0].errorbar(g["rate_per_s"], g["e2e_mean_s"], yerr=g["e2e_sd_s"], marker="o", ms=3, capsize=2, label=name)
-        axes[1].plot(g["rate_per_s"], g["throughput_tokens_per_s"], marker="o", ms=3, label=name)
-    for ax, label in zip(axes, ("mean end-to-end latency (s), central window", "output tokens/s (finished)")):
-        ax.axvline(crossing, color="k", ls=":", lw=1, label=f"fluid crossing {crossing:.1f} req/s")
-        ax.set_xlabel("arrival rate (req/s)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes[0].set_yscale("log")
-    fig.suptitle("ShareGPT lengths < 500 (LMSYS stand-in), Llama-2-7B on A100-80GB (roofline), C = 1.37e5 tokens")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_policies(summary[~summary["policy"].str.match(r"nested-L\d")], "rate_per_s",
+                  [("e2e_mean_s", "mean end-to-end latency (s), central window"),
+                   ("throughput_tokens_per_s", "output tokens/s (finished)")],
+                  "ShareGPT lengths < 500 (LMSYS stand-in), Llama-2-7B on A100-80GB (roofline), C = 1.37e5 tokens",
+                  path, "arrival rate (req/s)", vline=(crossing, f"fluid crossing {crossing:.1f} req/s"))
 
 
 def main(argv=None) -> None:
@@ -138,9 +121,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 rates, 400 requests per run")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--requests", type=int, default=None, help="requests per run (default 2000, quick 400)")
-    ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--out", default=str(OUT))
+    sweep_arguments(ap, OUT)
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
