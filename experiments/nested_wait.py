@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from formulations.nested_wait import (PromptType, calibrated_nested_wait, calibrated_wait, fit_iteration_time,
-                                      fluid_equilibrium, max_stable_scale)
+                                      max_stable_scale)
 from gpusched.registry import BuildContext
 from gpusched.synthetic import synthetic_trace
 

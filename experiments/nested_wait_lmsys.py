@@ -20,7 +20,6 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from formulations.nested_wait import (PromptType, calibrated_nested_wait, fit_iteration_time, fluid_equilibrium,

@@ -198,3 +198,17 @@ def test_types_from_lengths_bins_long_tails():
     class S:
         prompt_tokens, output_tokens = 5, 1000
     assert type_of(S) == 3
+
+
+def test_a_scheduler_object_serves_a_second_run_afresh():
+    """The queues mirror one run's ``waiting``; handed a second run (a new deque), the object starts over and gives
+    the same results as a fresh object."""
+    types, check, blocks = _wait_setup()
+    trace = _mixed_trace(60.0, 200, seed=6)
+    last = float(trace.df["arrival_time_s"].max())
+    reused = WaitScheduler(types, check.thresholds, drain_after_s=last)
+    first = simulate(trace, [InstanceConfig(STEP, blocks, BS, reused)], record_timeline=False).requests
+    again = simulate(trace, [InstanceConfig(STEP, blocks, BS, reused)], record_timeline=False).requests
+    fresh = simulate(trace, [InstanceConfig(STEP, blocks, BS, WaitScheduler(types, check.thresholds, drain_after_s=last))],
+                     record_timeline=False).requests
+    assert again.equals(fresh) and first.equals(fresh)

@@ -69,7 +69,13 @@ class _StageScheduler:
         self.max_in_flight = None if max_in_flight is None else _count("max_in_flight", max_in_flight, 1)
         self.drain_after_s = None if drain_after_s is None else _finite("drain_after_s", drain_after_s)
         self.calibration: dict | None = None  # how a factory chose the thresholds (for reports)
-        self._queues = [deque() for _ in range(num_groups)]
+        self._num_groups = num_groups
+        self._reset(None)
+
+    def _reset(self, waiting) -> None:
+        """Forget the previous run (a scheduler object handed to a second run sees a new ``waiting`` deque)."""
+        self._waiting = waiting
+        self._queues = [deque() for _ in range(self._num_groups)]
         self._group: dict[int, int] = {}  # seq.index -> group
         self._known = 0  # entries at the right of ``waiting`` already in the queues
         self._parked = 0  # residents parked at the front of ``waiting`` while idle
@@ -84,6 +90,8 @@ class _StageScheduler:
 
     # -- the step -----------------------------------------------------------------------------------------
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
+        if waiting is not self._waiting:
+            self._reset(waiting)
         for _ in range(self._parked):
             running.append(waiting.popleft())
         self._parked = 0
