@@ -5,7 +5,9 @@ Each policy is driven through a minimal step loop (no SimPy): call ``schedule``,
 the ``schedule`` call is timed. The workloads keep about 200 requests resident: WAIT with one type of 200 stages
 (one request per stage), WAIT with 8 types, Nested WAIT with 4 segments of 50 stages. vLLM V1's scheduler
 (``simulators.serving.schedulers.VllmV1Scheduler``, 256 sequences, 8,192-token budget) runs the same loop on the
-same workload in the same process as the baseline. Target from the issue: below 1 ms per decision.
+same workload in the same process as the baseline. Target from the issue: below 1 ms per decision (the median is
+the figure; the p99 of every policy, vLLM's included, carries Python's garbage-collector pauses and, on a shared
+machine, the other processes).
 
 Run: ``python -m experiments.bench_nested_wait [--steps 2000]``.
 """
