@@ -14,6 +14,7 @@ from formulations.nested_wait.segments import SegmentDesign
 from formulations.nested_wait.thresholds import check_wait_thresholds
 from gpusched.errors import ConfigError
 from gpusched.perf import RooflineStepTime
+from gpusched.policy import BatchScheduler
 from gpusched.synthetic import synthetic_trace
 from simulators.serving import InstanceConfig, simulate
 
@@ -152,6 +153,7 @@ def test_registry_calibration_is_recorded_and_deterministic():
     trace = _mixed_trace(20.0, 300, seed=4)
     ctx = BuildContext(trace=trace, step_model=STEP, num_kv_blocks=2000, block_size_tokens=BS)
     a, b = build("scheduler", "wait", ctx), build("scheduler", "wait", ctx)
+    assert isinstance(a, BatchScheduler) and a.name == "wait"
     assert a.thresholds == b.thresholds and a.calibration["rule"].startswith("eq. (11)")
     assert a.calibration["d0_s"] >= 0 and a.calibration["d1_s_per_token"] > 0
     nested = build("scheduler", "nested-wait", ctx)
