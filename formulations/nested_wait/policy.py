@@ -1,0 +1,272 @@
+"""WAIT (Algorithm 1) and Nested WAIT (Algorithm 2) as batch schedulers of the serving engines
+(:class:`gpusched.policy.BatchScheduler`); spec ``shared/papers/nested_wait.md`` §3-4.
+
+From the paper's model to the engine
+------------------------------------
+* **Stages.** The paper's prompt is processed at stages ``0 .. l'`` (stage 0 = prefill). In the engine a request
+  with ``o`` output tokens takes ``o`` steps: a prefill step that samples the first token, then ``o - 1`` decode
+  steps. So ``l' = o - 1`` and a resident request's stage is its ``generated_tokens``; stage 0 is the waiting queue.
+  A whole prompt is prefilled in its stage-0 step (the paper's model has no chunking).
+* **Memory.** The paper's prompt holds ``l + s`` KV tokens at stage ``s``; in the engine, after its stage-``s`` step
+  a request has computed exactly ``l + s`` tokens. The KV is paged: it occupies ``ceil((l + s) / bs)`` blocks of
+  ``bs`` tokens, at most ``bs - 1`` tokens more per resident request than the paper counts (the calibration pads
+  the memory condition by that, see :mod:`.calibrate`). ``C`` = ``num_blocks x bs``.
+* **Time.** The paper's iteration lasts ``d0 + d1 x (KV tokens of the batch)``; the engine prices every step with
+  its step-time model (roofline or profile). ``d0, d1`` are used only to choose thresholds, fitted to that
+  step-time model on the batches the policy runs (:func:`.calibrate.fit_iteration_time`).
+* **Eviction.** The paper's server evicts LIFO when memory overflows and the evicted prompt restarts from
+  prefill. Here: a new admission is made only if its KV blocks are free (the newest prompt is the first LIFO
+  victim, so not admitting it is the same); when a resident cannot grow by one token, the most recently admitted
+  resident is evicted (engine recompute preemption: KV dropped, prompt + generated tokens prefilled again at its
+  next admission, generated tokens kept; the paper discards them too) and re-queued at the front of its queue.
+  With ``M^pi <= C`` (and the block padding) neither happens (spec P1).
+* **Pausing.** A type (WAIT) or segment (Nested WAIT) that is not eligible does not advance and keeps its KV. The
+  engine's ``running`` list holds the resident requests in admission order, paused or not. The engines refuse an
+  empty plan while ``running`` is not empty (they cannot tell a deliberate pause from a stall), so when the
+  policy idles on purpose it parks the residents at the front of ``waiting`` until its next call (their KV stays
+  allocated), then takes them back.
+* **The end of a trace.** Algorithm 1/2 wait for ``n`` arrivals; when arrivals stop, the last prompts would wait
+  forever (the authors' code drops them, spec §9). ``drain_after_s`` (the factories set it to the trace's last
+  arrival time) turns the thresholds into plain caps from then on, so the tail is served.
+* **Timers.** A scheduler is called only at arrivals and step ends; with ``mode="paper"`` at light load a paused
+  pipeline waits for the next arrival (the engines have no way for a scheduler to ask to be woken later).
+* **Modes.** ``"paper"``: the algorithms as published. ``"no-wait"``: the same caps without the accumulation wait
+  (the paper's "WAIT-no-wait" ablation). ``max_in_flight``: the experiments' system-wide in-flight cap ``tl``
+  [P §6] (not part of Algorithms 1-2), applied to admissions.
+
+Requests are admitted with their whole prompt (no prefix caching: KV is allocated without block hashes).
+"""
+from __future__ import annotations
+
+from collections import deque
+from itertools import islice
+from typing import Callable, Sequence
+
+from gpusched.errors import ConfigError
+from gpusched.kvcache import BlockManager
+from gpusched.policy import SeqState, StepPlan
+
+from .discrete import prefix_length
+from .fluid import PromptType, _count, _finite, _types
+from .segments import SegmentDesign
+from .thresholds import _thresholds
+
+__all__ = ["WaitScheduler", "NestedWaitScheduler", "MODES"]
+
+MODES = ("paper", "no-wait")
+
+
+class _StageScheduler:
+    """Shared machinery: per-group waiting queues mirrored in the engine's ``waiting``, residents bucketed by
+    (group, stage), LIFO eviction, parking while idle. Subclasses implement :meth:`_select`."""
+
+    name: str
+
+    def __init__(self, num_groups: int, mode: str, max_in_flight: int | None, drain_after_s: float | None):
+        if mode not in MODES:
+            raise ConfigError(f"mode = {mode!r}; use one of {MODES}")
+        self.mode = mode
+        self.max_in_flight = None if max_in_flight is None else _count("max_in_flight", max_in_flight, 1)
+        self.drain_after_s = None if drain_after_s is None else _finite("drain_after_s", drain_after_s)
+        self.calibration: dict | None = None  # how a factory chose the thresholds (for reports)
+        self._num_groups = num_groups
+        self._reset(None)
+
+    def _reset(self, waiting) -> None:
+        """Forget the previous run (a scheduler object handed to a second run sees a new ``waiting`` deque)."""
+        self._waiting = waiting
+        self._queues = [deque() for _ in range(self._num_groups)]
+        self._group: dict[int, int] = {}  # seq.index -> group
+        self._known = 0  # entries at the right of ``waiting`` already in the queues
+        self._parked = 0  # residents parked at the front of ``waiting`` while idle
+
+    # -- hooks --------------------------------------------------------------------------------------------
+    def _classify(self, seq: SeqState) -> int:
+        return 0
+
+    def _select(self, buckets: dict, wait: bool) -> tuple[list[int], list[SeqState]]:
+        """(admissions allowed per group, residents to run, oldest first per stage)."""
+        raise NotImplementedError
+
+    # -- the step -----------------------------------------------------------------------------------------
+    def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
+        if waiting is not self._waiting:
+            self._reset(waiting)
+        for _ in range(self._parked):
+            running.append(waiting.popleft())
+        self._parked = 0
+        group, queues = self._group, self._queues
+        for i in range(len(waiting) - self._known, 0, -1):  # arrivals since the last call, oldest first
+            seq = waiting[-i]
+            g = group[seq.index] = self._classify(seq)
+            queues[g].append(seq)
+        draining = self.drain_after_s is not None and now_s >= self.drain_after_s
+        buckets: dict = {}
+        for seq in running:
+            key = (group[seq.index], seq.generated_tokens)
+            b = buckets.get(key)
+            if b is None:
+                buckets[key] = [seq]
+            else:
+                b.append(seq)
+        admit, selected = self._select(buckets, self.mode == "paper" and not draining)
+        plan = StepPlan()
+        entries = plan.entries
+        for seq in selected:
+            if seq.num_computed_tokens == 0:  # evicted earlier in this step
+                continue
+            if not kv.grow_to(seq.index, seq.num_computed_tokens + 1) and not self._evict_for(seq, waiting, running,
+                                                                                                kv, plan):
+                continue
+            entries.append((seq, 1))
+        if plan.preempted:
+            gone = {id(s) for s in plan.preempted}
+            plan.entries = [(s, n) for s, n in entries if id(s) not in gone]
+        else:
+            self._admit(admit, waiting, running, kv, plan, now_s)
+        if not plan.entries and running:  # idle on purpose: park the residents (KV kept) until the next call
+            waiting.extendleft(reversed(running))
+            self._parked = len(running)
+            running.clear()
+        self._known = len(waiting) - self._parked
+        return plan
+
+    def _admit(self, admit: list[int], waiting: deque, running: list, kv: BlockManager, plan: StepPlan,
+               now_s: float) -> None:
+        """Admit the heads of the groups' queues (``admit[g]`` from group g), in arrival order across groups, while
+        the in-flight cap and free KV allow."""
+        cands = [s for g, k in enumerate(admit) if k for s in islice(self._queues[g], k)]
+        if not cands:
+            return
+        if len(cands) > 1:
+            cands.sort(key=lambda s: (s.arrival_time_s, s.index))
+        room = len(cands) if self.max_in_flight is None else max(self.max_in_flight - len(running), 0)
+        for seq in cands[:room]:
+            tokens = seq.num_tokens  # prompt (+ generated tokens of a restarted request)
+            if kv.allocate_if_free(seq.index, tokens) is None:
+                break  # LIFO: the newest admission is the first to go
+            self._queues[self._group[seq.index]].popleft()
+            waiting.remove(seq)
+            seq.num_computed_tokens = 0
+            if seq.scheduled_time_s is None:
+                seq.scheduled_time_s = now_s
+            running.append(seq)
+            plan.entries.append((seq, tokens))
+
+    def _evict_for(self, seq: SeqState, waiting: deque, running: list, kv: BlockManager, plan: StepPlan) -> bool:
+        """Evict the most recently admitted residents until ``seq`` can grow by one token; False if ``seq`` itself
+        was evicted."""
+        while True:
+            victim = running.pop()
+            kv.free(victim.index)
+            victim.num_computed_tokens = 0
+            victim.num_preemptions += 1
+            waiting.appendleft(victim)
+            self._queues[self._group[victim.index]].appendleft(victim)
+            plan.preempted.append(victim)
+            if victim is seq:
+                return False
+            if kv.grow_to(seq.index, seq.num_computed_tokens + 1):
+                return True
+
+
+class WaitScheduler(_StageScheduler):
+    """WAIT, Algorithm 1 [P §4] (known output lengths): per type j a threshold ``n_j``; type j runs (its stage-0
+    admissions and every stage, at most ``n_j`` requests each, oldest first) only when ``n_j`` of its requests wait
+    for prefill; other types pause, KV resident.
+
+    Parameters
+    ----------
+    types : the :class:`~.fluid.PromptType` list (for reports and the default classification).
+    thresholds : ``n_j``, one integer >= 1 per type (e.g. :func:`.thresholds.choose_wait_thresholds`).
+    type_of : ``f(seq) -> type index``; default: the type with ``prefill_tokens == prompt_tokens`` and
+        ``decode_tokens == output_tokens - 1`` (a request of no type raises :class:`ConfigError`).
+    mode, max_in_flight, drain_after_s : see the module docstring.
+    """
+
+    def __init__(self, types: Sequence[PromptType], thresholds: Sequence[int],
+                 type_of: Callable[[SeqState], int] | None = None, mode: str = "paper",
+                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "wait"):
+        self.types = _types(types)
+        self.thresholds = _thresholds(thresholds, len(self.types))
+        self.name = name
+        super().__init__(len(self.types), mode, max_in_flight, drain_after_s)
+        if type_of is None:
+            index = {}
+            for j, t in enumerate(self.types):
+                index.setdefault((t.prefill_tokens, t.decode_tokens + 1), j)
+            type_of = _exact_type(index)
+        self.type_of = type_of
+
+    def _classify(self, seq: SeqState) -> int:
+        j = self.type_of(seq)
+        if not 0 <= j < len(self.types):
+            raise ConfigError(f"type_of(request {seq.request_id!r}) = {j!r}; there are {len(self.types)} types")
+        return j
+
+    def _select(self, buckets, wait):
+        n, queues = self.thresholds, self._queues
+        if wait:
+            eligible = [len(q) >= nj for q, nj in zip(queues, n)]
+        else:
+            eligible = [True] * len(n)
+        admit = [min(nj, len(q)) if ok else 0 for q, nj, ok in zip(queues, n, eligible)]
+        selected = []
+        for (j, _), seqs in buckets.items():
+            if eligible[j]:
+                selected.extend(seqs[:n[j]])
+        return admit, selected
+
+
+def _exact_type(index: dict) -> Callable[[SeqState], int]:
+    def type_of(seq: SeqState) -> int:
+        try:
+            return index[(seq.prompt_tokens, seq.output_tokens)]
+        except KeyError:
+            raise ConfigError(
+                f"request {seq.request_id!r} (prompt {seq.prompt_tokens}, output {seq.output_tokens} tokens) matches "
+                f"no WAIT type; pass type_of= to map requests to types (e.g. by output-length bins)") from None
+    return type_of
+
+
+class NestedWaitScheduler(_StageScheduler):
+    """Nested WAIT, Algorithm 2 [P §5] (unknown output lengths): the policy never reads ``output_tokens``.
+
+    Stages are grouped into segments ending at ``segment_ends`` (``r_1 < ... < r_L``; stages past ``r_L`` belong
+    to the last segment). Segment k's boundary queue is the residents at stage ``r_{k-1} + 1`` (survivors of
+    segment k-1, KV resident); segment 1's is the waiting queue. With ``k`` the longest prefix of segments whose
+    boundary queues hold at least ``n_k``, segments ``1..k`` run, at most ``n_k`` requests per stage (oldest
+    first); nothing runs while fewer than ``n_1`` wait (``mode="paper"``).
+
+    Parameters
+    ----------
+    segment_ends : ``r_k`` in decode stages (``l' = output_tokens - 1`` units), or a :class:`~.segments.SegmentDesign`.
+    thresholds : ``n_k``, one integer >= 1 per segment (e.g. :func:`.segments.choose_nested_thresholds`).
+    mode, max_in_flight, drain_after_s : see the module docstring.
+    """
+
+    def __init__(self, segment_ends: Sequence[int] | SegmentDesign, thresholds: Sequence[int], mode: str = "paper",
+                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "nested-wait"):
+        if isinstance(segment_ends, SegmentDesign):
+            self.design = segment_ends
+        else:
+            ends = tuple(segment_ends)
+            self.design = SegmentDesign(ends, (0.0,) * (len(ends) - 1) + (1.0,), 1)  # rates unused by the policy
+        self.thresholds = _thresholds(thresholds, self.design.num_segments)
+        self.name = name
+        super().__init__(1, mode, max_in_flight, drain_after_s)
+        d = self.design
+        self._segment_of = d.segment_of_stage
+
+    def _select(self, buckets, wait):
+        n, d = self.thresholds, self.design
+        k = prefix_length(d, n, len(self._queues[0]), lambda s: len(buckets.get((0, s), ())), wait)
+        if k == 0:
+            return [0], []
+        selected = []
+        seg = self._segment_of
+        for (_, s), seqs in buckets.items():
+            i = seg(s)
+            if i < k:
+                selected.extend(seqs[:n[i]])
+        return [min(n[0], len(self._queues[0]))], selected
