@@ -258,8 +258,7 @@ def test_buffer_is_pulled_fcfs_into_the_freed_slot():
         sim._on_prefill_done(j)
         buffered.append(j)
     assert list(sim._buffers["decode"]) == buffered
-    finished = next(iter(sim._decodes[1]))
-    sim._on_decode_done(finished)        # a solo slot frees: the oldest buffered request takes it
+    sim._on_decode_done(1)               # a solo slot frees: the oldest buffered request takes it
     assert sim._gpu[buffered[0]] == 1 and list(sim._buffers["decode"]) == buffered[1:]
 
 
@@ -273,9 +272,8 @@ def test_mixed_gpu_idle_prefill_runs_decodes_at_solo_rate():
     for _ in range(3):                   # the solo GPU's two slots, then the mixed GPU's one; after the
         sim._on_prefill_done(sim._prefill_job[0])   # third nothing waits: the prefill slot idles
         sim._settle()
-    on_mixed = next(iter(sim._decodes[0]))
-    assert sim._prefill_job[0] == -1 and sim._at_mixed_rate[on_mixed] is False
-    assert sim._ymix == [0] and sim._ysolo == [3]
+    assert sim._prefill_job[0] == -1 and sim._counted_mixed[0] is False
+    assert sim._decodes[0] == [[2]] and sim._ymix == [0] and sim._ysolo == [3]
 
 
 def test_policy_answers_are_checked():

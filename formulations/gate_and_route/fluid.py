@@ -34,7 +34,6 @@ Choices [R] (spec §7):
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -6,11 +6,14 @@ runs a prefill and ``Exp(mu_s,i)`` otherwise; a request waiting for prefill or i
 after ``Exp(theta_i)``; everything independent (spec §1 [P]). The policy decides through the engine-neutral
 calls of :mod:`.protocol`; this module is the engine.
 
-Exactness: every pending service and abandonment has its own exponential clock in one event heap. When a
-GPU's mode changes (a prefill starts or ends on it) the remaining decode times on it are redrawn at the new
-rate, which is exact by memorylessness. Modes are read when an event has settled: a mode that changes and
-changes back within one event (a prefill ends and the gate refills the slot at once) is not a change, and a
-decode placed during an event gets its clock at the mode its GPU has when the event is over. [R] (spec §2.4, §7.7): the decodes of a
+Exactness (competing exponential clocks in one event heap): every prefill and every waiting request's
+patience has its own clock; the decodes of a GPU share one clock at their total rate
+``sum_j mu(class_j, mode)``, and when it rings the finishing decode is drawn in proportion to its rate
+(uniformly among those of its class on that GPU). Whenever a GPU's decodes or mode change (a prefill starts or
+ends on it), its clock is redrawn at the new total rate, which is exact by memorylessness; one clock per GPU
+keeps a mode switch at one redraw instead of one per decode. Rates are read when an event has settled: a mode
+that changes and changes back within one event (a prefill ends and the gate refills the slot at once) is not a
+change. [R] (spec §2.4, §7.7): the decodes of a
 ``mixed`` GPU whose prefill slot is idle run at the solo rate (``idle_mixed_rate="solo"``); ``"mixed"`` is the
 pessimistic variant in which a mixed GPU's decodes always run at the mixed rate.
 
@@ -143,9 +146,11 @@ class _Cluster:
         # per GPU
         self._cap = [B - 1 if r == MIXED else B for r in self.roles]  # decode slots when not prefilling
         self._prefill_job = [-1] * n
-        self._decodes: list[set[int]] = [set() for _ in range(n)]
+        self._decodes: list[list[list[int]]] = [[[] for _ in range(I)] for _ in range(n)]  # [gpu][class] -> jobs
+        self._num_decodes = [0] * n
+        self._gpu_version = [0] * n  # version of each GPU's decode clock
         self._always_mixed = [r == MIXED and idle_mixed_rate == "mixed" for r in self.roles]
-        self._sampled_mixed = [self._always_mixed[g] for g in range(n)]  # mode its decode clocks were drawn at
+        self._counted_mixed = list(self._always_mixed)  # mode under which g's decodes sit in the rate counts
         self._free = {r: _IndexedSet() for r in ROLES}
         self._idle_heap: list[int] = []  # GPUs that may start a prefill (lazy: checked when popped)
         self._in_idle_heap = [False] * n
@@ -155,7 +160,6 @@ class _Cluster:
         self._status: list[int] = []
         self._version: list[int] = []
         self._gpu: list[int] = []
-        self._at_mixed_rate: list[bool | None] = []  # rate of a decode's running clock (None: not drawn)
         self._buffers: dict[str, deque] = {}
         # rates and prices as lists (scalar access)
         self._mu_p = model.mu_prefill.tolist()
@@ -167,9 +171,10 @@ class _Cluster:
         self._pd = (model.price_decode * model.decode_tokens).tolist()
         self._D = model.decode_tokens.tolist()
         # clocks
-        arrival_ss, service_ss = np.random.SeedSequence(seed).spawn(2)
+        arrival_ss, service_ss, choice_ss = np.random.SeedSequence(seed).spawn(3)
         arrival_rng = np.random.default_rng(arrival_ss)
         self._exp = BlockDraws(np.random.default_rng(service_ss).standard_exponential)
+        self._choice_u = BlockDraws(np.random.default_rng(choice_ss).random)  # which decode of a GPU finishes
         self._gap = BlockDraws(arrival_rng.standard_exponential)  # inter-arrival times / (n sum lambda)
         self._class_u = BlockDraws(arrival_rng.random)  # the class of each arrival
         lam = model.arrival_rates * n
@@ -178,8 +183,7 @@ class _Cluster:
         self._heap: list = []
         self._seq = 0
         self.now = 0.0
-        self._touched: list[int] = []  # GPUs whose prefill started or ended in this event
-        self._unsampled: list[int] = []  # decodes placed in this event, clocks not drawn yet
+        self._touched: list[int] = []  # GPUs whose decodes or mode changed in this event
         # measurements: counts in the window and integrals by the "delta x (T - t)" rule
         self._ymix = [0] * I
         self._ysolo = [0] * I
@@ -220,13 +224,13 @@ class _Cluster:
         return self._cap[g] - (1 if self.roles[g] == SHARED and self._prefill_job[g] >= 0 else 0)
 
     def _has_free_decode(self, g: int) -> bool:
-        return len(self._decodes[g]) < self._decode_cap(g)
+        return self._num_decodes[g] < self._decode_cap(g)
 
     def _may_prefill(self, g: int) -> bool:
         role = self.roles[g]
         if role == SOLO or self._prefill_job[g] >= 0:
             return False
-        return role == MIXED or len(self._decodes[g]) < self._cap[g]
+        return role == MIXED or self._num_decodes[g] < self._cap[g]
 
     def _refresh(self, g: int) -> None:
         """Re-file GPU ``g`` in the free-slot sets and the idle-prefill heap after its state changed."""
@@ -269,16 +273,18 @@ class _Cluster:
         self.oldest_waiting_s[c] = self._arrival[q[0]] if q else math.inf
 
     def _place_decode(self, j: int, g: int) -> None:
-        """Put request ``j`` in a decode slot of ``g``; its clock is drawn when the event settles (:meth:`_settle`)
-        because ``g``'s mode may still change within this event (a prefill ends and the next one starts)."""
+        """Put request ``j`` in a decode slot of ``g`` (its clock is redrawn when the event settles)."""
         if not (isinstance(g, (int, np.integer)) and 0 <= g < self.num_gpus) or not self._has_free_decode(g):
             raise PolicyViolationError(f"policy {self.policy.name!r} sent a decode to GPU {g!r}, which has no free "
                                        f"decode slot")
+        c = self._cls[j]
         self._status[j] = _DECODING
+        self._new_version(j)  # its patience clock (if it waited in a buffer) no longer applies
         self._gpu[j] = g
-        self._decodes[g].add(j)
-        self._at_mixed_rate[j] = None
-        self._unsampled.append(j)
+        self._decodes[g][c].append(j)
+        self._num_decodes[g] += 1
+        self._bump("decoding_mixed" if self._counted_mixed[g] else "decoding_solo", c, +1)
+        self._touched.append(g)
         self._refresh(g)
 
     def _buffer(self, j: int, key: str) -> None:
@@ -321,32 +327,24 @@ class _Cluster:
             self._try_pull(g)
             self._try_prefill(g)
 
-    def _draw_decode(self, j: int) -> None:
-        """(Re)start ``j``'s decode clock at its GPU's current rate, moving it between the rate counts."""
-        c, mixed = self._cls[j], self._mixed_mode(self._gpu[j])
-        was = self._at_mixed_rate[j]
-        if was != mixed:
-            if was is not None:
-                self._bump("decoding_mixed" if was else "decoding_solo", c, -1)
-            self._bump("decoding_mixed" if mixed else "decoding_solo", c, +1)
-            self._at_mixed_rate[j] = mixed
-        rate = self._mu_m[c] if mixed else self._mu_s[c]
-        self._push(self.now + self._exp() / rate, _DECODE_DONE, j, self._new_version(j))
-
     def _settle(self) -> None:
-        """End of an event: redraw the decode clocks of every GPU whose mode differs from the one they were
-        drawn at, and draw those of the decodes placed during the event, all at the modes the event left."""
-        for g in self._touched:
+        """End of an event: move the decodes of every GPU whose mode changed between the rate counts, and redraw
+        the decode clock of every GPU touched, at the rates the event left."""
+        for g in set(self._touched):
             mixed = self._mixed_mode(g)
-            if mixed != self._sampled_mixed[g]:
-                self._sampled_mixed[g] = mixed
-                for j in self._decodes[g]:
-                    self._draw_decode(j)
-        for j in self._unsampled:
-            if self._at_mixed_rate[j] is None:
-                self._draw_decode(j)
+            by_class = self._decodes[g]
+            if mixed != self._counted_mixed[g]:
+                self._counted_mixed[g] = mixed
+                for c, jobs in enumerate(by_class):
+                    if jobs:
+                        self._bump("decoding_solo" if mixed else "decoding_mixed", c, -len(jobs))
+                        self._bump("decoding_mixed" if mixed else "decoding_solo", c, +len(jobs))
+            self._gpu_version[g] += 1
+            if self._num_decodes[g]:
+                rates = self._mu_m if mixed else self._mu_s
+                total = sum(len(jobs) * rates[c] for c, jobs in enumerate(by_class))
+                self._push(self.now + self._exp() / total, _DECODE_DONE, g, self._gpu_version[g])
         self._touched.clear()
-        self._unsampled.clear()
 
     # ---------------------------------------------------------------- events
     def _on_arrival(self) -> None:
@@ -360,7 +358,6 @@ class _Cluster:
         self._status.append(_WAITING)
         self._version.append(0)
         self._gpu.append(-1)
-        self._at_mixed_rate.append(False)
         self._queues[c].append(j)
         self._bump("waiting", c, +1)
         self._count("arrivals", c)
@@ -382,16 +379,17 @@ class _Cluster:
             self._start_prefill(g, c)
 
     def _on_abandon(self, j: int) -> None:
-        c = self._cls[j]
-        if self._status[j] == _WAITING:
+        c, status = self._cls[j], self._status[j]
+        if status not in (_WAITING, _BUFFERED):  # its clock should have been made stale when it left the queue
+            raise RuntimeError(f"internal error: request {j} abandoned in state {status}, not while waiting")
+        self._status[j] = _ABANDONED
+        if status == _WAITING:
             self._bump("waiting", c, -1)
             self._count("abandoned_prefill", c)
-            self._status[j] = _ABANDONED
             self._update_oldest(c)
         else:
             self._bump("buffered", c, -1)
             self._count("abandoned_decode", c)
-            self._status[j] = _ABANDONED
 
     def _on_prefill_done(self, j: int) -> None:
         c, g = self._cls[j], self._gpu[j]
@@ -411,11 +409,28 @@ class _Cluster:
             self._place_decode(j, target)
         self._fill(g)
 
-    def _on_decode_done(self, j: int) -> None:
-        c, g = self._cls[j], self._gpu[j]
+    def _on_decode_done(self, g: int) -> None:
+        """GPU ``g``'s decode clock rang: one of its decodes finishes, drawn in proportion to its rate."""
+        by_class = self._decodes[g]
+        rates = self._mu_m if self._counted_mixed[g] else self._mu_s
+        weights = [len(jobs) * rates[c] for c, jobs in enumerate(by_class)]
+        u = self._choice_u() * sum(weights)
+        for c, weight in enumerate(weights):  # the last class with decodes, unless u falls in an earlier one
+            if weight > 0:
+                chosen = c
+                if u < weight:
+                    break
+                u -= weight
+        c = chosen
+        jobs = by_class[c]
+        k = min(int(self._choice_u() * len(jobs)), len(jobs) - 1)
+        j = jobs[k]
+        jobs[k] = jobs[-1]
+        jobs.pop()
+        self._num_decodes[g] -= 1
         self._status[j] = _DONE
-        self._decodes[g].discard(j)
-        self._bump("decoding_mixed" if self._at_mixed_rate[j] else "decoding_solo", c, -1)
+        self._bump("decoding_mixed" if self._counted_mixed[g] else "decoding_solo", c, -1)
+        self._touched.append(g)
         if self.in_window:
             self.counts["completions"][c] += 1
             self.revenue_bundled += self._w[c]
@@ -443,13 +458,13 @@ class _Cluster:
             self._push(self._gap() / self._arrival_rate, _ARRIVAL)
         if self.warmup_s > 0:
             self._push(self.warmup_s, _WARMUP)
-        heap, version, events = self._heap, self._version, 0
+        heap, version, gpu_version, events = self._heap, self._version, self._gpu_version, 0
         while heap:
             t, _, kind, j, v = heapq.heappop(heap)
             if t > self.horizon_s:
                 break
             events += 1
-            if j >= 0 and v != version[j]:
+            if j >= 0 and v != (gpu_version if kind == _DECODE_DONE else version)[j]:
                 continue  # a clock that an admission, a placement or a mode change made stale
             self.now = t
             if kind == _DECODE_DONE:
@@ -462,7 +477,7 @@ class _Cluster:
                 self._on_abandon(j)
             else:
                 self._on_warmup()
-            if self._touched or self._unsampled:
+            if self._touched:
                 self._settle()
         return events
 
