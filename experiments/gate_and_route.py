@@ -5,7 +5,8 @@ Parts (spec §5):
 * ``calibration`` (E1): Eq. (1)-(3) fitted on the workbench's step models against the paper's vLLM fit.
 * ``convergence`` (E2-E5): per-GPU revenue / fluid optimum vs ``n`` on the paper's instance (B3) for
   Gate-and-Route (bundled), Prioritize-and-Route (separate) and the SLI-aware router, with occupancies
-  against the fluid plan.
+  against the fluid plan; the SLI-aware router also against HiGHS's vertex split of the decodes, a per-class
+  target the class-blind greedy router cannot follow (E3 vs E4).
 * ``policies`` (E6): the policies and the baselines of spec §2.8 on the calibrated instance at one ``n``.
 * ``grid`` (E6, [R] grid, only with ``--grid``): the same on the spec's 3x3x3 (alpha, beta, gamma) grid x lambda in
   {0.25, 0.5} with Dolly-style class pairs.
@@ -101,9 +102,10 @@ def grid_instances(seed: int = 0) -> dict[str, FluidModel]:
     return out
 
 
-def _plans(model: FluidModel, sli: Sli | None = None) -> dict:
+def _plans(model: FluidModel, sli: Sli | None = None, decode_split: str = "proportional") -> dict:
     """The fluid plans a policy may need: bundled (or SLI-aware bundled) and separate."""
-    return {"bundled": solve_fluid(model, sli=sli), "separate": solve_fluid(model, "separate")}
+    return {"bundled": solve_fluid(model, sli=sli, decode_split=decode_split),
+            "separate": solve_fluid(model, "separate", decode_split=decode_split)}
 
 
 def _plan_for(policy: str, plans: dict):
@@ -141,11 +143,14 @@ def build_jobs(scale: str, grid: bool) -> tuple[list[Job], dict]:
     """All simulation jobs and the instance table ``key -> (model, plans)``."""
     s = SCALES[scale]
     paper = paper_instance()
-    instances = {"paper": (paper, _plans(paper))}
+    # "paper-vertex": the same LP with HiGHS's own vertex split of the decodes (spec §7.3), a per-class target
+    # the class-blind greedy router cannot meet but the SLI-aware router can (E3 vs E4)
+    instances = {"paper": (paper, _plans(paper)), "paper-vertex": (paper, _plans(paper, decode_split="solver"))}
     jobs = []
     for n in s["conv_n"]:
-        for policy in ("gate-and-route", "prioritize-and-route", "sli-gate-and-route"):
-            jobs += [Job("convergence", "paper", policy, n, k, s["conv_T"], s["conv_warm"])
+        for instance, policy in (("paper", "gate-and-route"), ("paper", "prioritize-and-route"),
+                                 ("paper", "sli-gate-and-route"), ("paper-vertex", "sli-gate-and-route")):
+            jobs += [Job("convergence", instance, policy, n, k, s["conv_T"], s["conv_warm"])
                      for k in range(s["conv_seeds"])]
     for policy in BASELINES + ("prioritize-and-route", "sli-gate-and-route"):
         jobs += [Job("policies", "paper", policy, s["pol_n"], k, s["pol_T"], s["pol_warm"])
@@ -287,16 +292,22 @@ def _earlier_rows(runs_csv: Path, jobs: list[Job]) -> dict:
 
 # ------------------------------------------------------------------------------------------ summaries
 def convergence_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per policy and n: mean and std over seeds of the revenue ratio, occupancy errors, buffer."""
+    """Per instance, policy and n: mean and std over seeds of the revenue ratio, occupancy errors against the
+    policy's own plan (``x_err``, ``ys_err``) and against the vertex split (``ys_err_vertex``), buffer."""
     d = df[df.part == "convergence"].copy()
+    vertex = solve_fluid(paper_instance(), decode_split="solver").y_solo
     d["x_err"] = np.maximum(abs(d.x0 - d.x0_star), abs(d.x1 - d.x1_star))
     d["ys_err"] = np.maximum(abs(d.ys0 - d.ys0_star), abs(d.ys1 - d.ys1_star))
+    d["ys_err_vertex"] = np.maximum(abs(d.ys0 - vertex[0]), abs(d.ys1 - vertex[1]))
     d["own_ratio"] = np.where(d.policy == "prioritize-and-route", d.ratio_separate, d.ratio)
-    g = d.groupby(["policy", "n"], sort=False)
+    d["label"] = [PAPER_NAMES[p] + (" (vertex split)" if i == "paper-vertex" else "")
+                  for p, i in zip(d.policy, d.instance)]
+    g = d.groupby(["label", "instance", "policy", "n"], sort=False)
     return g.agg(mixed_gpus=("mixed_gpus", "first"), seeds=("seed", "count"), revenue=("revenue_bundled", "mean"),
                  revenue_separate=("revenue_separate", "mean"), ratio=("own_ratio", "mean"),
                  ratio_std=("own_ratio", "std"), x_err=("x_err", "mean"), ys_err=("ys_err", "mean"),
-                 buffered=("buffered", "mean"), wall_s=("wall_s", "mean")).reset_index()
+                 ys_err_vertex=("ys_err_vertex", "mean"), buffered=("buffered", "mean"),
+                 wall_s=("wall_s", "mean")).reset_index()
 
 
 def policies_table(df: pd.DataFrame, part: str = "policies") -> pd.DataFrame:
@@ -321,19 +332,22 @@ def _markdown(df, calib, sweeps, scale, grid, wall) -> str:
         L.append(f"| {r.source} | {r.alpha_s:.4f} | {r.beta_s_per_token:.2e} | {r.r_squared:.4f} | "
                  f"{r.gamma_tokens_per_s:.2f} | {r.knee_tokens:.0f} | {r.gamma_tau:.3f} | {r.R_star_paper_classes:.2f} |")
     conv = convergence_table(df)
+    vertex = solve_fluid(paper_instance(), decode_split="solver").y_solo
     L += ["", f"## E2-E5: convergence to the fluid optimum (paper's instance, {s['conv_seeds']} seeds, "
           f"horizon {s['conv_T']:g} s, warm-up {s['conv_warm']:g} s)", "",
           f"Bundled R* = {R:.5f} (spec 297.70317), separate R~* = {df.R_sep_star.iloc[0]:.5f} (spec 298.58656). "
           "Ratio = simulated revenue / the policy's own fluid optimum (bundled R*; R~* for Prioritize-and-Route, "
-          "billed separately). x err = max_i |X_i/n - x_i*|, ys err = max_i |Y_s,i/n - y_s,i*| (proportional split).", "",
-          "| policy | n | M | revenue / GPU-s | ratio (± std) | gap | spec gap | x err | ys err | buffer / GPU |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "billed separately). x err = max_i |X_i/n - x_i*|, ys err = max_i |Y_s,i/n - y_s,i*| against the policy's "
+          "own plan (the proportional split of spec B5, or HiGHS's vertex split for the 'vertex split' rows); "
+          f"ys err vs vertex = the same against the vertex split y_s* = ({vertex[0]:.3f}, {vertex[1]:.3f}).", "",
+          "| policy | n | M | revenue / GPU-s | ratio (± std) | gap | spec gap | x err | ys err | ys err vs vertex | buffer / GPU |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in conv.itertuples():
         spec = f"{SPEC_GAPS[r.n]:.1%}" if r.policy == "gate-and-route" and r.n in SPEC_GAPS else ""
         rev = r.revenue_separate if r.policy == "prioritize-and-route" else r.revenue
         std = f" ± {r.ratio_std:.4f}" if r.seeds > 1 else ""
-        L.append(f"| {r.policy} | {r.n} | {r.mixed_gpus} | {rev:.2f} | {r.ratio:.4f}{std} | {1 - r.ratio:.1%} | {spec} | "
-                 f"{r.x_err:.4f} | {r.ys_err:.3f} | {r.buffered:.3f} |")
+        L.append(f"| {r.label} | {r.n} | {r.mixed_gpus} | {rev:.2f} | {r.ratio:.4f}{std} | {1 - r.ratio:.1%} | {spec} | "
+                 f"{r.x_err:.4f} | {r.ys_err:.3f} | {r.ys_err_vertex:.3f} | {r.buffered:.3f} |")
     pol = policies_table(df)
     L += ["", f"## E6: policies on the calibrated instance (n = {s['pol_n']}, {s['pol_seeds']} seeds, horizon "
           f"{s['pol_T']:g} s)", "",
@@ -364,7 +378,7 @@ def _markdown(df, calib, sweeps, scale, grid, wall) -> str:
         n=("n", "first"), ratio=("ratio", "mean"), revenue=("revenue_bundled", "mean"), R_star=("R_star", "first"),
         tpot=("mean_tpot_s", "mean"), plan_tpot=("plan_tpot_s", "first"), solo=("solo_pool_tokens_share", "mean"),
         plan_solo=("plan_solo_token_share", "first")).reset_index()
-    uncapped = conv[(conv.policy == "sli-gate-and-route")].tail(1)
+    uncapped = conv[(conv.policy == "sli-gate-and-route") & (conv.instance == "paper")].tail(1)
     L += ["", "SLI-aware Gate-and-Route (randomised router) simulated under TPOT caps:", "",
           "| plan | n | LP R* | simulated revenue | ratio | plan TPOT (ms) | simulated TPOT (ms) | plan solo token share | simulated |",
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -400,11 +414,12 @@ def _plot_convergence(df: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     conv = convergence_table(df)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for policy, d in conv.groupby("policy", sort=False):
-        axes[0].errorbar(d.n, 1 - d.ratio, yerr=d.ratio_std.fillna(0), marker="o", capsize=3,
-                         label=PAPER_NAMES[policy])
-        axes[1].plot(d.n, d.x_err, marker="o", label=PAPER_NAMES[policy])
-        axes[2].plot(d.n, d.ys_err, marker="o", label=PAPER_NAMES[policy])
+    for label, d in conv.groupby("label", sort=False):
+        axes[0].errorbar(d.n, 1 - d.ratio, yerr=d.ratio_std.fillna(0), marker="o", capsize=3, label=label)
+        axes[1].plot(d.n, d.x_err, marker="o", label=label)
+        axes[2].plot(d.n, d.ys_err, marker="o", label=f"{label} vs own plan")
+        if d.instance.iloc[0] == "paper" and d.policy.iloc[0] == "gate-and-route":
+            axes[2].plot(d.n, d.ys_err_vertex, marker="x", ls=":", label=f"{label} vs vertex split")
     axes[0].plot(list(SPEC_GAPS), list(SPEC_GAPS.values()), "k*", ms=10, label="spec B6 check (G&R)")
     axes[0].set(ylabel="1 - revenue / fluid optimum", title="Revenue gap (paper's instance)")
     axes[1].set(ylabel="max_i |X_i/n - x_i*| (GPU fraction)", title="Prefill occupancy vs plan (E3)")
