@@ -328,7 +328,9 @@ def policies_table(df: pd.DataFrame, part: str = "policies") -> pd.DataFrame:
 def _markdown(df, calib, sweeps, scale, grid, wall) -> str:
     s = SCALES[scale]
     R = df.R_star.iloc[0]
-    L = [f"# Gate-and-Route on its stochastic model ({scale} run, {wall / 60:.1f} min)", ""]
+    L = [f"# Gate-and-Route on its stochastic model ({scale} run)", "",
+         f"{len(df)} simulations, {df.wall_s.sum() / 60:.1f} min of simulation in all (one process each); this "
+         f"session {wall / 60:.1f} min.", ""]
     L += ["## E1: iteration-time law fitted on the workbench's step models", "",
           "B = 16 decodes at context 1024, chunks C in {128, ..., 2048}; gamma = 1 / (decode-only step of 16). "
           "R* = the bundled LP on the paper's two classes with that calibration.", "",
