@@ -13,9 +13,9 @@ patience has its own clock; the decodes of a GPU share one clock at their total 
 ends on it), its clock is redrawn at the new total rate, which is exact by memorylessness; one clock per GPU
 keeps a mode switch at one redraw instead of one per decode. Rates are read when an event has settled: a mode
 that changes and changes back within one event (a prefill ends and the gate refills the slot at once) is not a
-change. [R] (spec §2.4, §7.7): the decodes of a
-``mixed`` GPU whose prefill slot is idle run at the solo rate (``idle_mixed_rate="solo"``); ``"mixed"`` is the
-pessimistic variant in which a mixed GPU's decodes always run at the mixed rate.
+change. [R] (spec §2.4, §7.7): the decodes of a ``mixed`` GPU whose prefill slot is idle run at the solo rate
+(``idle_mixed_rate="solo"``); ``"mixed"`` is the pessimistic variant in which a mixed GPU's decodes always run
+at the mixed rate.
 
 Measurements over ``[warmup_s, horizon_s]``: revenue per GPU-second under both charging schemes (bundled:
 ``w_i`` at decode completion, Eq. (21)-(22); separate: ``c_p P_i`` at prefill completion and ``c_d D_i`` at
@@ -330,7 +330,7 @@ class _Cluster:
     def _settle(self) -> None:
         """End of an event: move the decodes of every GPU whose mode changed between the rate counts, and redraw
         the decode clock of every GPU touched, at the rates the event left."""
-        for g in set(self._touched):
+        for g in set(self._touched):  # each GPU once (a set of ints iterates in the same order every run)
             mixed = self._mixed_mode(g)
             by_class = self._decodes[g]
             if mixed != self._counted_mixed[g]:
