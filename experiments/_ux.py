@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
+
+from gpusched.solve import silence_highs_banner
 
 
 def duration(seconds: float) -> str:
@@ -56,30 +57,10 @@ def add_solver_log_flag(parser) -> None:
 
 
 def solver_output(show: bool) -> None:
-    """Silence HiGHS's start-up banner for this process unless ``show``: it is printed when the first HiGHS
-    object is built, before any option can switch it off, so one is built here with stdout redirected."""
-    if show:
-        return
-    try:
-        import highspy
-    except ImportError:
-        return
-    with _stdout_to_devnull():
-        highspy.Highs()
-
-
-@contextmanager
-def _stdout_to_devnull():
-    """Redirect the process's file descriptor 1 (C-level writes included) to /dev/null."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 1)
-            yield
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    """Silence HiGHS's start-up banner for this process unless ``show`` (see
+    :func:`gpusched.solve.silence_highs_banner`)."""
+    if not show:
+        silence_highs_banner()
 
 
 def quick_note(what: str, quick_value: float, full_value: float, full_source: str) -> str | None:

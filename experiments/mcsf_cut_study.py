@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from gpusched.errors import SolverError
+from gpusched.solve import new_highs
 from formulations.mcsf import hindsight_optimal, mcsf
 from formulations.mcsf.hindsight import build_hindsight_arrays, highs_model
 from formulations.mcsf.model import Instance, memory_profile
@@ -59,8 +60,7 @@ def relaxation_bound(arrays, cuts=(), integer_cols=(), time_limit_s: float = 60.
     import highspy
 
     lp = highs_model(arrays, integer=False)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.setOptionValue("presolve", "off")  # as in hindsight_optimal
     h.setOptionValue("time_limit", float(time_limit_s))
     h.passModel(lp)

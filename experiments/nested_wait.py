@@ -77,22 +77,22 @@ def policies(workload: str, trace, rate: float) -> dict:
     out = {"vllm": VLLM, "sarathi": SARATHI}
     if workload in ("p512d20", "p512d1000"):
         out["wait"] = (calibrated_wait(ctx, rate_per_s=rate), {})
-        out["wait-no-wait"] = (calibrated_wait(ctx, rate_per_s=rate, mode="no-wait", label="wait-no-wait"), {})
+        out["wait-no-wait"] = (calibrated_wait(ctx, rate_per_s=rate, mode="no-wait", name="wait-no-wait"), {})
     if workload == "p512d20":
         for k in WAIT_GRID:
-            out[f"wait-n{k}"] = (calibrated_wait(ctx, thresholds=[k], label=f"wait-n{k}"), {})
+            out[f"wait-n{k}"] = (calibrated_wait(ctx, thresholds=[k], name=f"wait-n{k}"), {})
     if workload == "p512d1000":
         peak = (a100_instance().num_kv_blocks * 16) // (512 + 1000 + 15)  # never overflows: every prompt at its peak
         out["wait-no-wait-peak"] = (calibrated_wait(ctx, rate_per_s=rate, mode="no-wait", max_in_flight=peak,
-                                                    label="wait-no-wait-peak"), {})
+                                                    name="wait-no-wait-peak"), {})
     if workload == "mix":
         out["wait"] = (calibrated_wait(ctx, rate_per_s=rate), {})
         out["nested-wait"] = (calibrated_nested_wait(ctx, segment_ends=(20, 50), rate_per_s=rate), {})
         out["nested-wait-no-wait"] = (calibrated_nested_wait(ctx, segment_ends=(20, 50), rate_per_s=rate,
-                                                             mode="no-wait", label="nested-wait-no-wait"), {})
+                                                             mode="no-wait", name="nested-wait-no-wait"), {})
         for a, b in NESTED_GRID:
             out[f"nested-n{a}-{b}"] = (calibrated_nested_wait(ctx, thresholds=(a, b), segment_ends=(20, 50),
-                                                              label=f"nested-n{a}-{b}"), {})
+                                                              name=f"nested-n{a}-{b}"), {})
     return out
 
 

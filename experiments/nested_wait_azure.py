@@ -34,9 +34,9 @@ FACTORS = (1.0, 2.0, 4.0, 8.0, 16.0)
 QUICK = (1.0, 16.0)
 QUICK_REQUESTS = 1000
 POLICIES = {
-    "wait": ("wait", {}), "wait-no-wait": ("wait", {"mode": "no-wait", "label": "wait-no-wait"}),
+    "wait": ("wait", {}), "wait-no-wait": ("wait", {"mode": "no-wait", "name": "wait-no-wait"}),
     "nested-wait": ("nested-wait", {}),
-    "nested-wait-no-wait": ("nested-wait", {"mode": "no-wait", "label": "nested-wait-no-wait"}),
+    "nested-wait-no-wait": ("nested-wait", {"mode": "no-wait", "name": "nested-wait-no-wait"}),
     "mc-sf": ("mc-sf", {}), "vllm-v1": ("vllm-v1", {}), "sarathi": ("sarathi", {}),
 }
 

@@ -81,10 +81,10 @@ def _plot(steps: pd.DataFrame, sweeps: pd.DataFrame, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for name, g in steps.groupby("policy", sort=False):
         g = g.iloc[:30]
-        axes[0].step(g["iteration"], g["memory_tokens"], where="post", label=f"{name}: KV in use")
+        axes[0].step(g["iteration"], g["memory_tokens"], where="post", name=f"{name}: KV in use")
         axes[0].bar(g["iteration"] + (0.2 if name == "wait" else -0.2), g["completed"], width=0.4, alpha=0.5,
-                    label=f"{name}: completions")
-    axes[0].axhline(12, color="k", ls=":", lw=1, label="C = 12")
+                    name=f"{name}: completions")
+    axes[0].axhline(12, color="k", ls=":", lw=1, name="C = 12")
     axes[0].set_title("Running example, first 30 iterations")
     axes[0].set_xlabel("iteration")
     axes[0].set_ylabel("KV tokens / completions per iteration")
@@ -92,8 +92,8 @@ def _plot(steps: pd.DataFrame, sweeps: pd.DataFrame, path: Path) -> None:
         part = sweeps[sweeps["instance"] == inst].groupby(["policy", "capacity_over_fluid"]).mean(numeric_only=True)
         for name, g in part.groupby(level=0):
             x = g.index.get_level_values(1)
-            ax.plot(x, g["throughput_over_fluid"], marker="o", label=f"{name}: throughput / fluid")
-            ax.plot(x, g["evictions_per_request"], marker="x", ls="--", label=f"{name}: evictions per request")
+            ax.plot(x, g["throughput_over_fluid"], marker="o", name=f"{name}: throughput / fluid")
+            ax.plot(x, g["evictions_per_request"], marker="x", ls="--", name=f"{name}: evictions per request")
         ax.set_title(f"{inst}: Poisson arrivals, mean over seeds")
         ax.set_xlabel("KV capacity C / M*")
         ax.set_ylabel("ratio")

@@ -79,10 +79,10 @@ def _point(task) -> list[dict]:
     pols = {"vllm": VLLM, "sarathi": SARATHI,
             "nested-wait": (calibrated_nested_wait(ctx, num_segments=5, cuts="equal", rate_per_s=rate), {}),
             "nested-wait-no-wait": (calibrated_nested_wait(ctx, num_segments=5, cuts="equal", rate_per_s=rate,
-                                                           mode="no-wait", label="nested-wait-no-wait"), {})}
+                                                           mode="no-wait", name="nested-wait-no-wait"), {})}
     for L in TUNED_L:
         pols[f"nested-L{L}"] = (calibrated_nested_wait(ctx, num_segments=L, cuts="equal", rate_per_s=rate,
-                                                       mode="no-wait", label=f"nested-L{L}"), {})
+                                                       mode="no-wait", name=f"nested-L{L}"), {})
     rows = []
     for name, (sched, knobs) in pols.items():
         t0 = time.perf_counter()

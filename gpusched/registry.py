@@ -65,7 +65,7 @@ class PolicyEntry:
     summary: str
     source: str = ""
 
-    def build(self, context: BuildContext | None = None, **knobs) -> Any:
+    def build(self, context: BuildContext | None = None, /, **knobs) -> Any:
         """A fresh policy object for one run; bad knobs raise :class:`ConfigError` naming them."""
         try:
             return self.factory(context or BuildContext(), **knobs)
@@ -129,8 +129,8 @@ def get(kind: str, name: str) -> PolicyEntry:
                                f"`gpusched policies`)") from None
 
 
-def build(kind: str, name: str, context: BuildContext | None = None, **knobs) -> Any:
-    """``get(kind, name).build(context, **knobs)``."""
+def build(kind: str, name: str, context: BuildContext | None = None, /, **knobs) -> Any:
+    """``get(kind, name).build(context, **knobs)``; a policy may take a knob called ``name`` (or ``kind``)."""
     return get(kind, name).build(context, **knobs)
 
 

@@ -35,11 +35,49 @@ from gpusched.errors import (
     UnboundedError,
 )
 
-__all__ = ["SolveResult", "solve", "solve_highs_lp", "prepare_highs_threads", "SOLVERS"]
+__all__ = ["SolveResult", "solve", "solve_highs_lp", "prepare_highs_threads", "new_highs", "silence_highs_banner",
+           "SOLVERS"]
 
 SOLVERS = ("highs", "cbc")
 _HIGHS_DEFAULT_MIP_REL_GAP = 1e-4
 _highs_threads_in_use: list = [None]  # thread count HiGHS's process-wide scheduler was last set up for
+
+
+_highs_banner_done: list = [False]  # HiGHS prints its start-up banner once per process
+
+
+def silence_highs_banner() -> None:
+    """Use up HiGHS's start-up banner with the process's standard output (file descriptor 1, where the C
+    library writes it) sent to /dev/null. highspy prints the banner when the first ``Highs`` object of a
+    process is built, before any option can switch output off; after this call no later one prints it."""
+    if _highs_banner_done[0]:
+        return
+    import os
+    import sys
+
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    _highs_banner_done[0] = True
+
+
+def new_highs(output: bool = False):
+    """A ``highspy.Highs`` with its log on (``output``) or off, and the start-up banner silenced with it."""
+    import highspy
+
+    if not output:
+        silence_highs_banner()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", bool(output))
+    return h
 
 
 def prepare_highs_threads(threads: int | None) -> None:
@@ -192,6 +230,8 @@ def solve(
         if not pulp.HiGHS().available():
             raise SolverError("HiGHS (highspy) is not available; install highspy or pass solver='cbc'")
         prepare_highs_threads(threads)
+        if not msg:
+            silence_highs_banner()
         s = pulp.HiGHS(msg=msg, timeLimit=time_limit_s, gapRel=mip_gap, threads=threads)
         problem.solve(s)
         elapsed = time.perf_counter() - t0
@@ -322,8 +362,7 @@ def solve_highs_lp(
             lp.integrality_ = [highspy.HighsVarType.kInteger if k else highspy.HighsVarType.kContinuous for k in integ]
 
     prepare_highs_threads(threads)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", bool(msg))
+    h = new_highs(bool(msg))
     h.setOptionValue("time_limit", float(time_limit_s))
     if mip_gap is not None:
         h.setOptionValue("mip_rel_gap", float(mip_gap))

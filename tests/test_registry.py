@@ -41,3 +41,14 @@ def test_a_taken_name_is_refused_for_another_factory_and_kept_for_the_same():
     with pytest.raises(ConfigError, match="already registered"):
         registry.register("scheduler", "test-only-policy", lambda context: None, "another")
     registry._ENTRIES.pop(("scheduler", "test-only-policy"))
+
+
+def test_a_policy_may_take_a_knob_called_name():
+    def factory(context, name="default"):
+        return name
+
+    registry.register("scheduler", "test-named-policy", factory, "a test entry")
+    try:
+        assert registry.build("scheduler", "test-named-policy", None, name="mine") == "mine"
+    finally:
+        registry._ENTRIES.pop(("scheduler", "test-named-policy"))

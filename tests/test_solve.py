@@ -163,3 +163,18 @@ def test_thread_count_can_change_between_solves():
     # HiGHS's scheduler is process-wide; solve() must reset it when the thread count changes
     for threads in (1, None, 2, 1):
         assert solve(tiny_milp(), threads=threads).objective == pytest.approx(20.0)
+
+
+def test_no_highs_banner_on_standard_output_unless_asked(tmp_path):
+    """HiGHS prints 'Running HiGHS ...' when a process builds its first model; solves with output off
+    must keep the process's standard output clean (checked in a fresh process, where the banner is due)."""
+    import subprocess
+    import sys
+
+    code = ("import numpy as np; from gpusched.solve import solve_highs_lp; "
+            "solve_highs_lp(np.array([1.0]), A_ub=np.array([[1.0]]), b_ub=np.array([1.0]))")
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HiGHS" not in quiet.stdout
+    loud = subprocess.run([sys.executable, "-c", code.replace("b_ub=np.array([1.0]))", "b_ub=np.array([1.0]), msg=True)")],
+                          capture_output=True, text=True, check=True)
+    assert "HiGHS" in loud.stdout  # the check can fail: with the log on, the banner is there

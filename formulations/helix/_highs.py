@@ -12,7 +12,7 @@ import highspy
 import numpy as np
 
 from gpusched.errors import InfeasibleError, SolverError, SolverTimeoutError, UnboundedError
-from gpusched.solve import prepare_highs_threads
+from gpusched.solve import new_highs, prepare_highs_threads
 
 
 class ModelBuilder:
@@ -64,8 +64,7 @@ class ModelBuilder:
         return len(self.index)
 
     def load(self, maximize: bool) -> highspy.Highs:
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = new_highs()
         n = self.num_cols
         h.addVars(n, np.array(self.lb, dtype=np.float64), np.array(self.ub, dtype=np.float64))
         h.changeColsCost(n, np.arange(n, dtype=np.int32), np.array(self.cost, dtype=np.float64))

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Mapping
 
 from gpusched.errors import ConfigError, SolverError
+from gpusched.solve import new_highs
 
 from .hindsight import (HindsightArrays, build_hindsight_arrays, highs_model, mcsf_warm_start, request_rows,
                          starts_from_counts)
@@ -65,8 +66,7 @@ def write_hindsight_model(instance: Instance, path: str | Path, upper_bound: int
     lp = highs_model(arrays)
     lp.col_names_ = [f"x_{c}_{k}" for c, k in zip(arrays.col_req.tolist(), arrays.col_start.tolist())]
     lp.row_names_ = list(arrays.row_names) + [f"one_{c}" for c in range(arrays.count.size)]
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = new_highs()
     h.passModel(lp)
     path.parent.mkdir(parents=True, exist_ok=True)
     plain = path.with_suffix("") if path.suffix == ".gz" else path  # HiGHS writes text only

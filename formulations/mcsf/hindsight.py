@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gpusched.errors import ConfigError, InfeasibleError, SolverError, SolverTimeoutError, UnboundedError
-from gpusched.solve import prepare_highs_threads
+from gpusched.solve import new_highs, prepare_highs_threads
 
 from .bounds import latency_lower_bound, separation_families
 from .cpsat import solve_hindsight_cpsat
@@ -261,8 +261,7 @@ def _solve_highspy(instance, arrays, time_limit_s, threads, msg, warm, warm_rows
     n = count.size
     ncol = col_req.size
     lp = highs_model(arrays)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", bool(msg))
+    h = new_highs(bool(msg))
     h.setOptionValue("time_limit", float(time_limit_s))
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", 1.0 - 1e-6)  # integer objective: a gap below 1 proves optimality

@@ -171,14 +171,14 @@ def _rate(df, rate_per_s) -> float:
 
 def calibrated_wait(context, thresholds: Sequence[int] | None = None, max_types: int = 8, mode: str = "paper",
                     max_in_flight: int | None = None, strict: bool = True, min_slack_s: float = 0.0,
-                    rate_per_s: float | None = None, label: str = "wait") -> WaitScheduler:
+                    rate_per_s: float | None = None, name: str = "wait") -> WaitScheduler:
     """WAIT for the run in ``context`` (:class:`gpusched.registry.BuildContext`): types from the trace's lengths
     (known output lengths: the oracle), rates from its arrival rate (or ``rate_per_s``), ``(d0, d1)`` fitted to the
     instance's step model, and the least thresholds of eq. (11) with the block padding (``strict`` slack). When
     none is admissible (one prompt per stage already exceeds ``C``: long outputs) it falls back to the paper's
     experimental form: per-stage caps ``ceil(n*_j)`` with an in-flight cap filling ``C`` on average; the choice
     and the reason are in ``scheduler.calibration``. The thresholds are dropped once the last request arrived.
-    ``label``: the scheduler's reported name (the registry keeps the keyword ``name`` for the policy's own)."""
+    ``name``: the scheduler's reported name."""
     df, cap, bs = _instance(context)
     rate = _rate(df, rate_per_s)
     types, type_of = types_from_lengths(df["prompt_tokens"], df["output_tokens"], rate, max_types)
@@ -194,7 +194,7 @@ def calibrated_wait(context, thresholds: Sequence[int] | None = None, max_types:
             if max_in_flight is None:
                 max_in_flight = in_flight_cap(types, cap, bs - 1)
             info["rule"], info["reason"] = "fallback: ceil(n*) per stage + in-flight cap", str(err)
-    sched = WaitScheduler(types, thresholds, type_of, mode, max_in_flight, float(df["arrival_time_s"].max()), label)
+    sched = WaitScheduler(types, thresholds, type_of, mode, max_in_flight, float(df["arrival_time_s"].max()), name)
     sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight}
     return sched
 
@@ -211,7 +211,7 @@ def calibrated_nested_wait(context, thresholds: Sequence[int] | None = None,
                            segment_ends: Sequence[int] | None = None, num_segments: int = 4, cuts: str = "quantile",
                            prefill: str | float = "mean", mode: str = "paper", max_in_flight: int | None = None,
                            horizon_s: float | None = None, delta: float | None = None, eta: float = 0.05,
-                           rate_per_s: float | None = None, label: str = "nested-wait") -> NestedWaitScheduler:
+                           rate_per_s: float | None = None, name: str = "nested-wait") -> NestedWaitScheduler:
     """Nested WAIT for the run in ``context``: segments cut from the trace's output lengths (``cuts``,
     ``num_segments``, or ``segment_ends``), the segment-wise prefill statistic ``prefill`` (the appendix's
     ``"max"`` bound, or ``"mean"``), ``(d0, d1)`` fitted to the step model on the known-length pipeline of the same
@@ -243,6 +243,6 @@ def calibrated_nested_wait(context, thresholds: Sequence[int] | None = None,
             if max_in_flight is None:
                 max_in_flight = in_flight_cap(types, cap, bs - 1)
             info["rule"], info["reason"] = "fallback: experiments' ratio rule + in-flight cap", str(err)
-    sched = NestedWaitScheduler(design, thresholds, mode, max_in_flight, float(df["arrival_time_s"].max()), label)
+    sched = NestedWaitScheduler(design, thresholds, mode, max_in_flight, float(df["arrival_time_s"].max()), name)
     sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight}
     return sched
