@@ -124,7 +124,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Simulator speed on the bundled Azure conversation trace: requests per wall-second."""
     from simulators.serving.bench import run_bench
 
-    run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline)
+    run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline,
+              trace_name=args.trace, scheduler=args.scheduler, preemption=args.preemption,
+              disaggregated=args.disaggregated, sessions=args.sessions, rate=args.rate)
     return 0
 
 
@@ -176,8 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="simulator speed: requests per wall-second on the Azure trace")
     p.add_argument("--repeats", type=_int_list, default=[1, 10], help="trace repetitions to time, e.g. 1,10")
     p.add_argument("--mode", default="fast", choices=["fast", "simpy", "step"])
-    p.add_argument("--baseline", default="simpy", choices=["simpy", "step", "none"],
-                   help="also time this mode on the trace once, in the same process, and print the ratio")
+    p.add_argument("--baseline", default="auto", choices=["auto", "fast", "simpy", "step", "none"],
+                   help="also time vllm-v1 on one instance in this mode, once, in the same process (auto: the "
+                        "compiled engine, or simpy when the configuration is that one)")
+    p.add_argument("--trace", default="azure-conv-2023", help="bundled trace name or a trace file")
+    p.add_argument("--scheduler", "--policy", default="vllm-v1", help="any registered scheduler name")
+    p.add_argument("--preemption", default=None, choices=["recompute", "swap"])
+    p.add_argument("--disaggregated", action="store_true", help="1 prefill + 1 decode instance")
+    p.add_argument("--sessions", action="store_true", help="multi-round sessions built from the trace's lengths")
+    p.add_argument("--rate", type=float, default=1.0, help="arrival-rate factor, e.g. 8 for an overload")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -244,6 +244,16 @@ class BlockManager:
                 self._get(i)
             raise
 
+    def slots_each(self, seq_ids) -> list[int]:
+        """Token slots of the blocks each sequence of ``seq_ids`` holds (filled or not), in one call."""
+        seqs, bs = self._seqs, self.block_size_tokens
+        try:
+            return [(rec[1] + rec[3]) * bs for rec in map(seqs.__getitem__, seq_ids)]
+        except KeyError:
+            for i in seq_ids:
+                self._get(i)
+            raise
+
     def free_slots_each(self, seq_ids) -> list[int]:
         """:meth:`free_slots_of` of every sequence of ``seq_ids``, in one call (token slots)."""
         seqs, bs = self._seqs, self.block_size_tokens

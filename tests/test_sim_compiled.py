@@ -131,7 +131,7 @@ def test_bad_input_is_refused_as_on_the_simpy_engine():
     with pytest.raises(ConfigError, match="prefills whole sequences"):  # would block the queue forever
         simulate(trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"enable_chunked_prefill": False,
                                                                       "max_num_batched_tokens": 64})])
-    with pytest.raises(ConfigError, match="largest instance holds"):
+    with pytest.raises(ConfigError, match="largest instance that takes new requests holds"):
         simulate(trace, [InstanceConfig(_h100(), 2, 16, "vllm-v1")])
 
 

@@ -13,7 +13,8 @@ account), so it serves about 2,700 requests per wall-second on the bundled Azure
 thousands of configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
-block size (KV capacities may differ), behind any router of :mod:`simulators.serving.routers` given by name;
+block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
+engine), behind any router of :mod:`simulators.serving.routers` given by name;
 the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
 caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
 op-table format; traces without prefix-block ids or sessions (with prefix caching each request's
@@ -103,7 +104,7 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
         np.cumsum((prompt + output) // bs, out=slot_off[1:])
     blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
     ip, fp, tables = _pricing(first.step_model, scheduler)
-    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, len(df))
+    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output)
     ip[K.P_BS] = bs
     ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = scheduler.max_num_batched_tokens, scheduler.max_num_seqs
     ip[K.P_CHUNKED], ip[K.P_PROBE] = scheduler.enable_chunked_prefill, scheduler.enable_prefix_caching
@@ -146,15 +147,21 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     return SimResult(requests, rows, blocks.tolist(), steps, engine="compiled")
 
 
-def _routes(K, router, blocks: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: np.ndarray) -> tuple[int, np.ndarray]:
     """The kernel's router code, and each request's instance when the router does not look at the
-    instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks)."""
+    instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks,
+    offered the instances whose KV holds the request)."""
+    n = len(need_tokens)
     if isinstance(router, LeastOutstandingTokensRouter):
         return K.ROUTE_LEAST_OUTSTANDING, np.zeros(n, np.int64)
     if isinstance(router, KvAwareRouter):
         return K.ROUTE_KV_AWARE, np.zeros(n, np.int64)
-    views = [InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks)]
-    return K.ROUTE_GIVEN, np.array([router.route(None, views, 0.0) for _ in range(n)], np.int64)
+    views = tuple(InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks))
+    fits_all = int(blocks.min()) * block_size_tokens
+    return K.ROUTE_GIVEN, np.array(
+        [router.route(None, views if need <= fits_all else
+                      tuple(v for v in views if v.kv_total_blocks * block_size_tokens >= need), 0.0)
+         for need in need_tokens.tolist()], np.int64)
 
 
 def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):

@@ -366,11 +366,13 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             next_arrival += 1
             if router == ROUTE_GIVEN:
                 k = route[r]
-            else:  # InstanceEngine.view as the router sees it, then the router's rule
-                k = 0
+            else:  # InstanceEngine.live_view as the router sees it, then the router's rule
+                k = -1
                 best_a = 0.0
                 best_b = 0
                 for j in range(ninst):
+                    if blocks[j] * bs < prompt[r] + output[r]:
+                        continue  # routing offers only the instances whose KV holds the request
                     if router == ROUTE_LEAST_OUTSTANDING:
                         a = 0.0
                         b = 0
@@ -383,7 +385,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     else:
                         a = (kvs[j, _PRIV] + kvs[j, _HELD]) / blocks[j]
                         b = nwait[j]
-                    if j == 0 or a < best_a or (a == best_a and b < best_b):
+                    if k < 0 or a < best_a or (a == best_a and b < best_b):
                         k = j
                         best_a = a
                         best_b = b

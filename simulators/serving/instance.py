@@ -41,7 +41,8 @@ class InstanceEngine:
     kv : the instance's block manager.
     role : ``colocated``, ``prefill`` or ``decode``.
     on_first_token : on a prefill-role instance, called ``f(seq, now_s)`` when a sequence has its first
-        token; the sequence leaves ``running`` but keeps its KV until :meth:`release` (the hand-off).
+        token and more to generate; the sequence leaves ``running`` but keeps its KV until :meth:`release`
+        (the hand-off). A sequence whose first token is its last finishes here.
     on_finish : called ``f(seq, now_s)`` when a sequence emits its last token (its KV is freed, full
         blocks kept as cached prefix blocks under ``seq.block_hashes``).
     record_timeline : keep one row per step (time, KV blocks, running, waiting, batch tokens); in fast
@@ -50,6 +51,11 @@ class InstanceEngine:
         are identical to step-by-step mode (``fast=False``), which is kept for checking.
     kv_bytes_per_token, host_link_bytes_per_s : price swap preemption (KV bytes over the host link,
         added to the step that moves them).
+
+    What a router reads of the instance (:attr:`live_view`) is kept up to date as the instance runs, in
+    O(1) per change: the tokens still to process of its running and of its waiting sequences are two
+    counters (``_todo_running``, ``_todo_waiting``) moved by every step, admission, preemption, finish
+    and hand-off, so that routing an arrival costs O(instances), not O(queue).
     """
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: BatchScheduler,
@@ -79,9 +85,20 @@ class InstanceEngine:
         # decode-only steps are priced through the model's scalar shortcut when it has one
         self._decode_time = getattr(step_model, "decode_step_time_s", None)
         self._decode_ends = getattr(step_model, "decode_run_ends_s", self._decode_run_ends_s)
-        self._runs = fast and self._decode_time is not None and getattr(scheduler, "stable_decode_runs", False)
+        # decode runs (gpusched.policy.BatchScheduler): while requests wait (stable_decode_runs), or only
+        # when none waits (decode_runs_when_queue_empty)
+        stable = bool(getattr(scheduler, "stable_decode_runs", False))
+        self._runs = fast and self._decode_time is not None and (
+            stable or bool(getattr(scheduler, "decode_runs_when_queue_empty", False)))
+        self._runs_while_waiting = stable
         self._wake: simpy.Event | None = None
         self._run: _DecodeRun | None = None
+        # prompt + output - computed tokens, summed over running / waiting sequences (waiting ones as
+        # they were queued: the scheduler does not touch a sequence while it waits)
+        self._todo_running = 0
+        self._todo_waiting = 0
+        self._queued: dict[int, int] = {}  # seq.index -> its term in _todo_waiting
+        self.live_view = LiveInstanceView(self)
         self.process = env.process(self._loop())
 
     # -- arrivals -----------------------------------------------------------------------------------
@@ -89,40 +106,52 @@ class InstanceEngine:
         """Queue ``seq`` at this instance (at the current simulated time)."""
         seq.instance = self.index
         self.waiting.append(seq)
+        todo = seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
+        self._queued[seq.index] = todo
+        self._todo_waiting += todo
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._run is not None and not self._run.cut and self.env.active_process is not self.process:
             self._run.cut = True  # the step in flight is the run's last: the next one sees this request
             self.process.interrupt()
 
-    def view(self) -> InstanceView:
-        """What a router sees now: the state after the last step that ended before now."""
-        outstanding = 0
-        for seq in self.running:
-            outstanding += seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
-        for seq in self.waiting:
-            outstanding += seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
+    def outstanding_tokens(self) -> int:
+        """Prompt tokens still to prefill plus output tokens still to generate, over the running and
+        waiting sequences, as of the last step that ended before now (O(1))."""
+        todo = self._todo_running + self._todo_waiting
+        run = self._run
+        if run is not None:  # a decode run is under way: the steps already done computed a token each
+            todo -= bisect_left(run.ends, self.env.now) * len(run.seqs)
+        return todo
+
+    def kv_used_blocks(self) -> int:
+        """KV blocks in use as of the last step that ended before now (O(log run length))."""
         used = self.kv.num_used_blocks
-        if self._run is not None:  # a decode run is under way: account for the steps already done
-            done = bisect_left(self._run.ends, self.env.now)
-            outstanding -= done * len(self._run.seqs)
-            used += self._run.blocks_taken_by(done)
-        return InstanceView(self.index, self.role, len(self.waiting), len(self.running), outstanding,
-                            used, self.kv.num_blocks)
+        run = self._run
+        if run is not None:  # the blocks a decode run has taken so far are added to the manager at its end
+            used += run.blocks_taken_by(bisect_left(run.ends, self.env.now))
+        return used
+
+    def view(self) -> InstanceView:
+        """What a router sees now, frozen (:attr:`live_view` reads the same values when asked)."""
+        return self.live_view.snapshot()
 
     # -- the iteration loop -------------------------------------------------------------------------
     def _loop(self):
         env = self.env
         run = None
         while True:
-            if run is not None:  # the scheduler's promise made the next plan known: a decode run
+            if run is not None:  # the scheduler's promise made the next plans known: a decode run
                 self._run = run
                 steps = yield from self._wait_for_run(run)
                 self._run = None
                 self._finish_run(run, steps)
                 run = self._continue_run()
                 continue
+            waiting_before = len(self.waiting)
             plan = self.scheduler.schedule(self.waiting, self.running, self.kv, self.clock)
+            if plan.preempted or len(self.waiting) != waiting_before:
+                self._count_moves(plan, waiting_before)
             if not plan:
                 if self.running and self.check_invariants:
                     raise SimulationInvariantError(
@@ -144,12 +173,39 @@ class InstanceEngine:
             if everyone and self._runs:
                 run = self._continue_run()
 
+    def _count_moves(self, plan: StepPlan, waiting_before: int) -> None:
+        """Move the tokens-to-do counters for what ``schedule`` admitted and preempted.
+
+        Admitted sequences are in ``running`` (at its end for every scheduler here), with their queued
+        term still in ``_queued``; preempted ones are back in ``waiting``. After a preemption the running
+        term is summed again (preemptions are rare; the computed tokens a victim lost are not known).
+        """
+        queued = self._queued
+        admitted = waiting_before + len(plan.preempted) - len(self.waiting)
+        if admitted > 0:
+            for seq in reversed(self.running):
+                todo = queued.pop(seq.index, None)
+                if todo is not None:
+                    self._todo_waiting -= todo
+                    self._todo_running += seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
+                    admitted -= 1
+                    if not admitted:
+                        break
+        if plan.preempted:
+            for seq in plan.preempted:
+                todo = seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
+                self._todo_waiting += todo - queued.get(seq.index, 0)
+                queued[seq.index] = todo
+            self._todo_running = sum(s.prompt_tokens + s.output_tokens - s.num_computed_tokens
+                                     for s in self.running)
+
     def _account(self, entries, end_s: float, start_s: float, tokens: int, seqs: int, steps: int) -> None:
         self.clock = end_s
         self.busy_time_s += end_s - start_s
         self.num_steps += steps
         if self.check_invariants and len({id(seq) for seq, _ in entries}) != len(entries):
             self._raise_twice(entries)
+        self._todo_running -= tokens
         self._complete(entries, end_s)
         self._end_step(tokens, seqs, steps)
 
@@ -167,12 +223,14 @@ class InstanceEngine:
     def _start_run(self, plan: StepPlan) -> "_DecodeRun | None":
         """A decode run starting with ``plan``, or None if the steps after it will not repeat it.
 
-        They repeat it (same sequences, one decode token each) when it decodes every running sequence
-        and preempts nothing, until a sequence finishes, KV must be reclaimed, or a request arrives
-        (see :class:`_DecodeRun`).
+        They repeat it (same sequences, one decode token each) when it decodes every running sequence,
+        preempts nothing and moves no KV over the host link (a swap-in makes its step longer), until a
+        sequence finishes, KV must be reclaimed, or a request arrives (see :class:`_DecodeRun`); with a
+        scheduler that promises this only while nothing waits, only then.
         """
         entries = plan.entries
-        if plan.preempted or len(entries) != len(self.running) or any(n != 1 for _, n in entries):
+        if (plan.preempted or plan.swap_tokens or len(entries) != len(self.running)
+                or (self.waiting and not self._runs_while_waiting) or any(n != 1 for _, n in entries)):
             return None
         seqs = [seq for seq, _ in entries]
         inputs = _decode_run_inputs(seqs)
@@ -184,10 +242,10 @@ class InstanceEngine:
         return _DecodeRun(self, seqs, ids, context_sum, steps)
 
     def _continue_run(self) -> "_DecodeRun | None":
-        """The decode run that the scheduler's ``stable_decode_runs`` promise makes the next step, without
-        calling it: called after a step that scheduled every running sequence and preempted nothing, when
-        nothing waits and every running sequence is decoding; the engine grows their KV by the token as
-        the scheduler would. None (nothing changed) when that does not hold or the KV is not free."""
+        """The decode run that the scheduler's promise makes the next step, without calling it: called
+        after a step that scheduled every running sequence and preempted nothing, when nothing waits and
+        every running sequence is decoding; the engine grows their KV by the token as the scheduler
+        would. None (nothing changed) when that does not hold or the KV is not free."""
         running = self.running
         if self.waiting or not running:
             return None
@@ -200,47 +258,53 @@ class InstanceEngine:
         return _DecodeRun(self, list(running), ids, context_sum, steps)
 
     def _wait_for_run(self, run: "_DecodeRun"):
-        """Wait until the run's last step ends; an arrival cuts it after the step in flight."""
+        """Wait until the run's last step ends, pricing it further while nothing happens; an arrival cuts
+        it after the step in flight. Returns the number of steps done."""
         env = self.env
-        last = len(run.ends) - 1
+        ends = run.ends
         while True:
             try:
-                yield env.timeout(max(run.ends[last] - env.now, 0.0))
-                return last + 1
+                yield env.timeout(max(ends[-1] - env.now, 0.0))
             except simpy.Interrupt:
                 # arrivals are processed before steps ending at the same time, as in step mode
-                last = min(last, bisect_left(run.ends, env.now))
+                del ends[bisect_left(ends, env.now) + 1:]
+                continue
+            if run.cut or not run.extend(self):
+                return len(ends)
 
     def _finish_run(self, run: "_DecodeRun", steps: int) -> None:
         """Apply ``steps`` decode steps at once: the KV of steps 2.. (the scheduler allocated step 1's),
         the tokens computed and sampled, the finished sequences, in one pass over the run's sequences.
 
-        Checks: every sequence holds at least the KV slots of its computed tokens (as the block manager
-        reports them after the run) and generated no more than its output; ``computed = prompt +
-        generated - 1`` held at the run's start (:meth:`_start_run`) and both grow by ``steps``.
+        Step ``s`` (from 0) of the run needs ``computed + 1 + s`` KV slots of each sequence, so after
+        ``steps`` steps each holds at least its ``computed`` tokens then (grown to it, as the scheduler
+        grows a running sequence; a scheduler that reserved more, like static batching, takes nothing).
+        Checks: the growth fits (the run stopped before a block that was not free) and no sequence
+        generated more than its output; ``computed = prompt + generated - 1`` held at the run's start
+        (:meth:`_start_run`) and both grow by ``steps``.
         """
         kv, end = self.kv, run.ends[steps - 1]
         self.clock = end
         self.busy_time_s += end - run.start_s
         self.num_steps += steps
-        held = kv.extend_each(run.ids, steps - 1) if steps > 1 else kv.tokens_each(run.ids)
+        n = len(run.seqs)
+        if steps > 1 and not kv.grow_each_to(run.ids, [seq.num_computed_tokens + steps for seq in run.seqs]):
+            raise SimulationInvariantError(
+                f"instance {self.index}: a decode run of {steps} steps took more KV blocks than were free")
+        self._todo_running -= steps * n
         check = self.check_invariants
         finished = []
-        for seq, h in zip(run.seqs, held):
-            c = seq.num_computed_tokens + steps
+        for seq in run.seqs:
+            seq.num_computed_tokens += steps
             g = seq.generated_tokens + steps
-            seq.num_computed_tokens = c
             seq.generated_tokens = g
             if g >= seq.output_tokens:
                 if check and g > seq.output_tokens:
                     self._raise_accounting(seq)
                 seq.finish_time_s = end
                 finished.append(seq)
-            if check and h < c:
-                self._raise_kv_short(seq, h)
         if finished:
             self._retire(finished, end)
-        n = len(run.seqs)
         self._end_step(steps * n, n, steps)
 
     def _decode_run_ends_s(self, start_s: float, batch: int, context_sum: int, steps: int) -> list[float]:
@@ -299,10 +363,10 @@ class InstanceEngine:
                 seq.generated_tokens = g
                 if g == 1:
                     seq.first_token_time_s = now_s
-                if g == 1 and hand_off:
-                    finished.append(seq)
-                elif g >= seq.output_tokens:
+                if g >= seq.output_tokens:  # (a one-token output finishes on a prefill instance too)
                     seq.finish_time_s = now_s
+                    finished.append(seq)
+                elif g == 1 and hand_off:
                     finished.append(seq)
             if tokens_of is not None:
                 if c > seq.prompt_tokens + g or g > seq.output_tokens:
@@ -317,6 +381,7 @@ class InstanceEngine:
         done = {id(s) for s in finished}
         self.running = [s for s in self.running if id(s) not in done]
         for seq in finished:
+            self._todo_running -= seq.prompt_tokens + seq.output_tokens - seq.num_computed_tokens
             if seq.finish_time_s is None:  # a prefill instance hands the sequence (and its KV) off
                 self.on_first_token(seq, now_s)
                 continue
@@ -345,12 +410,56 @@ class InstanceEngine:
             f"instance {self.index}: {seq} computed more tokens than the KV slots it holds ({held_tokens})")
 
 
+class LiveInstanceView:
+    """What a router sees of an instance (the attributes of :class:`gpusched.policy.InstanceView`), read
+    from the instance when asked: a router that reads nothing costs nothing, and every attribute is O(1).
+
+    Valid during the ``route`` call it is passed to (the instance moves on afterwards); keep
+    :meth:`snapshot` to hold on to the values.
+    """
+
+    __slots__ = ("_engine", "index", "role", "kv_total_blocks")
+
+    def __init__(self, engine: InstanceEngine):
+        self._engine = engine
+        self.index = engine.index
+        self.role = engine.role
+        self.kv_total_blocks = engine.kv.num_blocks
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._engine.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._engine.running)
+
+    @property
+    def outstanding_tokens(self) -> int:
+        return self._engine.outstanding_tokens()
+
+    @property
+    def kv_used_blocks(self) -> int:
+        return self._engine.kv_used_blocks()
+
+    @property
+    def kv_utilization(self) -> float:
+        return self.kv_used_blocks / self.kv_total_blocks if self.kv_total_blocks else 0.0
+
+    def snapshot(self) -> InstanceView:
+        """The values now, frozen."""
+        return InstanceView(self.index, self.role, self.num_waiting, self.num_running, self.outstanding_tokens,
+                            self.kv_used_blocks, self.kv_total_blocks)
+
+    def __repr__(self) -> str:
+        return f"Live{self.snapshot()!r}"
+
+
 def _decode_run_inputs(seqs) -> "tuple[list[int], int, int] | None":
     """``(indices, computed tokens summed, most steps)`` of sequences that are all decoding (the last
     sampled token is the only one not computed: ``computed = prompt + generated - 1``), or None.
-    ``most steps``: no sequence emits its last output token before the last one (capped at
-    :attr:`_DecodeRun.MAX_STEPS`)."""
-    ids, context_sum, steps = [], 0, _DecodeRun.MAX_STEPS
+    ``most steps``: no sequence emits its last output token before the last one."""
+    ids, context_sum, steps = [], 0, None
     for seq in seqs:
         c, g = seq.num_computed_tokens, seq.generated_tokens
         if g == 0 or c != seq.prompt_tokens + g - 1:
@@ -358,13 +467,14 @@ def _decode_run_inputs(seqs) -> "tuple[list[int], int, int] | None":
         ids.append(seq.index)
         context_sum += c
         left = seq.output_tokens - g
-        if left < steps:
+        if steps is None or left < steps:
             steps = left
     return ids, context_sum, steps
 
 
 class _DecodeRun:
-    """A run of decode steps that fast mode advances in one SimPy event.
+    """A run of decode steps that fast mode advances in one SimPy event (or a few: it is priced a chunk at
+    a time, as far as it goes).
 
     When a step decodes every running sequence and nothing else, the following steps repeat it, with
     every context one token longer, until (a) a sequence emits its last token, (b) a sequence needs a
@@ -374,13 +484,17 @@ class _DecodeRun:
     When requests are waiting, only empty blocks (not evictable cached ones) are used for growth,
     since evicting a cached prefix can change what a waiting request needs.
 
-    ``ends[s]`` is the end time of step ``s`` (0-based), summed one step at a time exactly as step mode
-    does. ``crossings`` lists, sorted, the step indices at which some sequence enters a new KV block.
+    ``ends[s]`` is the end time of step ``s`` (0-based) priced so far, summed one step at a time exactly
+    as step mode does; ``limit`` the most steps (a) and (b) allow; ``crossings`` lists, sorted, the step
+    indices (priced so far) at which some sequence enters a new KV block: step ``s`` needs
+    ``computed + 1 + s`` slots of each sequence.
     """
 
-    __slots__ = ("seqs", "ids", "start_s", "ends", "crossings", "cut")
+    __slots__ = ("seqs", "ids", "start_s", "ends", "crossings", "cut", "limit", "context_sum", "first_crossing",
+                 "free_blocks")
 
-    MAX_STEPS = 32  # priced ahead per run (a longer run continues as a new one); 16-128 are within 5 %
+    FIRST_CHUNK = 16  # steps priced when a run starts; each further chunk doubles, up to MAX_CHUNK
+    MAX_CHUNK = 256
 
     def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int, steps: int):
         """``seqs``: the sequences decoded; ``ids``: their indices; ``context_sum``: their computed tokens
@@ -390,18 +504,44 @@ class _DecodeRun:
         self.ids = ids
         self.start_s = engine.clock
         self.cut = False
-        bs = kv.block_size_tokens
-        crossings = []
-        for free_slots in kv.free_slots_each(ids):  # step s (>= 1) needs tokens held + s slots
-            if free_slots + 1 < steps:
-                crossings.extend(range(free_slots + 1, steps, bs))
-        crossings.sort()
-        free = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
-        if len(crossings) > free:
-            steps = crossings[free]  # that step would need a block that is not free
-            del crossings[free:]
-        self.crossings = crossings
-        self.ends = engine._decode_ends(self.start_s, len(ids), context_sum, steps)
+        self.limit = steps
+        self.context_sum = context_sum
+        # the first step that needs a new block, per sequence: slots held - (computed + 1) + 1
+        self.first_crossing = [held - seq.num_computed_tokens for held, seq in zip(kv.slots_each(ids), seqs)]
+        self.free_blocks = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
+        self.crossings = []
+        self.ends = []
+        self._price(engine, min(steps, self.FIRST_CHUNK))
+
+    def extend(self, engine: InstanceEngine) -> bool:
+        """Price the next chunk of steps if the run goes on; False if it ends with the steps priced."""
+        priced = len(self.ends)
+        if priced >= self.limit:
+            return False
+        self._price(engine, min(self.limit, priced + min(priced, self.MAX_CHUNK)))
+        return len(self.ends) > priced
+
+    def _price(self, engine: InstanceEngine, until: int) -> None:
+        """Price steps ``len(ends)`` .. ``until - 1``, stopping before the first that needs a block
+        that is not free (then that is the run's limit)."""
+        ends, bs = self.ends, engine.kv.block_size_tokens
+        start = len(ends)
+        new = []
+        for first in self.first_crossing:  # crossings of each sequence in [start, until): every bs steps
+            if first < until:
+                if first < start:
+                    first += -(-(start - first) // bs) * bs
+                new.extend(range(first, until, bs))
+        crossings = self.crossings
+        if new:
+            new.sort()
+            crossings.extend(new)
+            if len(crossings) > self.free_blocks:
+                until = self.limit = crossings[self.free_blocks]  # that step would need a block that is not free
+                del crossings[self.free_blocks:]
+        batch = len(self.ids)
+        t = ends[-1] if ends else self.start_s
+        ends.extend(engine._decode_ends(t, batch, self.context_sum + start * batch, until - start))
 
     def blocks_taken_by(self, steps_done: int) -> int:
         """KV blocks the run has added once ``steps_done`` steps have ended (the next one is scheduled)."""
