@@ -183,6 +183,13 @@ class BlockManager:
     returned; the remaining hashed blocks are filled fresh and become shareable. The partial last block
     and blocks added by :meth:`extend` are private. The caller decides how many tokens to recompute
     (an engine must still compute at least the prompt's last token even on a full hit).
+
+    Hashes given as a ``range`` are *exclusive*: no other live sequence of this manager names any of
+    them (a request's own blocks, a session's history: its rounds never run at the same time). Such a
+    sequence's blocks are not entered in the table of shared blocks while it holds them (they cannot be
+    shared), only in the cache when it frees them, which saves a dictionary entry per block and per
+    sequence; the blocks taken, hit, cached and evicted are exactly those of the same hashes given as a
+    tuple.
     """
 
     __slots__ = ("num_blocks", "block_size_tokens", "_seqs", "_ref", "_lru", "_private",
@@ -191,11 +198,11 @@ class BlockManager:
     def __init__(self, num_blocks: int, block_size_tokens: int = 16):
         self.num_blocks = _pos_int("BlockManager", "num_blocks", num_blocks)
         self.block_size_tokens = _pos_int("BlockManager", "block_size_tokens", block_size_tokens)
-        # seq_id -> [num_tokens, num_private_blocks, hashes (tuple), num_hashed_blocks]
+        # seq_id -> [num_tokens, num_private_blocks, hashes (tuple, or range if exclusive), num_hashed_blocks]
         self._seqs: dict = {}
-        self._ref: dict = {}  # hash -> refcount (>= 1) of hashed blocks in use
+        self._ref: dict = {}  # hash -> refcount (>= 1) of shared hashed blocks in use
         self._lru = _CachedBlocks()  # unreferenced cached blocks, oldest first
-        self._private = 0  # private blocks in use
+        self._private = 0  # blocks in use not in _ref: private ones and those of exclusive hashes
         self.prefix_query_tokens = 0  # tokens offered for prefix matching (full hashed blocks)
         self.prefix_hit_tokens = 0  # of which found cached
 
@@ -305,12 +312,16 @@ class BlockManager:
         total = -(-num_tokens // bs)
         if not block_hashes:
             return total, 0, (), total, False
-        hashes = tuple(block_hashes)
+        hashes = block_hashes if type(block_hashes) is range else tuple(block_hashes)
         if len(hashes) > num_tokens // bs:
             raise ConfigError(
                 f"BlockManager: {len(hashes)} block hashes for {num_tokens} tokens, but only "
                 f"{num_tokens // bs} full blocks of {bs} tokens; give one hash per full block")
         private = total - len(hashes)
+        if type(hashes) is range:  # exclusive: none is in use, every one takes a block from the free pool
+            if self._lru.keys().isdisjoint(hashes):
+                return total, 0, hashes, total, False
+            return total, self.cached_prefix_tokens(hashes) // bs, hashes, total, True
         ref = self._ref
         if ref.keys().isdisjoint(hashes) and self._lru.keys().isdisjoint(hashes):  # the common case
             return len(set(hashes)) + private, 0, hashes, total, False
@@ -354,6 +365,8 @@ class BlockManager:
         need, hit, hashes, total, resident = self._plan(num_tokens, block_hashes)
         if need > self.num_free_blocks:
             return None
+        if type(hashes) is range:
+            return self._allocate_exclusive(seq_id, num_tokens, hashes, total, hit, resident)
         new = self._pin_resident(hashes) if resident else hashes
         private = total - len(hashes)
         # One eviction for all fresh blocks: evicting the oldest cached blocks one new block at a time
@@ -368,6 +381,25 @@ class BlockManager:
                 ref[h] = ref.get(h, 0) + 1
         self._private += private
         self._seqs[seq_id] = [num_tokens, private, hashes, len(hashes)]
+        bs = self.block_size_tokens
+        self.prefix_query_tokens += len(hashes) * bs
+        self.prefix_hit_tokens += hit * bs
+        return hit * bs
+
+    def _allocate_exclusive(self, seq_id, num_tokens: int, hashes: range, total: int, hit: int,
+                            resident: bool) -> int:
+        """:meth:`allocate_if_free` with exclusive hashes (the caller checked the free blocks): the cached
+        ones among them leave the cache, the others and the private tail are filled fresh."""
+        lru = self._lru
+        fresh = total
+        if resident:  # pinned (in use) before room is made, so that eviction cannot take them
+            revived = [h for h in hashes if h in lru]
+            lru.discard(revived)
+            self._private += len(revived)
+            fresh -= len(revived)
+        self._make_room(fresh)
+        self._private += fresh
+        self._seqs[seq_id] = [num_tokens, total - len(hashes), hashes, len(hashes)]
         bs = self.block_size_tokens
         self.prefix_query_tokens += len(hashes) * bs
         self.prefix_hit_tokens += hit * bs
@@ -549,7 +581,10 @@ class BlockManager:
             private -= len(cached)
             self._private -= len(cached)
         self._private -= private
-        if hashes:
+        if type(hashes) is range:  # exclusive: not in _ref, all become cached
+            self._private -= len(hashes)
+            cached += tuple(hashes[::-1])
+        elif hashes:
             counts = list(map(ref.__getitem__, hashes))
             if max(counts) == 1:  # no other holder and no repeat (the common case): all become cached
                 for h in hashes:
@@ -571,9 +606,9 @@ class BlockManager:
         """Hashes, tail first, under which a freed sequence's private blocks stay cached: those of ``later``
         (its full blocks past the hashed prefix) not resident yet, at most ``private`` of them."""
         ref, lru = self._ref, self._lru.keys()
-        later = tuple(later)
-        if ref.keys().isdisjoint(later) and lru.isdisjoint(later):
-            keep = tuple(dict.fromkeys(reversed(later)))  # none resident yet (the common case)
+        later = later if type(later) is range else tuple(later)
+        if ref.keys().isdisjoint(later) and lru.isdisjoint(later):  # none resident yet (the common case)
+            keep = tuple(later[::-1]) if type(later) is range else tuple(dict.fromkeys(reversed(later)))
         else:
             keep = tuple(dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru))
         return keep[:private]  # only as many as the sequence's own blocks
@@ -657,8 +692,7 @@ class _CachedBlocks:
         hashes, batch_of, start = batch[0], self._batch_of, self._head
         if batch[1] == len(hashes) - start:  # no stale entry in what is left of it: drop a slice
             end = min(start + n, len(hashes))
-            for h in hashes[start:end]:
-                del batch_of[h]
+            deque(map(batch_of.__delitem__, hashes[start:end]), maxlen=0)  # del each, in C
             batch[1] -= end - start
         else:
             end = start

@@ -147,3 +147,63 @@ def test_a_decode_plan_out_of_running_order_gives_step_mode_results():
                for mode in ("fast", "step")]
     pd.testing.assert_frame_equal(results[0].requests, results[1].requests)
     assert results[0].num_steps == results[1].num_steps
+
+
+def test_exclusive_range_hashes_keep_the_blocks_of_the_same_hashes_as_tuples():
+    """A sequence's own hashes given as a ``range`` (exclusive: kept out of the shared-block table while
+    held) against the same hashes as a tuple, through random allocations (with prefix hits on blocks left
+    cached), growth and frees that cache the full blocks: same blocks in use, free, cached, in the same
+    cache order, same hits, after every operation."""
+    def own(g, n):  # group g's first n block hashes
+        return range(-1000 * g - 1, -1000 * g - 1 - n, -1)
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        fast, plain = BlockManager(40, 4), BlockManager(40, 4)
+        live = {}
+        for _ in range(200):
+            op = rng.random()
+            if op < 0.4 and len(live) < 6:
+                g = rng.choice([x for x in range(8) if x not in live])
+                full = rng.randint(0, 30)
+                tokens, hashes = full * 4 + rng.randint(0, 3), own(g, rng.randint(0, full))
+                assert fast.cached_prefix_tokens(own(g, 40)) == plain.cached_prefix_tokens(tuple(own(g, 40)))
+                assert fast.can_allocate(tokens, hashes) == plain.can_allocate(tokens, tuple(hashes))
+                hit = fast.allocate_if_free(g, tokens, hashes)
+                assert hit == plain.allocate_if_free(g, tokens, tuple(hashes))
+                if hit is not None:
+                    live[g] = tokens
+            elif op < 0.6 and live:
+                g, n = rng.choice(list(live)), rng.randint(0, 8)
+                assert fast.grow_to(g, live[g] + n) == plain.grow_to(g, live[g] + n)
+                live[g] = fast.tokens_of(g)
+            elif live:
+                g = rng.choice(list(live))
+                del live[g]
+                fast.free(g, own(g, 40))
+                plain.free(g, tuple(own(g, 40)))
+            for attr in ("num_used_blocks", "num_free_blocks", "num_cached_blocks"):
+                assert getattr(fast, attr) == getattr(plain, attr), (seed, attr)
+            assert list(fast._lru.keys()) == list(plain._lru.keys())
+
+
+def test_mcsf_admits_every_candidate_when_their_peaks_fit_as_admit_prefix_does():
+    """MC-SF skips admit_prefix when the running and candidate peaks (S + E) sum within memory: random
+    instances against admit_prefix itself."""
+    from formulations.mcsf.engine import admit_prefix
+
+    rng = random.Random(5)
+    checked = 0
+    for _ in range(3000):
+        m, k = rng.randint(0, 6), rng.randint(1, 5)
+        run_S = [rng.randint(1, 60) for _ in range(m)]
+        run_E = [rng.randint(1, 40) for _ in range(m)]
+        cand_S = [rng.randint(1, 60) for _ in range(k)]
+        cand_K = [rng.randint(1, 40) for _ in range(k)]
+        memory = sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) + rng.randint(-30, 30)
+        if memory < sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K):
+            continue
+        checked += 1
+        assert admit_prefix(0, np.zeros(m, np.int64), np.array(run_S, np.int64), np.array(run_E, np.int64),
+                            cand_S, cand_K, memory) == k
+    assert checked > 1000

@@ -77,8 +77,12 @@ class McsfScheduler:
         ``"raise"`` (:class:`KvShortageError`), when a running sequence cannot grow.
     name : reported name.
 
-    No ``stable_decode_runs``: admission depends on a projection that changes every step.
+    No ``stable_decode_runs``: admission depends on a projection that changes every step. But with nothing
+    waiting, every running sequence decodes (step 1 below), so engines may advance runs of decode steps
+    then (``decode_runs_when_queue_empty``, :class:`gpusched.policy.BatchScheduler`).
     """
+
+    decode_runs_when_queue_empty = True  # (a class attribute, not a parameter)
 
     max_num_batched_tokens: int = 8192
     prediction: str | Callable[[SeqState], int] = "oracle"
@@ -135,15 +139,14 @@ class McsfScheduler:
         pad = bs - 1
         memory = kv.num_blocks * bs
         m = len(running)
-        run_P = np.zeros(m, dtype=np.int64)  # everything is measured from now: P = 0, t' = steps ahead
-        run_S = np.fromiter((s.num_tokens + pad for s in running), dtype=np.int64, count=m)
-        run_E = np.fromiter((self._remaining(s, pad, memory) for s in running), dtype=np.int64, count=m)
+        run_S = [s.num_tokens + pad for s in running]  # everything is measured from now: P = 0, t' = steps ahead
+        run_E = [self._remaining(s, pad, memory) for s in running]
         if self.fcfs:
             order = sorted(waiting, key=lambda s: (s.arrival_time_s, s.index))
         else:
             order = sorted(waiting, key=lambda s: (self.predicted_output_tokens(s), s.index))
         # cheap necessary condition first (the load after the next step must fit): bounds the candidates
-        free = memory - int((run_S + 1).sum())
+        free = memory - sum(run_S) - m
         cands = []
         prefill = 0
         for seq in order:
@@ -156,8 +159,17 @@ class McsfScheduler:
             prefill += n
         if not cands:
             return plan
-        k = admit_prefix(0, run_P, run_S, run_E, [s.num_tokens + pad for s in cands],
-                         [self._remaining(s, pad, memory) for s in cands], memory)
+        cand_S = [s.num_tokens + pad for s in cands]
+        cand_K = [self._remaining(s, pad, memory) for s in cands]
+        if sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) <= memory:
+            # A member's projected load S + t' peaks at its last step E, so this sum bounds the load at
+            # every point: every prefix fits, and admit_prefix (which returns the longest that does, under
+            # a bound that is then the whole list since E >= 1) would admit them all. Saves its numpy work
+            # in the common case of a lightly loaded instance; the decision is the same.
+            k = len(cands)
+        else:
+            k = admit_prefix(0, np.zeros(m, dtype=np.int64), np.array(run_S, dtype=np.int64),
+                             np.array(run_E, dtype=np.int64), cand_S, cand_K, memory)
         admitted = cands[:k]
         for seq in admitted:
             waiting.remove(seq)

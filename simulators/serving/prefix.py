@@ -9,7 +9,8 @@ Two sources of shared prefixes exist in the traces:
   a session holds the same tokens and is named by the session and ``b``.
 
 The hashes are produced lazily (a long prompt has hundreds of engine blocks) by small sequence objects
-that the block manager iterates and slices like tuples.
+that the block manager iterates and slices like tuples; a session's slices are ``range`` objects, which
+the block manager takes as exclusive hashes (see :class:`gpusched.kvcache.BlockManager`).
 """
 from __future__ import annotations
 
@@ -77,7 +78,9 @@ class SessionBlockHashes(TraceBlockHashes):
         if isinstance(index, slice):  # consecutive blocks have consecutive (decreasing) hashes
             start, stop, step = index.indices(self.length)
             top = _SESSION_TAG - (self.session << 32)
-            return tuple(range(top - start, top - stop, -step)) if stop > start else ()
+            # a range: the block manager's exclusive hashes (a session's rounds never run at the same time,
+            # and a request's own blocks are its own)
+            return range(top - start, top - stop, -step) if stop > start else ()
         if not -self.length <= index < self.length:
             raise IndexError(index)
         return self._at(index % self.length)
