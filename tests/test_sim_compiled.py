@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from gpusched.errors import ConfigError
 from gpusched.perf import ProfiledStepTime, RooflineStepTime
 from gpusched.workload import Trace, load_trace
+from gpusched.synthetic import agent_sessions
 from simulators.compiled.driver import arrival_event_times, simulate_compiled, unsupported_reason
 from simulators.serving import InstanceConfig, simulate
 
@@ -94,6 +95,37 @@ def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, bud
     _assert_same_as_step_mode(Trace(df, name="random"), instances, router=router)
 
 
+def _with_prefix_ids(ids, trace_block_tokens: int, prompt_tokens: int = 1200) -> Trace:
+    df = pd.DataFrame({"request_id": range(len(ids)), "arrival_time_s": [0.01 * i for i in range(len(ids))],
+                       "prompt_tokens": prompt_tokens, "output_tokens": 30, "prefix_block_hashes": ids})
+    return Trace(df, name="prefix-ids", prefix_block_tokens=trace_block_tokens)
+
+
+@pytest.mark.parametrize("blocks, knobs, routers", [
+    (12000, {}, ("round-robin",)),
+    (1500, {}, ("round-robin", "least-outstanding-tokens", "kv-aware")),  # tight: evictions, preemptions
+    (1500, {"enable_prefix_caching": False}, ("random",)),  # ids still name (and share) the blocks
+    (1500, {"reserve_full_prompt": True, "max_num_batched_tokens": 512}, ("round-robin",)),
+])
+def test_compiled_engine_equals_step_mode_with_shared_prefix_ids(blocks, knobs, routers):
+    """Mooncake's prefix ids: requests share the blocks their ids name, on one or two instances."""
+    trace = load_trace("mooncake-conversation").head(150)
+    trace = Trace(trace.df.assign(prompt_tokens=trace.df["prompt_tokens"].clip(upper=20000)), name="mooncake",
+                  prefix_block_tokens=trace.prefix_block_tokens)
+    for router in routers:
+        count = 1 if router == "round-robin" and blocks > 2000 else 2
+        res = _assert_same_as_step_mode(trace, [InstanceConfig(_h100(), blocks, 16, "vllm-v1", knobs)] * count,
+                                        router=router)
+        assert res.num_unfinished == 0
+        if knobs.get("enable_prefix_caching", True):
+            assert res.requests["cached_tokens"].sum() > 0
+
+
+def test_compiled_engine_equals_step_mode_with_prefix_caching_and_no_own_hashes():
+    trace = load_trace("azure-conv-2023").head(300).scale_rate(2.0)
+    _assert_same_as_step_mode(trace, [InstanceConfig(_h100(), 700, 16, "vllm-v1")], hash_own_blocks=False)
+
+
 def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
     trace = load_trace("azure-conv-2023").head(50)
     one = [InstanceConfig(_h100(), 2000, 16, "vllm-v1")]
@@ -109,8 +141,9 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
         "swap": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})], "round-robin", None),
         "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),
         "router object": (trace, one, object(), None),
-        "prefix ids": (load_trace("mooncake-conversation").head(5), one, "round-robin", None),
-        "no own hashes with caching": (trace, one, "round-robin", False),
+        "sessions": (agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50,
+                                    output_tokens=20), one, "round-robin", None),
+        "a prefix id twice in a request": (_with_prefix_ids([(1, 2, 1)], 512), one, "round-robin", None),
     }
     for name, args in other.items():
         assert unsupported_reason(*args) is not None, name

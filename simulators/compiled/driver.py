@@ -17,9 +17,9 @@ block size (KV capacities may differ: a request is routed among those that hold 
 engine), behind any router of :mod:`simulators.serving.routers` given by name;
 the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
 caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
-op-table format; traces without prefix-block ids or sessions (with prefix caching each request's
-blocks carry its own hashes, as in the SimPy engine, so a preempted request finds what was not
-evicted).
+op-table format; traces without sessions, with or without prefix-block ids (Mooncake's: requests then
+share the blocks their ids name, as on the SimPy engine; with prefix caching a request without ids
+has its own block hashes, so that a preempted request finds what was not evicted).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from simulators.serving.schedulers import VllmV1Scheduler
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
 PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
+MAX_SHARED_SLOTS = 40_000_000  # engine blocks named by trace prefix ids, over all instances (~21 bytes each)
 
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None) -> str | None:
@@ -60,12 +61,14 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if any(cfg.step_model is not model or cfg.block_size_tokens != first.block_size_tokens for cfg in instances):
         return "instances with different step-time models or block sizes"
     df = trace.df
-    if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
-        return "traces with prefix-block ids share blocks between requests"
     if "session_id" in df and "round" in df and df["session_id"].notna().any():
         return "multi-round sessions release rounds during the run"
-    if hash_own_blocks is False and scheduler.enable_prefix_caching:
-        return "prefix caching without each request's own block hashes"
+    if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
+        if any(ids is not None and len(set(ids)) != len(ids) for ids in df["prefix_block_hashes"]):
+            return "a request names the same prefix block twice"
+        codes = len(set().union(*(ids for ids in df["prefix_block_hashes"] if ids is not None)))
+        if codes * (trace.prefix_block_tokens or 0) // first.block_size_tokens * len(instances) > MAX_SHARED_SLOTS:
+            return f"more than {MAX_SHARED_SLOTS:,} shared prefix blocks (instances x trace blocks)"
     return None
 
 
@@ -99,21 +102,19 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     prompt = df["prompt_tokens"].to_numpy(np.int64)
     output = df["output_tokens"].to_numpy(np.int64)
     bs = first.block_size_tokens
-    slot_off = np.zeros(len(df) + 1, np.int64)
-    if hashed:
-        np.cumsum((prompt + output) // bs, out=slot_off[1:])
     blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
     ip, fp, tables = _pricing(first.step_model, scheduler)
+    hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, len(blocks))
     ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output)
     ip[K.P_BS] = bs
     ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = scheduler.max_num_batched_tokens, scheduler.max_num_seqs
     ip[K.P_CHUNKED], ip[K.P_PROBE] = scheduler.enable_chunked_prefill, scheduler.enable_prefix_caching
     ip[K.P_LIMIT], ip[K.P_RESERVE] = scheduler.long_prefill_token_threshold, scheduler.reserve_full_prompt
-    ip[K.P_HASHED], ip[K.P_TIMELINE], ip[K.P_CHECK] = hashed, record_timeline, check_invariants
+    ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    state = K.new_state(len(df), len(blocks), int(slot_off[-1]), scheduler.max_num_seqs)
+    state = K.new_state(len(df), len(blocks), nslots, scheduler.max_num_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
-    inputs = (arrivals, route, prompt, output, slot_off, blocks, ip, fp, *tables)
+    inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, ip, fp, *tables)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -145,6 +146,35 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
                          "batch_seqs": ints[:, 5], "steps": 1}, columns=TIMELINE_COLUMNS)
     rows = rows.sort_values(["time_s", "instance"], kind="stable", ignore_index=True)  # as SimResult.from_run
     return SimResult(requests, rows, blocks.tolist(), steps, engine="compiled")
+
+
+def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs: int, hashed: bool,
+                 ninst: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each request's block hashes as the kernel's slots (as :func:`simulators.serving.run._sequences`
+    gives them): the trace's prefix ids where a request has them (engine block ``b`` in trace block
+    ``b // ratio``), else with ``hashed`` its own blocks. Returns ``hinfo`` (per request: hashes, offset of
+    its ids' codes in ``hcode`` or -1, offset of its own slots), ``hcode`` and the number of slots (own
+    slots, then the shared ones of each instance); fills the kernel's ratio and slot-count parameters."""
+    n = len(prompt)
+    hinfo = np.zeros((n, 3), np.int64)
+    hinfo[:, 1] = -1
+    ids = trace.df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in trace.df else [None] * n
+    counts = np.array([0 if h is None else len(h) for h in ids], np.int64)
+    has_ids = (counts > 0) & bool(trace.prefix_block_tokens)
+    hcode, ratio = np.zeros(1, np.int64), 1
+    if has_ids.any():
+        ratio = trace.prefix_block_tokens // bs  # (simulate refuses a block size that does not divide it)
+        flat = np.concatenate([np.asarray(ids[i], np.int64) for i in np.flatnonzero(has_ids)])
+        uniq, hcode = np.unique(flat, return_inverse=True)
+        hinfo[has_ids, 0] = np.minimum(prompt[has_ids] // bs, counts[has_ids] * ratio)
+        hinfo[has_ids, 1] = np.concatenate([[0], np.cumsum(counts[has_ids])[:-1]])
+    own = ~has_ids & hashed
+    hinfo[own, 0] = (prompt[own] + output[own]) // bs
+    own_slots = np.where(own, hinfo[:, 0], 0)
+    hinfo[:, 2] = np.cumsum(own_slots) - own_slots
+    shared = (int(hcode.max()) + 1) * ratio if has_ids.any() else 0
+    ip[K.P_RATIO], ip[K.P_NOWN], ip[K.P_NSHARED] = ratio, int(own_slots.sum()), shared
+    return hinfo, hcode.astype(np.int64), int(own_slots.sum()) + ninst * shared
 
 
 def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: np.ndarray) -> tuple[int, np.ndarray]:
@@ -183,7 +213,7 @@ def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     from simulators.compiled import kernel as K
 
     m = model.model
-    ip = np.zeros(18, np.int64)
+    ip = np.zeros(K.NUM_IP, np.int64)
     ip[K.P_LAYERS], ip[K.P_LM_HEAD] = m.num_layers, model.include_lm_head
     ip[K.P_HIDDEN], ip[K.P_VOCAB] = m.hidden_size, m.vocab_size // model.tp
     ip[K.P_DTYPE_BYTES] = _dtype_bytes(model.dtype)

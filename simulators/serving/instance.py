@@ -120,16 +120,16 @@ class InstanceEngine:
         waiting sequences, as of the last step that ended before now (O(1))."""
         todo = self._todo_running + self._todo_waiting
         run = self._run
-        if run is not None:  # a decode run is under way: the steps already done computed a token each
-            todo -= bisect_left(run.ends, self.env.now) * len(run.seqs)
+        if run is not None:  # a decode run is under way: the steps done in its segment computed a token each
+            todo -= (run.steps_done(self.env.now) - run.seg_start) * len(run.seqs)
         return todo
 
     def kv_used_blocks(self) -> int:
         """KV blocks in use as of the last step that ended before now (O(log run length))."""
         used = self.kv.num_used_blocks
         run = self._run
-        if run is not None:  # the blocks a decode run has taken so far are added to the manager at its end
-            used += run.blocks_taken_by(bisect_left(run.ends, self.env.now))
+        if run is not None:  # the blocks a decode run's segment has taken are added to the manager at its end
+            used += run.blocks_taken_by(run.steps_done(self.env.now))
         return used
 
     def view(self) -> InstanceView:
@@ -143,9 +143,9 @@ class InstanceEngine:
         while True:
             if run is not None:  # the scheduler's promise made the next plans known: a decode run
                 self._run = run
-                steps = yield from self._wait_for_run(run)
+                yield from self._wait_for_run(run)
                 self._run = None
-                self._finish_run(run, steps)
+                self._finish_run(run)
                 run = self._continue_run()
                 continue
             waiting_before = len(self.waiting)
@@ -223,10 +223,11 @@ class InstanceEngine:
     def _start_run(self, plan: StepPlan) -> "_DecodeRun | None":
         """A decode run starting with ``plan``, or None if the steps after it will not repeat it.
 
-        They repeat it (same sequences, one decode token each) when it decodes every running sequence,
-        preempts nothing and moves no KV over the host link (a swap-in makes its step longer), until a
-        sequence finishes, KV must be reclaimed, or a request arrives (see :class:`_DecodeRun`); with a
-        scheduler that promises this only while nothing waits, only then.
+        They repeat it (the same sequences, one decode token each) when it decodes every running
+        sequence, preempts nothing and moves no KV over the host link (a swap-in makes its step longer),
+        until KV must be reclaimed or a request arrives, and, while requests wait, until a sequence
+        finishes (see :class:`_DecodeRun`); with a scheduler that promises this only while nothing waits,
+        only then.
         """
         entries = plan.entries
         if (plan.preempted or plan.swap_tokens or len(entries) != len(self.running)
@@ -236,10 +237,10 @@ class InstanceEngine:
         inputs = _decode_run_inputs(seqs)
         if inputs is None:
             return None
-        ids, context_sum, steps = inputs
+        ids, context_sum = inputs
         if self.check_invariants and len(set(ids)) != len(ids):  # seq.index is unique per request
             self._raise_twice(entries)
-        return _DecodeRun(self, seqs, ids, context_sum, steps)
+        return _DecodeRun(self, seqs, ids, context_sum)
 
     def _continue_run(self) -> "_DecodeRun | None":
         """The decode run that the scheduler's promise makes the next step, without calling it: called
@@ -252,60 +253,77 @@ class InstanceEngine:
         inputs = _decode_run_inputs(running)
         if inputs is None:
             return None
-        ids, context_sum, steps = inputs
+        ids, context_sum = inputs
         if not self.kv.grow_each_to(ids, [seq.num_computed_tokens + 1 for seq in running]):
             return None
-        return _DecodeRun(self, list(running), ids, context_sum, steps)
+        return _DecodeRun(self, list(running), ids, context_sum)
 
     def _wait_for_run(self, run: "_DecodeRun"):
-        """Wait until the run's last step ends, pricing it further while nothing happens; an arrival cuts
-        it after the step in flight. Returns the number of steps done."""
+        """Advance the run: wait for the end of the steps priced, price further while nothing happens,
+        end a segment at each step in which a sequence emits its last token (it finishes then, as in step
+        mode) and go on with the others. An arrival cuts the run after the step in flight. Returns when
+        the run is over (its last segment ended)."""
         env = self.env
         ends = run.ends
         while True:
             try:
                 yield env.timeout(max(ends[-1] - env.now, 0.0))
-            except simpy.Interrupt:
-                # arrivals are processed before steps ending at the same time, as in step mode
-                del ends[bisect_left(ends, env.now) + 1:]
+            except simpy.Interrupt:  # the step in flight is the last
+                del ends[run.steps_done(env.now) + 1:]
                 continue
-            if run.cut or not run.extend(self):
-                return len(ends)
+            last = len(ends) - 1
+            over = run.cut or last + 1 >= run.limit
+            if last == run.next_finish:
+                self._end_segment(run, last)
+                # while requests wait, a finish may let the scheduler admit one: its promise ends there
+                if over or not run.seqs or self.waiting or not run.start_segment(self):
+                    return
+            elif over or not run.extend(self):
+                self._end_segment(run, last)
+                return
 
-    def _finish_run(self, run: "_DecodeRun", steps: int) -> None:
-        """Apply ``steps`` decode steps at once: the KV of steps 2.. (the scheduler allocated step 1's),
-        the tokens computed and sampled, the finished sequences, in one pass over the run's sequences.
+    def _end_segment(self, run: "_DecodeRun", last: int) -> None:
+        """The steps of the run's segment up to ``last`` (0-based in the run) have ended: grow every
+        sequence's KV to what step ``last`` needed (``computed + 1 + last`` slots; a scheduler that
+        reserved more, like static batching, takes nothing), finish the sequences that emitted their last
+        token in it, and add the segment's timeline row.
 
-        Step ``s`` (from 0) of the run needs ``computed + 1 + s`` KV slots of each sequence, so after
-        ``steps`` steps each holds at least its ``computed`` tokens then (grown to it, as the scheduler
-        grows a running sequence; a scheduler that reserved more, like static batching, takes nothing).
-        Checks: the growth fits (the run stopped before a block that was not free) and no sequence
-        generated more than its output; ``computed = prompt + generated - 1`` held at the run's start
-        (:meth:`_start_run`) and both grow by ``steps``.
+        Sequences that go on keep their run-start token counts until :meth:`_finish_run`; the block
+        manager holds their KV as of now. Checks: the growth fits (the run stopped before a block that
+        was not free).
         """
-        kv, end = self.kv, run.ends[steps - 1]
+        kv, end = self.kv, run.ends[last]
+        seqs, n = run.seqs, len(run.seqs)
+        steps = last + 1 - run.seg_start
         self.clock = end
-        self.busy_time_s += end - run.start_s
+        self.busy_time_s += end - run.seg_start_s
         self.num_steps += steps
-        n = len(run.seqs)
-        if steps > 1 and not kv.grow_each_to(run.ids, [seq.num_computed_tokens + steps for seq in run.seqs]):
+        if not kv.grow_each_to(run.ids, [seq.num_computed_tokens + last + 1 for seq in seqs]):
             raise SimulationInvariantError(
-                f"instance {self.index}: a decode run of {steps} steps took more KV blocks than were free")
+                f"instance {self.index}: a decode run took more KV blocks than were free")
         self._todo_running -= steps * n
-        check = self.check_invariants
-        finished = []
-        for seq in run.seqs:
-            seq.num_computed_tokens += steps
-            g = seq.generated_tokens + steps
-            seq.generated_tokens = g
-            if g >= seq.output_tokens:
-                if check and g > seq.output_tokens:
+        run.seg_start, run.seg_start_s = last + 1, end
+        if last == run.next_finish:
+            finished = [seq for seq, f in zip(seqs, run.last_steps) if f == last]
+            for seq in finished:
+                run.context0 -= seq.num_computed_tokens
+                seq.num_computed_tokens += last + 1
+                seq.generated_tokens += last + 1
+                if self.check_invariants and seq.generated_tokens != seq.output_tokens:
                     self._raise_accounting(seq)
                 seq.finish_time_s = end
-                finished.append(seq)
-        if finished:
+            run.drop(finished)
             self._retire(finished, end)
         self._end_step(steps * n, n, steps)
+
+    def _finish_run(self, run: "_DecodeRun") -> None:
+        """The run is over (its last segment ended): the sequences still running take its steps into
+        their token counts (``computed = prompt + generated - 1`` held at the run's start, see
+        :meth:`_start_run`, and both grew by a token per step)."""
+        steps = run.seg_start
+        for seq in run.seqs:
+            seq.num_computed_tokens += steps
+            seq.generated_tokens += steps
 
     def _decode_run_ends_s(self, start_s: float, batch: int, context_sum: int, steps: int) -> list[float]:
         """End times of ``steps`` decode steps from ``start_s``, summed one step at a time as step mode
@@ -455,79 +473,99 @@ class LiveInstanceView:
         return f"Live{self.snapshot()!r}"
 
 
-def _decode_run_inputs(seqs) -> "tuple[list[int], int, int] | None":
-    """``(indices, computed tokens summed, most steps)`` of sequences that are all decoding (the last
-    sampled token is the only one not computed: ``computed = prompt + generated - 1``), or None.
-    ``most steps``: no sequence emits its last output token before the last one."""
-    ids, context_sum, steps = [], 0, None
+def _decode_run_inputs(seqs) -> "tuple[list[int], int] | None":
+    """``(indices, computed tokens summed)`` of sequences that are all decoding (the last sampled token is
+    the only one not computed: ``computed = prompt + generated - 1``), or None."""
+    ids, context_sum = [], 0
     for seq in seqs:
         c, g = seq.num_computed_tokens, seq.generated_tokens
         if g == 0 or c != seq.prompt_tokens + g - 1:
             return None
         ids.append(seq.index)
         context_sum += c
-        left = seq.output_tokens - g
-        if steps is None or left < steps:
-            steps = left
-    return ids, context_sum, steps
+    return ids, context_sum
+
+
+_NO_LIMIT = 1 << 62  # a run's limit while no step needs a block that is not free
 
 
 class _DecodeRun:
-    """A run of decode steps that fast mode advances in one SimPy event (or a few: it is priced a chunk at
-    a time, as far as it goes).
+    """Decode steps that fast mode advances in a few SimPy events: one per segment (a step in which a
+    sequence emits its last token ends one) and per chunk of steps priced.
 
     When a step decodes every running sequence and nothing else, the following steps repeat it, with
-    every context one token longer, until (a) a sequence emits its last token, (b) a sequence needs a
-    new KV block that is not free (the scheduler would preempt), or (c) a request arrives (the next
-    step may admit it). Waiting requests that could not be admitted at the run's start cannot be
-    admitted during it either: running count and token budget stay the same and free KV only shrinks.
-    When requests are waiting, only empty blocks (not evictable cached ones) are used for growth,
-    since evicting a cached prefix can change what a waiting request needs.
+    every context one token longer, until (a) a sequence emits its last token (then the others go on in
+    a new segment, unless requests wait: the scheduler may admit one), (b) a sequence needs a new KV
+    block that is not free (the scheduler would preempt), or (c) a request arrives (the next step may
+    admit it). Waiting requests that could not be admitted at the run's start cannot be admitted during a
+    segment either: running count and token budget stay the same and free KV only shrinks. When
+    requests are waiting, only empty blocks (not evictable cached ones) are used for growth, since
+    evicting a cached prefix can change what a waiting request needs.
 
-    ``ends[s]`` is the end time of step ``s`` (0-based) priced so far, summed one step at a time exactly
-    as step mode does; ``limit`` the most steps (a) and (b) allow; ``crossings`` lists, sorted, the step
-    indices (priced so far) at which some sequence enters a new KV block: step ``s`` needs
-    ``computed + 1 + s`` slots of each sequence.
+    Steps are numbered from 0 at the run's start. ``ends[s]`` is the end time of step ``s`` priced so far,
+    summed one step at a time exactly as step mode does. Sequence ``i`` of ``seqs`` (those still running;
+    their token counts are those at the run's start until the run ends) needs ``computed + 1 + s`` KV
+    slots at step ``s``: it enters a new block at step ``first[i]`` and every ``block_size`` steps after,
+    and emits its last token at step ``last_steps[i]``. ``crossings`` lists, sorted, the steps of the
+    current segment priced so far at which some sequence enters a new block; ``limit`` is the first step
+    that would need a block that is not free.
     """
 
-    __slots__ = ("seqs", "ids", "start_s", "ends", "crossings", "cut", "limit", "context_sum", "first_crossing",
-                 "free_blocks")
+    __slots__ = ("seqs", "ids", "first", "last_steps", "next_finish", "context0", "seg_start", "seg_start_s",
+                 "ends", "crossings", "free_blocks", "limit", "cut")
 
-    FIRST_CHUNK = 16  # steps priced when a run starts; each further chunk doubles, up to MAX_CHUNK
+    FIRST_CHUNK = 16  # steps priced when a segment starts; each further chunk doubles, up to MAX_CHUNK
     MAX_CHUNK = 256
 
-    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int, steps: int):
+    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int):
         """``seqs``: the sequences decoded; ``ids``: their indices; ``context_sum``: their computed tokens
-        summed; ``steps``: at most this many (no sequence emits its last token before the last step)."""
-        kv = engine.kv
+        summed (step 0's KV is allocated)."""
         self.seqs = seqs
         self.ids = ids
-        self.start_s = engine.clock
+        self.first = [held - seq.num_computed_tokens for held, seq in zip(engine.kv.slots_each(ids), seqs)]
+        self.last_steps = [seq.output_tokens - seq.generated_tokens - 1 for seq in seqs]
+        self.context0 = context_sum
+        self.seg_start, self.seg_start_s = 0, engine.clock
+        self.ends = []
         self.cut = False
-        self.limit = steps
-        self.context_sum = context_sum
-        # the first step that needs a new block, per sequence: slots held - (computed + 1) + 1
-        self.first_crossing = [held - seq.num_computed_tokens for held, seq in zip(kv.slots_each(ids), seqs)]
+        self.start_segment(engine)  # prices step 0 at least: its KV is allocated
+
+    def start_segment(self, engine: InstanceEngine) -> bool:
+        """Price the first chunk of a segment starting at step ``seg_start``; False if not even its first
+        step can run (it needs a block that is not free)."""
+        kv = engine.kv
+        self.next_finish = min(self.last_steps)
         self.free_blocks = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
         self.crossings = []
-        self.ends = []
-        self._price(engine, min(steps, self.FIRST_CHUNK))
+        self.limit = _NO_LIMIT
+        self._price(engine, min(self.next_finish + 1, self.seg_start + self.FIRST_CHUNK))
+        return len(self.ends) > self.seg_start
+
+    def drop(self, finished: list) -> None:
+        """Take ``finished`` sequences out of the run (identity)."""
+        gone = {id(seq) for seq in finished}
+        keep = [i for i, seq in enumerate(self.seqs) if id(seq) not in gone]
+        self.seqs = [self.seqs[i] for i in keep]
+        self.ids = [self.ids[i] for i in keep]
+        self.first = [self.first[i] for i in keep]
+        self.last_steps = [self.last_steps[i] for i in keep]
 
     def extend(self, engine: InstanceEngine) -> bool:
-        """Price the next chunk of steps if the run goes on; False if it ends with the steps priced."""
+        """Price the next chunk of steps if the segment goes on; False if it ends with the steps priced."""
         priced = len(self.ends)
-        if priced >= self.limit:
+        stop = min(self.limit, self.next_finish + 1)
+        if priced >= stop:
             return False
-        self._price(engine, min(self.limit, priced + min(priced, self.MAX_CHUNK)))
+        self._price(engine, min(stop, priced + min(priced - self.seg_start, self.MAX_CHUNK)))
         return len(self.ends) > priced
 
     def _price(self, engine: InstanceEngine, until: int) -> None:
-        """Price steps ``len(ends)`` .. ``until - 1``, stopping before the first that needs a block
-        that is not free (then that is the run's limit)."""
+        """Price steps ``len(ends)`` .. ``until - 1``, stopping before the first that needs a block that
+        is not free (then that is the run's limit)."""
         ends, bs = self.ends, engine.kv.block_size_tokens
         start = len(ends)
         new = []
-        for first in self.first_crossing:  # crossings of each sequence in [start, until): every bs steps
+        for first in self.first:  # crossings of each sequence in [start, until): every bs steps
             if first < until:
                 if first < start:
                     first += -(-(start - first) // bs) * bs
@@ -539,10 +577,17 @@ class _DecodeRun:
             if len(crossings) > self.free_blocks:
                 until = self.limit = crossings[self.free_blocks]  # that step would need a block that is not free
                 del crossings[self.free_blocks:]
-        batch = len(self.ids)
-        t = ends[-1] if ends else self.start_s
-        ends.extend(engine._decode_ends(t, batch, self.context_sum + start * batch, until - start))
+        batch = len(self.seqs)
+        t = ends[-1] if ends else self.seg_start_s
+        ends.extend(engine._decode_ends(t, batch, self.context0 + start * batch, until - start))
+
+    def steps_done(self, now_s: float) -> int:
+        """Steps of the run that have ended by ``now_s``, as an arrival at ``now_s`` sees them: arrivals
+        are processed before steps that end at the same time (as in step mode), but after the segment end
+        being processed now."""
+        return bisect_left(self.ends, now_s, self.seg_start)
 
     def blocks_taken_by(self, steps_done: int) -> int:
-        """KV blocks the run has added once ``steps_done`` steps have ended (the next one is scheduled)."""
+        """KV blocks the segment has added once ``steps_done`` steps of the run have ended (the next one
+        is scheduled)."""
         return bisect_right(self.crossings, steps_done)

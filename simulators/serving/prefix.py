@@ -39,8 +39,15 @@ class TraceBlockHashes:
     def _at(self, b: int) -> int:
         return self.ids[b // self.ratio] * 4096 + b % self.ratio
 
-    def __iter__(self):
-        return iter(self[:])
+    def __iter__(self):  # lazily: a prefix probe stops at the first block not cached
+        r, left = self.ratio, self.length
+        for h in self.ids:
+            base = h * 4096
+            if left <= r:
+                yield from range(base, base + left)
+                return
+            yield from range(base, base + r)
+            left -= r
 
     def __getitem__(self, index):
         if isinstance(index, slice):
