@@ -35,8 +35,15 @@ def _assert_same_as_step_mode(trace, instances, **kw):
     return fast
 
 
-CASES = {  # name: (KV blocks, scheduler knobs, simulate keywords, model, TP)
+CASES = {  # name: (KV blocks, scheduler knobs, simulate keywords, model, TP[, scheduler])
     "default knobs": (2400, {}, {}, "llama3-8b", 1),
+    "tight KV, swap preemption": (700, {"preemption": "swap"}, {}, "llama3-8b", 1),
+    "vllm-v0, tight KV, prefix caching": (900, {"max_num_batched_tokens": 4800, "enable_prefix_caching": True}, {},
+                                          "llama3-8b", 1, "vllm-v0"),
+    "vllm-v0, few seqs": (2400, {"max_num_batched_tokens": 4800, "max_num_seqs": 8}, {}, "llama3-8b", 1, "vllm-v0"),
+    "sarathi, tight KV": (700, {}, {}, "llama3-8b", 1, "sarathi"),
+    "sarathi, budget 2048, prefix caching": (900, {"token_budget": 2048, "enable_prefix_caching": True}, {},
+                                             "llama3-8b", 1, "sarathi"),
     "tight KV: preemptions, prefix hits on resume": (700, {}, {}, "llama3-8b", 1),
     "tight KV, prefix caching off": (700, {"enable_prefix_caching": False}, {}, "llama3-8b", 1),
     "own hashes kept, probe off": (700, {"enable_prefix_caching": False}, {"hash_own_blocks": True},
@@ -53,13 +60,15 @@ CASES = {  # name: (KV blocks, scheduler knobs, simulate keywords, model, TP)
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_engine_equals_step_mode_on_the_azure_trace(case):
-    blocks, knobs, kw, model, tp = CASES[case]
+    blocks, knobs, kw, model, tp, *scheduler = CASES[case]
     trace = load_trace("azure-conv-2023").head(400).scale_rate(2.0)
-    res = _assert_same_as_step_mode(trace, [InstanceConfig(_h100(model, tp), blocks, 16, "vllm-v1", knobs)], **kw)
+    cfg = InstanceConfig(_h100(model, tp), blocks, 16, (scheduler or ["vllm-v1"])[0], knobs,
+                         kv_bytes_per_token=131072, host_link_bytes_per_s=25e9)
+    res = _assert_same_as_step_mode(trace, [cfg], **kw)
     assert res.num_unfinished == 0
-    if case.startswith("tight KV"):  # the case exercises what it is named for
+    if "tight KV" in case:  # the case exercises what it is named for
         assert res.requests["num_preemptions"].sum() > 0
-        if "off" not in case:
+        if "off" not in case and "swap" not in case and "sarathi" not in case:
             assert res.requests["cached_tokens"].sum() > 0
 
 
@@ -79,9 +88,10 @@ def test_compiled_engine_equals_step_mode_behind_every_router(router):
        blocks=st.integers(24, 80), budget=st.sampled_from([16, 48, 256, 2048]), max_seqs=st.integers(1, 8),
        chunked=st.booleans(), caching=st.booleans(), threshold=st.sampled_from([0, 32]),
        reserve=st.booleans(), count=st.integers(1, 3),
-       router=st.sampled_from(["round-robin", "random", "least-outstanding-tokens", "kv-aware"]))
+       router=st.sampled_from(["round-robin", "random", "least-outstanding-tokens", "kv-aware"]),
+       scheduler=st.sampled_from(["vllm-v1", "vllm-v1 swap", "vllm-v0", "sarathi"]))
 def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, budget, max_seqs, chunked, caching,
-                                                               threshold, reserve, count, router):
+                                                               threshold, reserve, count, router, scheduler):
     rows = sorted(rows)
     df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
     df.insert(0, "request_id", range(len(df)))
@@ -89,9 +99,16 @@ def test_compiled_engine_equals_step_mode_on_random_small_runs(rows, blocks, bud
         budget = max(budget, int((df["prompt_tokens"] + df["output_tokens"]).max()))
     blocks = max(blocks, int(-(-(df["prompt_tokens"] + df["output_tokens"]).max() // 16)))
     knobs = dict(max_num_batched_tokens=budget, max_num_seqs=max_seqs, enable_chunked_prefill=chunked,
-                 enable_prefix_caching=caching, long_prefill_token_threshold=threshold, reserve_full_prompt=reserve)
+                 enable_prefix_caching=caching, long_prefill_token_threshold=threshold, reserve_full_prompt=reserve,
+                 preemption="swap" if scheduler.endswith("swap") else "recompute")
+    if scheduler == "vllm-v0":  # whole prompts (and recomputes) within the budget
+        longest = int((df["prompt_tokens"] + df["output_tokens"]).max())
+        knobs = dict(max_num_batched_tokens=max(budget, longest), max_num_seqs=max_seqs, enable_prefix_caching=caching)
+    elif scheduler == "sarathi":
+        knobs = dict(token_budget=budget, max_num_seqs=max_seqs, enable_prefix_caching=caching)
     step = _h100()
-    instances = [InstanceConfig(step, blocks + 7 * k, 16, "vllm-v1", knobs) for k in range(count)]
+    instances = [InstanceConfig(step, blocks + 7 * k, 16, scheduler.split()[0], knobs, kv_bytes_per_token=131072,
+                                host_link_bytes_per_s=25e9) for k in range(count)]
     _assert_same_as_step_mode(Trace(df, name="random"), instances, router=router)
 
 
@@ -137,8 +154,9 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
         "different step models": (trace, one + [InstanceConfig(_h100(), 2000, 16, "vllm-v1")], "round-robin", None),
         "different knobs": (trace, one + [InstanceConfig(one[0].step_model, 2000, 16, "vllm-v1",
                                                          {"max_num_seqs": 8})], "round-robin", None),
-        "sarathi": (trace, [InstanceConfig(_h100(), 2000, 16, "sarathi")], "round-robin", None),
-        "swap": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})], "round-robin", None),
+        "static": (trace, [InstanceConfig(_h100(), 2000, 16, "static")], "round-robin", None),
+        "swap without a host link": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})],
+                                     "round-robin", None),
         "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),
         "router object": (trace, one, object(), None),
         "sessions": (agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50,

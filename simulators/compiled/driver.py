@@ -1,25 +1,28 @@
-"""A compiled engine for the configurations sweeps use most: colocated vLLM V1-like instances.
+"""A compiled engine for the configurations sweeps use most: colocated instances of the baseline schedulers.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
 returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled.kernel`, compiled
 by numba on first use and cached on disk) is a transcription of the SimPy engine's step mode on flat
 arrays: the same scheduler rules, block manager and step prices, float operations in the same order,
 and arrivals seen at the same SimPy times, so its per-request results and timeline are identical to
-``mode="step"`` (``tests/test_sim_compiled.py``). It does not replace the SimPy engine: every other
-configuration, and every policy plugged in through :mod:`gpusched.policy`, runs there.
+``mode="step"`` (``tests/test_sim_compiled.py``; the Python schedulers stay the rules' source, the
+kernel follows them). It does not replace the SimPy engine: every other configuration, and every
+policy plugged in through :mod:`gpusched.policy`, runs there.
 
-Why it exists: the Python engine spends about 125 µs per iteration of its loop (schedule, price,
-account), so it serves about 2,700 requests per wall-second on the bundled Azure trace; sweeps over
-thousands of configurations want an order of magnitude more (``gpusched bench`` prints both).
+Why it exists: the Python engine spends tens of µs per event (schedule, price, account), so it serves
+thousands of requests per wall-second on the bundled Azure trace; sweeps over thousands of
+configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
 block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
-engine), behind any router of :mod:`simulators.serving.routers` given by name;
-the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
-caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
-op-table format; traces without sessions, with or without prefix-block ids (Mooncake's: requests then
-share the blocks their ids name, as on the SimPy engine; with prefix caching a request without ids
-has its own block hashes, so that a preempted request finds what was not evicted).
+engine), behind any router of :mod:`simulators.serving.routers` given by name; the ``vllm-v1``
+scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
+full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
+profiled step-time model in the H100 op-table format; traces without sessions, with or without
+prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
+with prefix caching a request without ids has its own block hashes, so that a preempted request
+finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
+its step prices cannot be tabulated ahead), prefill/decode disaggregation, sessions.
 """
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ from gpusched.workload import Trace
 from simulators.serving.instance import SimulationInvariantError
 from simulators.serving.results import TIMELINE_COLUMNS, SimResult, requests_frame
 from simulators.serving.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
-from simulators.serving.schedulers import VllmV1Scheduler
+from simulators.serving.schedulers import SarathiScheduler, VllmV0Scheduler, VllmV1Scheduler
+
+COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler)  # by kernel code (kernel.SCHED_*)
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
@@ -51,10 +56,14 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if schedulers is None:
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]
     scheduler = schedulers[0]
-    if type(scheduler) is not VllmV1Scheduler or scheduler.preemption != "recompute":
-        return "it runs the vllm-v1 scheduler with recompute preemption"
+    if type(scheduler) not in COMPILED_SCHEDULERS:
+        return "it runs the vllm-v1, vllm-v0 and sarathi schedulers"
     if any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
+    if getattr(scheduler, "preemption", "recompute") == "swap":
+        link = {(cfg.kv_bytes_per_token, cfg.host_link_bytes_per_s) for cfg in instances}
+        if len(link) > 1 or min(link)[0] <= 0 or min(link)[1] <= 0:
+            return "swap preemption needs one host link and KV size per token, the same on every instance"
     model = first.step_model
     if type(model) is not ProfiledStepTime or model.fmt != "h100":
         return "it prices steps with the H100-format profiled step-time model"
@@ -88,7 +97,7 @@ def arrival_event_times(arrival_time_s) -> np.ndarray:
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
                       record_timeline: bool = True, check_invariants: bool = True,
                       hash_own_blocks: bool | None = None, progress: bool = False,
-                      scheduler: VllmV1Scheduler | None = None) -> SimResult:
+                      scheduler=None) -> SimResult:
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
     ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it).
     ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise)."""
@@ -107,9 +116,14 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, len(blocks))
     ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output)
     ip[K.P_BS] = bs
-    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = scheduler.max_num_batched_tokens, scheduler.max_num_seqs
-    ip[K.P_CHUNKED], ip[K.P_PROBE] = scheduler.enable_chunked_prefill, scheduler.enable_prefix_caching
-    ip[K.P_LIMIT], ip[K.P_RESERVE] = scheduler.long_prefill_token_threshold, scheduler.reserve_full_prompt
+    ip[K.P_SCHED] = COMPILED_SCHEDULERS.index(type(scheduler))
+    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), scheduler.max_num_seqs
+    ip[K.P_PROBE] = scheduler.enable_prefix_caching
+    if isinstance(scheduler, VllmV1Scheduler):
+        ip[K.P_CHUNKED], ip[K.P_LIMIT] = scheduler.enable_chunked_prefill, scheduler.long_prefill_token_threshold
+        ip[K.P_RESERVE], ip[K.P_SWAP] = scheduler.reserve_full_prompt, scheduler.preemption == "swap"
+    ip[K.P_KV_BYTES] = first.kv_bytes_per_token
+    fp = np.append(fp, float(first.host_link_bytes_per_s))  # F_HOST_LINK
     ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
     state = K.new_state(len(df), len(blocks), nslots, scheduler.max_num_seqs)
@@ -194,7 +208,12 @@ def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: 
          for need in need_tokens.tolist()], np.int64)
 
 
-def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
+def _budget(scheduler) -> int:
+    """The scheduler's token budget of one step."""
+    return scheduler.token_budget if isinstance(scheduler, SarathiScheduler) else scheduler.max_num_batched_tokens
+
+
+def _pricing(model: ProfiledStepTime, scheduler):
     """The kernel's integer and float parameters and tables: the step-time terms that depend only on the
     token count or on the batch size, computed by the model itself (so they are its values to the bit).
 
@@ -202,14 +221,15 @@ def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     reuses one model across many runs, and tabulating takes 0.3-0.4 s, longer than a run of the bench trace.
     """
     cache = model.__dict__.setdefault("_compiled_pricing", {})
-    key = (scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
+    # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence
+    key = (max(_budget(scheduler), scheduler.max_num_seqs), scheduler.max_num_seqs)
     if key not in cache:
-        cache[key] = _tabulate(model, scheduler)
+        cache[key] = _tabulate(model, *key)
     ip, fp, tables = cache[key]
     return ip.copy(), fp, tables  # the caller fills in the rest of ``ip``
 
 
-def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
+def _tabulate(model: ProfiledStepTime, max_tokens: int, max_seqs: int):
     from simulators.compiled import kernel as K
 
     m = model.model
@@ -219,13 +239,12 @@ def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     ip[K.P_DTYPE_BYTES] = _dtype_bytes(model.dtype)
     fp = np.array([model.launch_overhead_s, model.kernel_floor_s, float(model.gpu.dense_bf16_flops_per_s),
                    model.elementwise_bandwidth_bytes_per_s], dtype=float)
-    budget = scheduler.max_num_batched_tokens
-    terms = [(0.0, 0.0, None)] + [model._token_terms_s(n) for n in range(1, budget + 1)]
+    terms = [(0.0, 0.0, None)] + [model._token_terms_s(n) for n in range(1, max_tokens + 1)]
     ip[K.P_HAS_COMM] = terms[-1][2] is not None
     tok_lin = np.array([t[0] for t in terms])
     tok_elem = np.array([t[1] for t in terms])
     tok_comm = np.array([t[2] or 0.0 for t in terms])
-    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, scheduler.max_num_seqs + 1)])
+    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, max_seqs + 1)])
     prefill, decode, chunked = model.grids["prefill"], model.grids["decode"], model.grids["chunked"]
     ip[K.P_HAS_CHUNKED] = chunked is not None
     if chunked is None:  # a placeholder the kernel never reads

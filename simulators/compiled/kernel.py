@@ -30,12 +30,15 @@ from numba import njit
 OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
 # integer parameters, by position in ``ip``
 (P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_LAYERS, P_LM_HEAD,
- P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED) = range(20)
-NUM_IP = 20
+ P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED,
+ P_SCHED, P_SWAP, P_KV_BYTES) = range(23)
+NUM_IP = 23
+# schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler
+SCHED_V1, SCHED_V0, SCHED_SARATHI = range(3)
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp``
-F_LAUNCH, F_FLOOR, F_FLOPS, F_BW = range(4)
+F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK = range(5)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
 
 
@@ -313,6 +316,59 @@ def _cached_prefix_tokens(ip, hinfo, hcode, slot_ref, r, k):
     return hit * ip[P_BS]
 
 
+# ---------------------------------------------------------------- scheduler pieces (simulators.serving.schedulers)
+@njit(cache=True)
+def _preempt(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, preemptions, swapped,
+             waiting, wh, nwait, k, victim, swap):
+    """schedulers._preempt: free the victim's KV and put it back at the head of the queue; its computed
+    tokens are lost (recompute) or move to host memory (``swap``). Returns the tokens swapped out."""
+    _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, victim, k)
+    out = 0
+    if swap and comp[victim] > 0:
+        swapped[victim] = 1
+        out = comp[victim]
+    else:
+        comp[victim] = 0
+    preemptions[victim] += 1
+    ring = waiting.shape[1]
+    wh[k] = (wh[k] - 1) % ring
+    waiting[k, wh[k]] = victim
+    nwait[k] += 1
+    return out
+
+
+@njit(cache=True)
+def _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, enabled):
+    """schedulers._prefix_hit_tokens: the tokens a waiting request keeps (swapped out) or finds cached
+    (capped so that one is computed)."""
+    if comp[r] > 0:
+        return comp[r]
+    if not enabled or hinfo[r, 0] == 0:
+        return 0
+    bs = ip[P_BS]
+    return min(_cached_prefix_tokens(ip, hinfo, hcode, slot_ref, r, k), (prompt[r] + gen[r] - 1) // bs * bs)
+
+
+@njit(cache=True)
+def _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp,
+           cached_tokens, swapped, sched_s, now, r, k, hit, n, reserve):
+    """schedulers._admit up to the lists: KV for ``max(hit + n, reserve)`` tokens if free. Returns the
+    tokens swapped back in, or -1 if the request is not admitted (nothing changed)."""
+    if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                             r, k, max(hit + n, reserve)):
+        return -1
+    swap_in = 0
+    if swapped[r]:
+        swap_in = hit
+        swapped[r] = 0
+    elif comp[r] == 0:
+        cached_tokens[r] = hit
+    comp[r] = hit
+    if np.isnan(sched_s[r]):
+        sched_s[r] = now
+    return swap_in
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -323,7 +379,8 @@ def new_state(nreq, ninst, nslots, max_seqs):
     instance: KV counts, the running list, the waiting ring (head ``wh[k]``, ``nwait[k]`` entries), the
     plan of the step in flight and its exact end, the SimPy time of its next event (a step end if
     ``busy[k]``, else a wake-up; ``inf`` when idle) and its clock (exact end of its last step).
-    ``counters`` = [next arrival, steps done].
+    Per request also: swapped out (swap preemption), the plan that preempted it last. ``counters`` =
+    [next arrival, steps done, plans made].
     """
     ring = max(nreq, 1)
     prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
@@ -338,7 +395,7 @@ def new_state(nreq, ninst, nslots, max_seqs):
             np.empty((ninst, ring), np.int64), np.zeros(ninst, np.int64), np.zeros(ninst, np.int64),
             np.empty((ninst, max_seqs), np.int64), np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
             np.zeros(ninst), np.full(ninst, np.inf), np.zeros(ninst, np.bool_), np.zeros(ninst),
-            np.zeros(2, np.int64))
+            np.zeros(nreq, np.int8), np.full(nreq, -1, np.int64), np.zeros(3, np.int64))
 
 
 @njit(cache=True)
@@ -365,7 +422,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
      slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
-     clock, counters) = state
+     clock, swapped, marked, counters) = state
     nreq = prompt.shape[0]
     ninst = blocks.shape[0]
     nslots = prev.shape[0] - ninst
@@ -374,6 +431,10 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     router = ip[P_ROUTER]
     plens = np.empty(max_seqs, np.int64)
     pcached = np.empty(max_seqs, np.int64)
+    decodes = np.empty(max_seqs, np.int64)  # SarathiScheduler's snapshot of running decodes and prefills
+    prefills = np.empty(max_seqs, np.int64)
+    sched, swap, probe = ip[P_SCHED], ip[P_SWAP] != 0, ip[P_PROBE] != 0
+    plan_id = counters[2]
     done = np.zeros(max_seqs, np.bool_)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
@@ -387,7 +448,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 k = j
         if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
             if next_arrival >= until_arrival:
-                counters[0], counters[1] = next_arrival, steps
+                counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
                 return PAUSED, -1, timeline
             # ---- an arrival: _ServingRun._dispatch
             r = next_arrival
@@ -488,19 +549,65 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 row[6] = ne
         else:
             clock[k] = now  # woken by an arrival: InstanceEngine takes the SimPy time as its clock
-        # ---- the next plan: VllmV1Scheduler.schedule
+        # ---- the next plan: the scheduler's schedule
         ne = 0
         preempted = False
+        swap_tokens = 0
         budget = budget0
-        i = 0
-        while i < nrun[k] and budget > 0:
-            r = running[k, i]
+        plan_id += 1
+        nds = 0
+        npfs = 0
+        if sched == SCHED_SARATHI:  # running decodes, then running prefills, as listed before any preemption
+            for q in range(nrun[k]):
+                r = running[k, q]
+                if prompt[r] + gen[r] - comp[r] > 1 or gen[r] == 0:
+                    prefills[npfs] = r
+                    npfs += 1
+                else:
+                    decodes[nds] = r
+                    nds += 1
+        elif sched == SCHED_V0:  # a step of whole prefills if one can be admitted
+            while nwait[k] > 0 and nrun[k] < max_seqs:
+                r = waiting[k, wh[k]]
+                hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
+                n = prompt[r] + gen[r] - hit
+                if n > budget:
+                    break
+                if _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp,
+                          cached_tokens, swapped, sched_s, clock[k], r, k, hit, n, 0) < 0:
+                    break
+                running[k, nrun[k]] = r
+                nrun[k] += 1
+                ent_r[k, ne] = r
+                ent_n[k, ne] = n
+                ne += 1
+                wh[k] = (wh[k] + 1) % ring
+                nwait[k] -= 1
+                budget -= n
+        # running sequences (VllmV1Scheduler: each gets what is left, up to the budget; vLLM V0 and Sarathi
+        # decodes: one token), preempting the newest when KV cannot grow (_grow_or_preempt)
+        q = 0
+        v0_decodes = sched == SCHED_V0 and ne == 0  # vLLM V0 decodes only in a step without prefills
+        while True:
+            if sched == SCHED_SARATHI:
+                if q >= nds or budget == 0:
+                    break
+                r = decodes[q]
+                q += 1
+                if marked[r] == plan_id:  # preempted in this plan
+                    continue
+            else:
+                if q >= nrun[k] or (budget <= 0 if sched == SCHED_V1 else not v0_decodes):
+                    break
+                r = running[k, q]
             c = comp[r]
-            n = prompt[r] + gen[r] - c
-            if 0 < limit < n:
-                n = limit
-            if n > budget:
-                n = budget
+            n = 1
+            if sched == SCHED_V1:
+                n = prompt[r] + gen[r] - c
+                if 0 < limit < n:
+                    n = limit
+                if n > budget:
+                    n = budget
             kept = True
             # the common case (no new block) inline: a call passes its arrays with reference counting
             # (atomic operations), which would cost more than the rest of the step
@@ -509,48 +616,59 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 kv_tok[r] = c + n
             while not fits and not _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
                                             kv_hashed, r, c + n):
-                victim = running[k, nrun[k] - 1]  # _grow_or_preempt: the newest goes (recompute)
+                victim = running[k, nrun[k] - 1]  # the newest goes
                 nrun[k] -= 1
-                _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, victim, k)
-                comp[victim] = 0
-                preemptions[victim] += 1
-                wh[k] = (wh[k] - 1) % ring
-                waiting[k, wh[k]] = victim
-                nwait[k] += 1
+                swap_tokens += _preempt(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                                        comp, preemptions, swapped, waiting, wh, nwait, k, victim, swap)
+                marked[victim] = plan_id
                 preempted = True
                 if victim == r:
                     kept = False
                     break
             if not kept:
+                if sched == SCHED_SARATHI:
+                    continue
                 break
             ent_r[k, ne] = r
             ent_n[k, ne] = n
             ne += 1
             budget -= n
-            i += 1
-        if not preempted:
+            if sched != SCHED_SARATHI:
+                q += 1
+        if sched == SCHED_SARATHI:  # running prefills (their whole prompt's KV was reserved at admission)
+            for q in range(npfs):
+                if budget == 0:
+                    break
+                r = prefills[q]
+                if marked[r] == plan_id:
+                    continue
+                n = min(prompt[r] + gen[r] - comp[r], budget)
+                ent_r[k, ne] = r
+                ent_n[k, ne] = n
+                ne += 1
+                budget -= n
+        if not preempted and sched != SCHED_V0:  # admissions, FCFS, chunked to the budget left
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
-                hit = 0  # _prefix_hit_tokens (waiting requests hold no computed tokens under recompute)
-                if ip[P_PROBE] and hinfo[r, 0] > 0:
-                    hit = _cached_prefix_tokens(ip, hinfo, hcode, slot_ref, r, k)
-                    cap = (prompt[r] + gen[r] - 1) // bs * bs
-                    hit = min(hit, cap)
+                hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
                 remaining = prompt[r] + gen[r] - hit
-                n = remaining if not 0 < limit < remaining else limit
-                if not ip[P_CHUNKED] and n > budget:
+                reserve = 0
+                if sched == SCHED_SARATHI:  # KV of the whole prompt at admission
+                    n = min(remaining, budget)
+                    reserve = prompt[r] + gen[r]
+                else:
+                    n = remaining if not 0 < limit < remaining else limit
+                    if not ip[P_CHUNKED] and n > budget:
+                        break
+                    n = min(n, budget)
+                    if ip[P_RESERVE] and _blocks_needed(ip, hinfo, hcode, slot_ref, r, k, hit + remaining) > (
+                            nblocks - kv[_PRIV] - kv[_HELD]):
+                        break
+                swap_in = _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                                 comp, cached_tokens, swapped, sched_s, clock[k], r, k, hit, n, reserve)
+                if swap_in < 0:
                     break
-                n = min(n, budget)
-                if ip[P_RESERVE] and _blocks_needed(ip, hinfo, hcode, slot_ref, r, k, hit + remaining) > (
-                        nblocks - kv[_PRIV] - kv[_HELD]):
-                    break
-                if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
-                                         kv_hashed, r, k, hit + n):
-                    break
-                comp[r] = hit
-                cached_tokens[r] = hit
-                if np.isnan(sched_s[r]):
-                    sched_s[r] = clock[k]
+                swap_tokens += swap_in
                 running[k, nrun[k]] = r
                 nrun[k] += 1
                 ent_r[k, ne] = r
@@ -591,9 +709,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         else:
             dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
                             tokens, plens, pcached, npf, nd, dec_sum, sampled)
+        if swap_tokens:  # InstanceEngine._step_time_s: the KV moved over the host link, then the compute
+            dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
         end = clock[k] + dt
         step_end[k] = end
         event_s[k] = now + _pmax(end - now, 0.0)  # SimPy schedules the timeout on its own clock
         busy[k] = True
-    counters[0], counters[1] = next_arrival, steps
+    counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
     return OK, -1, timeline
