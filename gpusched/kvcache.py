@@ -559,7 +559,7 @@ class BlockManager:
         rec = self._get(seq_id)
         return (rec[1] + rec[3]) * self.block_size_tokens - rec[0]
 
-    def free(self, seq_id, block_hashes=None) -> None:
+    def free(self, seq_id, block_hashes=None, reused: bool = True) -> None:
         """Release a sequence. Its private blocks become empty; its hashed blocks whose refcount drops to
         zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head).
 
@@ -568,6 +568,10 @@ class BlockManager:
         cached blocks under those hashes instead of being emptied, so that a later request with the same
         prefix (the next round of a conversation) finds them. Pass one hash per full block from the
         start of the sequence; hashes already resident are not duplicated.
+
+        ``reused=False`` says that no sequence will ever name these blocks again (a finished request's
+        own blocks): with exclusive hashes, the blocks join the cache unnamed, taking their place in the
+        eviction order as named ones would but costing no dictionary entries.
         """
         try:
             tokens, private, hashes, _ = self._seqs.pop(seq_id)
@@ -583,6 +587,9 @@ class BlockManager:
         self._private -= private
         if type(hashes) is range:  # exclusive: not in _ref, all become cached
             self._private -= len(hashes)
+            if not reused:
+                self._lru.add_unnamed(len(cached) + len(hashes))
+                return
             cached += tuple(hashes[::-1])
         elif hashes:
             counts = list(map(ref.__getitem__, hashes))
@@ -606,9 +613,13 @@ class BlockManager:
         """Hashes, tail first, under which a freed sequence's private blocks stay cached: those of ``later``
         (its full blocks past the hashed prefix) not resident yet, at most ``private`` of them."""
         ref, lru = self._ref, self._lru.keys()
-        later = later if type(later) is range else tuple(later)
+        if type(later) is range:  # exclusive: none is in use
+            if lru.isdisjoint(later):  # none resident yet (the common case)
+                return tuple(later[::-1][:private])
+            return tuple(h for h in reversed(later) if h not in lru)[:private]
+        later = tuple(later)
         if ref.keys().isdisjoint(later) and lru.isdisjoint(later):  # none resident yet (the common case)
-            keep = tuple(later[::-1]) if type(later) is range else tuple(dict.fromkeys(reversed(later)))
+            keep = tuple(dict.fromkeys(reversed(later)))
         else:
             keep = tuple(dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru))
         return keep[:private]  # only as many as the sequence's own blocks
@@ -633,18 +644,22 @@ class _CachedBlocks:
     A block taken out of the middle (a prefix hit pins it again) only leaves the dict; its stale entry
     in its batch is skipped when eviction reaches it, and the batches are rebuilt once stale entries
     outnumber cached blocks by 1024 (so memory stays proportional to the pool).
+
+    Unnamed blocks (:meth:`add_unnamed`: blocks nobody will ask for again) are a batch of ``None`` with
+    a count: they are evicted in their turn, a count at a time.
     """
 
-    __slots__ = ("_batch_of", "_batches", "_head", "_stale")
+    __slots__ = ("_batch_of", "_batches", "_head", "_stale", "_unnamed")
 
     def __init__(self):
         self._batch_of: dict = {}  # hash -> its batch: [hashes oldest first, how many still cached]
         self._batches: deque = deque()  # oldest first
         self._head = 0  # entries at the start of the oldest batch already evicted
         self._stale = 0  # entries past the head that are no longer cached here
+        self._unnamed = 0  # cached blocks in unnamed batches
 
     def __len__(self) -> int:
-        return len(self._batch_of)
+        return len(self._batch_of) + self._unnamed
 
     def __contains__(self, block_hash) -> bool:
         return block_hash in self._batch_of
@@ -659,6 +674,12 @@ class _CachedBlocks:
             self._batches.append(batch)
             self._batch_of.update(zip(hashes, repeat(batch)))
 
+    def add_unnamed(self, n: int) -> None:
+        """Cache ``n`` blocks as the newest, with no hash: they can only be evicted."""
+        if n:
+            self._batches.append([None, n])
+            self._unnamed += n
+
     def discard(self, hashes) -> None:
         """Take these cached blocks (distinct) out of the pool."""
         pop = self._batch_of.pop
@@ -671,20 +692,29 @@ class _CachedBlocks:
     def clear(self) -> None:
         self._batch_of.clear()
         self._batches.clear()
-        self._head = self._stale = 0
+        self._head = self._stale = self._unnamed = 0
 
     def evict(self, n: int) -> None:
         """Drop the ``n`` oldest blocks (all of them if ``n`` >= the pool)."""
-        if n >= len(self._batch_of):
+        if n >= len(self):
             self.clear()
             return
+        batches = self._batches
         while n > 0:
-            batch = self._batches[0]
+            batch = batches[0]
+            if batch[0] is None:  # unnamed: a count
+                k = min(n, batch[1])
+                batch[1] -= k
+                self._unnamed -= k
+                n -= k
+                if not batch[1]:
+                    batches.popleft()
+                continue
             cached = batch[1]
             self._evict_from_oldest(batch, n)
             n -= cached - batch[1]
             if self._head == len(batch[0]):  # the oldest batch is used up
-                self._batches.popleft()
+                batches.popleft()
                 self._head = 0
 
     def _evict_from_oldest(self, batch: list, n: int) -> None:
@@ -708,11 +738,23 @@ class _CachedBlocks:
         self._head = end
 
     def _compact(self) -> None:
-        """Rebuild the batches as one, without stale entries (same order)."""
+        """Rebuild the named batches between unnamed ones as one each, without stale entries (same order)."""
         batch_of, head = self._batch_of, self._head
-        order = []
+        runs, order = [], []  # tuples of named hashes and unnamed counts, oldest first
         for batch in self._batches:
-            order.extend(h for h in batch[0][head:] if batch_of.get(h) is batch)
+            if batch[0] is None:
+                if order:
+                    runs.append(tuple(order))
+                    order = []
+                runs.append(batch[1])
+            else:
+                order.extend(h for h in batch[0][head:] if batch_of.get(h) is batch)
             head = 0
+        if order:
+            runs.append(tuple(order))
         self.clear()
-        self.add(tuple(order))
+        for run in runs:
+            if type(run) is int:
+                self.add_unnamed(run)
+            else:
+                self.add(run)

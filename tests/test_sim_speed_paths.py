@@ -11,14 +11,20 @@ from gpusched.profiles import Grid2D
 
 
 def test_cached_blocks_follow_an_lru_ordered_dict():
-    """Batches in, prefix hits out of the middle, bulk eviction, clears: same blocks as an OrderedDict
-    LRU after every operation (including the rebuild once stale entries pile up)."""
+    """Batches in (named, or unnamed: counted only), prefix hits out of the middle, bulk eviction, clears:
+    same blocks as an OrderedDict LRU after every operation (including the rebuild once stale entries pile
+    up). Unnamed blocks are negative keys of the reference, which the pool does not list."""
     rng = random.Random(7)
     pool, ref = _CachedBlocks(), OrderedDict()
     next_hash = 0
     for _ in range(20000):
         op = rng.random()
-        if op < 0.4:
+        if op < 0.08:
+            k = rng.randint(0, 12)
+            pool.add_unnamed(k)
+            ref.update(dict.fromkeys(range(-next_hash - 1, -next_hash - 1 - k, -1)))
+            next_hash += k
+        elif op < 0.4:
             k = rng.randint(0, 12)
             back = tuple(h for h in rng.sample(range(next_hash), min(3, next_hash)) if h not in ref)
             fresh = tuple(range(next_hash, next_hash + k))
@@ -26,8 +32,8 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             batch = fresh + back  # newly cached blocks and blocks that were cached before
             pool.add(batch)
             ref.update(dict.fromkeys(batch))
-        elif op < 0.7 and ref:
-            h = rng.choice(list(ref))
+        elif op < 0.7 and any(h >= 0 for h in ref):
+            h = rng.choice([h for h in ref if h >= 0])
             pool.discard((h,))
             del ref[h]
         elif op < 0.995:
@@ -39,7 +45,9 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             pool.clear()
             ref.clear()
         assert len(pool) == len(ref)
-        assert set(pool.keys()) == set(ref)
+        assert set(pool.keys()) == {h for h in ref if h >= 0}
+    pool.add_unnamed(50)  # kept in place through the rebuild below
+    ref.update(dict.fromkeys(range(-next_hash - 1, -next_hash - 51, -1)))
     for h in range(next_hash, next_hash + 3000, 10):  # prefix hits of most blocks: the batches are rebuilt
         pool.add(tuple(range(h, h + 10)))
         ref.update(dict.fromkeys(range(h, h + 10)))
@@ -50,11 +58,11 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             del ref[h]
     assert len(pool._batches) < 300
     order = []
-    while len(pool):  # the eviction order itself
+    while len(pool):  # the eviction order itself (an unnamed block leaves no name: -1)
         before = set(pool.keys())
         pool.evict(1)
-        order.extend(before - set(pool.keys()))
-    assert order == list(ref)
+        order.extend(before - set(pool.keys()) or [-1])
+    assert order == [max(h, -1) for h in ref]
 
 
 def test_grid2d_along_b_equals_calls_bit_for_bit():
@@ -152,19 +160,21 @@ def test_a_decode_plan_out_of_running_order_gives_step_mode_results():
 def test_exclusive_range_hashes_keep_the_blocks_of_the_same_hashes_as_tuples():
     """A sequence's own hashes given as a ``range`` (exclusive: kept out of the shared-block table while
     held) against the same hashes as a tuple, through random allocations (with prefix hits on blocks left
-    cached), growth and frees that cache the full blocks: same blocks in use, free, cached, in the same
-    cache order, same hits, after every operation."""
+    cached), growth and frees that cache the full blocks, some of them for good (``reused=False``: then
+    unnamed): same blocks in use, free, cached, the same named ones in the same cache order, same hits,
+    after every operation."""
     def own(g, n):  # group g's first n block hashes
         return range(-1000 * g - 1, -1000 * g - 1 - n, -1)
 
     for seed in range(300):
         rng = random.Random(seed)
         fast, plain = BlockManager(40, 4), BlockManager(40, 4)
-        live = {}
+        live, dead = {}, set()
         for _ in range(200):
             op = rng.random()
-            if op < 0.4 and len(live) < 6:
-                g = rng.choice([x for x in range(8) if x not in live])
+            groups = [x for x in range(12) if x not in live and x not in dead]
+            if op < 0.4 and len(live) < 6 and groups:
+                g = rng.choice(groups)
                 full = rng.randint(0, 30)
                 tokens, hashes = full * 4 + rng.randint(0, 3), own(g, rng.randint(0, full))
                 assert fast.cached_prefix_tokens(own(g, 40)) == plain.cached_prefix_tokens(tuple(own(g, 40)))
@@ -180,11 +190,15 @@ def test_exclusive_range_hashes_keep_the_blocks_of_the_same_hashes_as_tuples():
             elif live:
                 g = rng.choice(list(live))
                 del live[g]
-                fast.free(g, own(g, 40))
+                reused = rng.random() < 0.7
+                if not reused:
+                    dead.add(g)
+                fast.free(g, own(g, 40), reused=reused)
                 plain.free(g, tuple(own(g, 40)))
             for attr in ("num_used_blocks", "num_free_blocks", "num_cached_blocks"):
                 assert getattr(fast, attr) == getattr(plain, attr), (seed, attr)
-            assert list(fast._lru.keys()) == list(plain._lru.keys())
+            named = [h for h in plain._lru.keys() if (-h - 1) // 1000 not in dead]
+            assert [h for h in fast._lru.keys() if (-h - 1) // 1000 not in dead] == named
 
 
 def test_mcsf_admits_every_candidate_when_their_peaks_fit_as_admit_prefix_does():

@@ -403,13 +403,14 @@ class InstanceEngine:
             if seq.finish_time_s is None:  # a prefill instance hands the sequence (and its KV) off
                 self.on_first_token(seq, now_s)
                 continue
-            self.kv.free(seq.index, seq.block_hashes)
+            self.kv.free(seq.index, seq.block_hashes, _reused(seq))
             if self.on_finish is not None:
                 self.on_finish(seq, now_s)
 
     def release(self, seq: SeqState) -> None:
-        """Free the KV a handed-off sequence still holds here, and wake the loop if it was idle."""
-        self.kv.free(seq.index, seq.block_hashes)
+        """Free the KV a handed-off sequence still holds here, and wake the loop if it was idle (the
+        sequence does not come back here; a session's next round may)."""
+        self.kv.free(seq.index, seq.block_hashes, _reused(seq))
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
@@ -471,6 +472,12 @@ class LiveInstanceView:
 
     def __repr__(self) -> str:
         return f"Live{self.snapshot()!r}"
+
+
+def _reused(seq: SeqState) -> bool:
+    """Whether a sequence that has finished (or left this instance) leaves blocks others may ask for:
+    not its own blocks, nor a session's last round (:mod:`simulators.serving.prefix`)."""
+    return getattr(seq.block_hashes, "reused", True)
 
 
 def _decode_run_inputs(seqs) -> "tuple[list[int], int] | None":

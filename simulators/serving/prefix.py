@@ -23,6 +23,7 @@ class TraceBlockHashes:
     """Engine-block hashes expanded from coarser trace-block ids (``ratio`` engine blocks per id)."""
 
     __slots__ = ("ids", "ratio", "length")
+    reused = True  # other requests may name these blocks (BlockManager.free)
 
     def __init__(self, ids, trace_block_tokens: int, block_size_tokens: int, num_tokens: int):
         if trace_block_tokens % block_size_tokens:
@@ -66,13 +67,16 @@ class TraceBlockHashes:
 
 
 class SessionBlockHashes(TraceBlockHashes):
-    """Engine-block hashes of a session's token stream (shared by all its rounds)."""
+    """Engine-block hashes of a session's token stream (shared by all its rounds), or of one request's own
+    blocks. ``reused``: a later round will name these blocks (False for a session's last round and for a
+    request's own blocks: once it has finished, nobody asks for them)."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "reused")
 
-    def __init__(self, session: int, num_tokens: int, block_size_tokens: int):
+    def __init__(self, session: int, num_tokens: int, block_size_tokens: int, reused: bool = False):
         self.session = session
         self.length = num_tokens // block_size_tokens
+        self.reused = reused
 
     def _at(self, b: int) -> int:
         return _SESSION_TAG - (self.session << 32) - b

@@ -265,6 +265,8 @@ def _sequences(trace: Trace, block_size_tokens: int, own_blocks: bool = False) -
         for _, group in ordered.sort_values(["session_id", "round"], kind="stable").groupby("session_id", sort=False):
             idx = group["_i"].tolist()
             next_round.update(zip(idx[:-1], idx[1:]))
+        for i in next_round:  # the next round reuses this round's blocks
+            seqs[i].block_hashes.reused = True
     return seqs, next_round
 
 
