@@ -127,9 +127,10 @@ def test_a_run_ending_in_a_finish_hands_on_to_the_next_run_without_the_scheduler
     fast = simulate(trace, _h100_instance(Counting()), mode="fast")
     assert Counting.calls == 3  # idle before the arrivals, the prefill step, idle once all have finished
     runs = fast.timeline["steps"].to_numpy()
-    # one run per finish: outputs 5, 20, 40, 41, 90, 90 after the prefill step's first token end after
-    # 4, 19, 39, 40 and 89 more steps (a long run is priced a chunk at a time, still one event's row)
-    assert list(runs[1:]) == [4, 15, 20, 1, 49]
+    # one run, a row per finish: the prefill step (step 0, every prompt completed) gives each its first
+    # token; outputs 5, 20, 40, 41, 90, 90 end after steps 4, 19, 39, 40 and 89 (a long segment is priced a
+    # chunk at a time, still one row)
+    assert list(runs) == [5, 15, 20, 1, 49]
     slow = simulate(trace, _h100_instance("vllm-v1"), mode="step")
     pd.testing.assert_frame_equal(fast.requests, slow.requests)
 

@@ -121,7 +121,8 @@ class InstanceEngine:
         todo = self._todo_running + self._todo_waiting
         run = self._run
         if run is not None:  # a decode run is under way: the steps done in its segment computed a token each
-            todo -= (run.steps_done(self.env.now) - run.seg_start) * len(run.seqs)
+            done = run.steps_done(self.env.now)
+            todo -= (done - run.seg_start) * len(run.seqs) + (run.extra_tokens if done else 0)
         return todo
 
     def kv_used_blocks(self) -> int:
@@ -227,20 +228,34 @@ class InstanceEngine:
         sequence, preempts nothing and moves no KV over the host link (a swap-in makes its step longer),
         until KV must be reclaimed or a request arrives, and, while requests wait, until a sequence
         finishes (see :class:`_DecodeRun`); with a scheduler that promises this only while nothing waits,
-        only then.
+        only then. A plan that also prefills, when each of its prefills completes its prompt (every
+        running sequence decodes after it) and nothing waits, starts a run too: its first step is that
+        plan, priced as step mode prices it, and the scheduler's promise holds from the second on.
         """
         entries = plan.entries
         if (plan.preempted or plan.swap_tokens or len(entries) != len(self.running)
-                or (self.waiting and not self._runs_while_waiting) or any(n != 1 for _, n in entries)):
+                or (self.waiting and not self._runs_while_waiting)):
             return None
         seqs = [seq for seq, _ in entries]
-        inputs = _decode_run_inputs(seqs)
-        if inputs is None:
-            return None
-        ids, context_sum = inputs
+        first_step_s = extra_tokens = 0
+        if all(n == 1 for _, n in entries):
+            inputs = _decode_run_inputs(seqs)
+            if inputs is None:
+                return None
+            ids, context_sum = inputs
+        else:
+            if self.waiting or self.role == "prefill" or any(
+                    seq.num_computed_tokens + n != seq.prompt_tokens + seq.generated_tokens for seq, n in entries):
+                return None
+            first_step_s = self._step_time_s(plan)
+            ids, context_sum = [seq.index for seq in seqs], 0
+            for seq, n in entries:  # counted as decodes from here (one more token each at step 0's end)
+                seq.num_computed_tokens += n - 1
+                extra_tokens += n - 1
+                context_sum += seq.num_computed_tokens
         if self.check_invariants and len(set(ids)) != len(ids):  # seq.index is unique per request
             self._raise_twice(entries)
-        return _DecodeRun(self, seqs, ids, context_sum)
+        return _DecodeRun(self, seqs, ids, context_sum, first_step_s, extra_tokens)
 
     def _continue_run(self) -> "_DecodeRun | None":
         """The decode run that the scheduler's promise makes the next step, without calling it: called
@@ -301,7 +316,13 @@ class InstanceEngine:
         if not kv.grow_each_to(run.ids, [seq.num_computed_tokens + last + 1 for seq in seqs]):
             raise SimulationInvariantError(
                 f"instance {self.index}: a decode run took more KV blocks than were free")
-        self._todo_running -= steps * n
+        tokens = steps * n + run.extra_tokens  # (the prefill tokens of a first step that prefilled)
+        self._todo_running -= tokens
+        run.extra_tokens = 0
+        if run.seg_start == 0:  # those that had no token yet got their first at the end of step 0
+            for seq in seqs:
+                if seq.first_token_time_s is None:
+                    seq.first_token_time_s = run.ends[0]
         run.seg_start, run.seg_start_s = last + 1, end
         if last == run.next_finish:
             finished = [seq for seq, f in zip(seqs, run.last_steps) if f == last]
@@ -314,7 +335,7 @@ class InstanceEngine:
                 seq.finish_time_s = end
             run.drop(finished)
             self._retire(finished, end)
-        self._end_step(steps * n, n, steps)
+        self._end_step(tokens, n, steps)
 
     def _finish_run(self, run: "_DecodeRun") -> None:
         """The run is over (its last segment ended): the sequences still running take its steps into
@@ -519,21 +540,24 @@ class _DecodeRun:
     """
 
     __slots__ = ("seqs", "ids", "first", "last_steps", "next_finish", "context0", "seg_start", "seg_start_s",
-                 "ends", "crossings", "free_blocks", "limit", "cut")
+                 "ends", "crossings", "free_blocks", "limit", "cut", "extra_tokens")
 
     FIRST_CHUNK = 16  # steps priced when a segment starts; each further chunk doubles, up to MAX_CHUNK
     MAX_CHUNK = 256
 
-    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int):
+    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int, first_step_s: float = 0.0,
+                 extra_tokens: int = 0):
         """``seqs``: the sequences decoded; ``ids``: their indices; ``context_sum``: their computed tokens
-        summed (step 0's KV is allocated)."""
+        summed (step 0's KV is allocated). ``first_step_s``: if step 0 prefills, its duration (then the
+        sequences' counts are as if it decoded, and ``extra_tokens`` its tokens beyond one per sequence)."""
         self.seqs = seqs
         self.ids = ids
         self.first = [held - seq.num_computed_tokens for held, seq in zip(engine.kv.slots_each(ids), seqs)]
         self.last_steps = [seq.output_tokens - seq.generated_tokens - 1 for seq in seqs]
         self.context0 = context_sum
         self.seg_start, self.seg_start_s = 0, engine.clock
-        self.ends = []
+        self.ends = [engine.clock + first_step_s] if first_step_s else []
+        self.extra_tokens = extra_tokens
         self.cut = False
         self.start_segment(engine)  # prices step 0 at least: its KV is allocated
 
