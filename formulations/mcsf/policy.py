@@ -140,7 +140,12 @@ class McsfScheduler:
         memory = kv.num_blocks * bs
         m = len(running)
         run_S = [s.num_tokens + pad for s in running]  # everything is measured from now: P = 0, t' = steps ahead
-        run_E = [self._remaining(s, pad, memory) for s in running]
+        if callable(self.prediction):
+            run_E = [self._remaining(s, pad, memory) for s in running]
+        else:  # _remaining inlined for the oracle (the hot path; running sequences passed its check as candidates)
+            run_E = [max(min(max(int(s.output_tokens if s.predicted_output_tokens is None
+                                     else s.predicted_output_tokens) - s.generated_tokens, 1), memory - S), 1)
+                     for s, S in zip(running, run_S)]
         if self.fcfs:
             order = sorted(waiting, key=lambda s: (s.arrival_time_s, s.index))
         else:

@@ -93,6 +93,9 @@ class InstanceEngine:
         self._runs_while_waiting = stable
         self._wake: simpy.Event | None = None
         self._run: _DecodeRun | None = None
+        # when the next request arrives, if the cluster knows (a run is priced up to it: it may cut it there)
+        self.next_arrival_s: Callable[[], float] = _never
+        self._decode_step_s = 0.0  # the last decode step priced: how many steps reach a time
         # prompt + output - computed tokens, summed over running / waiting sequences (waiting ones as
         # they were queued: the scheduler does not touch a sequence while it waits)
         self._todo_running = 0
@@ -495,6 +498,10 @@ class LiveInstanceView:
         return f"Live{self.snapshot()!r}"
 
 
+def _never() -> float:
+    return float("inf")
+
+
 def _reused(seq: SeqState) -> bool:
     """Whether a sequence that has finished (or left this instance) leaves blocks others may ask for:
     not its own blocks, nor a session's last round (:mod:`simulators.serving.prefix`)."""
@@ -569,8 +576,18 @@ class _DecodeRun:
         self.free_blocks = kv.num_free_blocks - (kv.num_cached_blocks if engine.waiting else 0)
         self.crossings = []
         self.limit = _NO_LIMIT
-        self._price(engine, min(self.next_finish + 1, self.seg_start + self.FIRST_CHUNK))
+        start = len(self.ends)
+        self._price(engine, min(self.next_finish + 1, start + self._chunk(engine, self.FIRST_CHUNK)))
         return len(self.ends) > self.seg_start
+
+    def _chunk(self, engine: InstanceEngine, default: int) -> int:
+        """Steps to price next: up to the next arrival (it may cut the run then) at the last decode step's
+        pace, with a step to spare; ``default`` when no arrival is known ahead."""
+        t = self.ends[-1] if self.ends else self.seg_start_s
+        ahead = engine.next_arrival_s() - t
+        if engine._decode_step_s > 0 and ahead < default * engine._decode_step_s:
+            return max(int(ahead / engine._decode_step_s) + 2, 1)
+        return default
 
     def drop(self, finished: list) -> None:
         """Take ``finished`` sequences out of the run (identity)."""
@@ -587,7 +604,8 @@ class _DecodeRun:
         stop = min(self.limit, self.next_finish + 1)
         if priced >= stop:
             return False
-        self._price(engine, min(stop, priced + min(priced - self.seg_start, self.MAX_CHUNK)))
+        self._price(engine, min(stop, priced + self._chunk(engine, min(max(priced - self.seg_start, self.FIRST_CHUNK),
+                                                                       self.MAX_CHUNK))))
         return len(self.ends) > priced
 
     def _price(self, engine: InstanceEngine, until: int) -> None:
@@ -611,6 +629,8 @@ class _DecodeRun:
         batch = len(self.seqs)
         t = ends[-1] if ends else self.seg_start_s
         ends.extend(engine._decode_ends(t, batch, self.context0 + start * batch, until - start))
+        if len(ends) > start:
+            engine._decode_step_s = ends[-1] - (ends[-2] if len(ends) > 1 else t)
 
     def steps_done(self, now_s: float) -> int:
         """Steps of the run that have ended by ``now_s``, as an arrival at ``now_s`` sees them: arrivals

@@ -169,6 +169,9 @@ class _ServingRun:
         self.block_size_tokens = bs = block.pop()
         # what routers see: every instance (decode ones are not candidates of an entry router), then the
         # decode instances for a hand-off; a request larger than the smallest of them sees those it fits
+        self._next_arrival_s = float("inf")  # of the trace's next request (not of sessions' later rounds)
+        for engine in self.engines:  # decode runs are priced up to it
+            engine.next_arrival_s = self._next_arrival
         self._entry_views = tuple(e.live_view for e in self.engines)
         self._decode_views = tuple(e.live_view for e in self.engines if e.role == "decode")
         self._entry_fits_all = min(cfg.kv_capacity_tokens for cfg in instances)
@@ -185,15 +188,19 @@ class _ServingRun:
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(first_rounds), unit="req", desc="simulating", mininterval=0.5)
-        for seq in first_rounds:
+        for k, seq in enumerate(first_rounds):
             delay = seq.arrival_time_s - env.now
             if delay > 0:
                 yield _urgent_timeout(env, delay)
+            self._next_arrival_s = first_rounds[k + 1].arrival_time_s if k + 1 < len(first_rounds) else float("inf")
             self._dispatch(seq)
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
+
+    def _next_arrival(self) -> float:
+        return self._next_arrival_s
 
     def _dispatch(self, seq: SeqState) -> None:
         views = self._entry_views
