@@ -369,6 +369,20 @@ def _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_
     return swap_in
 
 
+@njit(cache=True)
+def _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n):
+    """The admitted head of instance ``k``'s queue joins its running list and the plan (``n`` tokens);
+    returns the plan's new length."""
+    r = waiting[k, wh[k]]
+    running[k, nrun[k]] = r
+    nrun[k] += 1
+    ent_r[k, ne] = r
+    ent_n[k, ne] = n
+    wh[k] = (wh[k] + 1) % waiting.shape[1]
+    nwait[k] -= 1
+    return ne + 1
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -576,13 +590,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 if _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp,
                           cached_tokens, swapped, sched_s, clock[k], r, k, hit, n, 0) < 0:
                     break
-                running[k, nrun[k]] = r
-                nrun[k] += 1
-                ent_r[k, ne] = r
-                ent_n[k, ne] = n
-                ne += 1
-                wh[k] = (wh[k] + 1) % ring
-                nwait[k] -= 1
+                ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
                 budget -= n
         # running sequences (VllmV1Scheduler: each gets what is left, up to the budget; vLLM V0 and Sarathi
         # decodes: one token), preempting the newest when KV cannot grow (_grow_or_preempt)
@@ -669,13 +677,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 if swap_in < 0:
                     break
                 swap_tokens += swap_in
-                running[k, nrun[k]] = r
-                nrun[k] += 1
-                ent_r[k, ne] = r
-                ent_n[k, ne] = n
-                ne += 1
-                wh[k] = (wh[k] + 1) % ring
-                nwait[k] -= 1
+                ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
                 budget -= n
         nent[k] = ne
         if ne == 0:
