@@ -222,3 +222,39 @@ def test_mcsf_admits_every_candidate_when_their_peaks_fit_as_admit_prefix_does()
         assert admit_prefix(0, np.zeros(m, np.int64), np.array(run_S, np.int64), np.array(run_E, np.int64),
                             cand_S, cand_K, memory) == k
     assert checked > 1000
+
+
+def test_mcsf_keeps_its_queue_order_across_steps_as_sorting_it_every_step_does():
+    """MC-SF keeps the waiting queue sorted across steps when its predictions are fixed per request (the
+    oracle's, read from ``seq.predicted_output_tokens``); with a callable prediction it sorts every step.
+    The same predictions both ways must give the same schedule: on an overloaded instance (a long queue),
+    shortest-first and FCFS, with predictions at the truth and at half of it (preemptions then put
+    sequences back in the queue)."""
+    import pandas as pd
+
+    from formulations.mcsf.policy import McsfScheduler
+    from gpusched.workload import load_trace
+    from simulators.serving import simulate
+    from simulators.serving.routers import RoundRobinRouter
+
+    class Predicting(RoundRobinRouter):
+        """Sets each arriving request's predicted output (the oracle's fixed prediction)."""
+
+        def __init__(self, predict):
+            super().__init__()
+            self.predict = predict
+
+        def route(self, request, instances, now_s):
+            request.predicted_output_tokens = self.predict(request)
+            return super().route(request, instances, now_s)
+
+    trace = load_trace("azure-conv-2023").head(400).scale_rate(16.0)
+    for halved in (False, True):
+        def predict(seq, halved=halved):
+            return max(seq.output_tokens // 2, 1) if halved else seq.output_tokens
+
+        for fcfs in (False, True):
+            kept = simulate(trace, _h100_instance(McsfScheduler(fcfs=fcfs), blocks=900), router=Predicting(predict))
+            every_step = simulate(trace, _h100_instance(McsfScheduler(prediction=predict, fcfs=fcfs), blocks=900))
+            pd.testing.assert_frame_equal(kept.requests, every_step.requests)
+            assert (kept.requests["num_preemptions"].sum() > 0) == halved  # under-estimates run KV short

@@ -8,8 +8,13 @@ sequence that has sampled all its output tokens finishes and frees its KV.
 Invariants checked as it runs (``check_invariants=True``): KV blocks in use never exceed capacity,
 a sequence's computed tokens never exceed its length nor the KV slots it holds, and a plan never
 schedules a sequence twice. Violations raise :class:`SimulationInvariantError`. The checks ride along
-the passes that account a step (no pass of their own); a decode run is checked once at its end, on
-every sequence, against the KV the block manager reports (see :meth:`InstanceEngine._finish_run`).
+the passes that account a step (no pass of their own); a decode run is checked at the end of each of
+its segments: the KV its sequences grew into was free, and a sequence that finishes has generated
+exactly its output (see :meth:`InstanceEngine._end_segment`).
+
+Fast mode advances runs of decode steps in a few events (:class:`_DecodeRun`) when the scheduler
+promises what its next plans are (:class:`gpusched.policy.BatchScheduler`); step mode schedules every
+step, and is the reference the fast modes are tested against.
 """
 from __future__ import annotations
 
@@ -240,13 +245,13 @@ class InstanceEngine:
                 or (self.waiting and not self._runs_while_waiting)):
             return None
         seqs = [seq for seq, _ in entries]
-        first_step_s = extra_tokens = 0
+        first_step_s, extra_tokens = None, 0
         if all(n == 1 for _, n in entries):
             inputs = _decode_run_inputs(seqs)
             if inputs is None:
                 return None
             ids, context_sum = inputs
-        else:
+        else:  # (the same check as _decode_run_inputs, after step 0)
             if self.waiting or self.role == "prefill" or any(
                     seq.num_computed_tokens + n != seq.prompt_tokens + seq.generated_tokens for seq, n in entries):
                 return None
@@ -256,8 +261,12 @@ class InstanceEngine:
                 seq.num_computed_tokens += n - 1
                 extra_tokens += n - 1
                 context_sum += seq.num_computed_tokens
-        if self.check_invariants and len(set(ids)) != len(ids):  # seq.index is unique per request
-            self._raise_twice(entries)
+        if self.check_invariants:  # as _complete checks a step: each scheduled once, within the KV it holds
+            if len(set(ids)) != len(ids):  # seq.index is unique per request
+                self._raise_twice(entries)
+            for seq, held in zip(seqs, self.kv.tokens_each(ids)):
+                if held < seq.num_computed_tokens + 1:
+                    self._raise_kv_short(seq, held)
         return _DecodeRun(self, seqs, ids, context_sum, first_step_s, extra_tokens)
 
     def _continue_run(self) -> "_DecodeRun | None":
@@ -552,8 +561,8 @@ class _DecodeRun:
     FIRST_CHUNK = 16  # steps priced when a segment starts; each further chunk doubles, up to MAX_CHUNK
     MAX_CHUNK = 256
 
-    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int, first_step_s: float = 0.0,
-                 extra_tokens: int = 0):
+    def __init__(self, engine: InstanceEngine, seqs: list, ids: list, context_sum: int,
+                 first_step_s: float | None = None, extra_tokens: int = 0):
         """``seqs``: the sequences decoded; ``ids``: their indices; ``context_sum``: their computed tokens
         summed (step 0's KV is allocated). ``first_step_s``: if step 0 prefills, its duration (then the
         sequences' counts are as if it decoded, and ``extra_tokens`` its tokens beyond one per sequence)."""
@@ -563,7 +572,7 @@ class _DecodeRun:
         self.last_steps = [seq.output_tokens - seq.generated_tokens - 1 for seq in seqs]
         self.context0 = context_sum
         self.seg_start, self.seg_start_s = 0, engine.clock
-        self.ends = [engine.clock + first_step_s] if first_step_s else []
+        self.ends = [] if first_step_s is None else [engine.clock + first_step_s]
         self.extra_tokens = extra_tokens
         self.cut = False
         self.start_segment(engine)  # prices step 0 at least: its KV is allocated
