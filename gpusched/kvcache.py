@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import repeat, takewhile
 
 from gpusched.errors import ConfigError, DoesNotFitError, KVCacheOverflowError, UnknownNameError
 
@@ -283,6 +283,8 @@ class BlockManager:
         ``get_computed_blocks``).
         """
         ref, lru = self._ref, self._lru.keys()  # a dict view: a C-level ``in``
+        if not ref:  # no shared block in use (only exclusive ones, if any): resident means cached, in C
+            return len(list(takewhile(lru.__contains__, block_hashes))) * self.block_size_tokens
         hit = 0
         for h in block_hashes:
             if h in ref or h in lru:
@@ -393,7 +395,8 @@ class BlockManager:
         lru = self._lru
         fresh = total
         if resident:  # pinned (in use) before room is made, so that eviction cannot take them
-            revived = [h for h in hashes if h in lru]
+            cached = lru.keys()  # (a dict view: a C-level ``in``)
+            revived = [h for h in hashes if h in cached]
             lru.discard(revived)
             self._private += len(revived)
             fresh -= len(revived)
@@ -686,7 +689,7 @@ class _CachedBlocks:
         for h in hashes:
             pop(h)[1] -= 1
         self._stale += len(hashes)
-        if self._stale > len(self._batch_of) + 1024:
+        if self._stale > len(self) + 1024:  # (unnamed blocks count: rebuilding skips them cheaply)
             self._compact()
 
     def clear(self) -> None:
