@@ -97,11 +97,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     link : the prefill -> decode link; a hand-off takes ``prompt KV bytes / bandwidth + latency`` during
         which the prefill instance still holds the KV.
     mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
-        identical decode steps in one event; ``fast`` (default) runs the compiled engine of
-        :mod:`simulators.compiled` when it covers the configuration (colocated vLLM V1-like instances
-        with an H100-format profile behind a router given by name, no shared prefixes or sessions) and
-        ``simpy`` otherwise. All three give identical per-request results (``result.engine`` says which
-        ran).
+        decode steps in a few events; ``fast`` (default) runs the compiled engine of
+        :mod:`simulators.compiled` when it covers the configuration (colocated ``vllm-v1``, ``vllm-v0`` or
+        ``sarathi`` instances with an H100-format profile behind a router given by name, without
+        sessions; :func:`simulators.compiled.driver.unsupported_reason` says why not) and ``simpy``
+        otherwise. All three give identical per-request results (``result.engine`` says which ran).
     hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
         own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
         request then finds the blocks it left in the cache and recomputes only what was evicted (vLLM V1
@@ -112,10 +112,10 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     a cluster of unequal instances no request is sent where it can never run.
 
     Multi-round sessions (``session_id``/``round``/``think_time_s`` columns) release round r+1 a think
-    time after round r finishes, and not before its own ``arrival_time_s`` (a lower bound); its prompt (the history) finds its KV cached on the instance that
-    served round r if it is still resident, and only the new tokens are prefilled. Prefix hashes of the
-    trace (Mooncake) are reused the same way. Both need a scheduler with prefix caching (vLLM V1's
-    default).
+    time after round r finishes, and not before its own ``arrival_time_s`` (a lower bound); its prompt
+    (the history) finds its KV cached on the instance that served round r if it is still resident, and
+    only the new tokens are prefilled. Prefix hashes of the trace (Mooncake) are reused the same way.
+    Both need a scheduler with prefix caching (vLLM V1's default).
 
     Refuses, before running, a configuration that cannot serve the trace: a request whose KV exceeds
     the capacity of every instance that takes new requests (or, disaggregated, of every decode
