@@ -591,11 +591,12 @@ class _DecodeRun:
 
     def _chunk(self, engine: InstanceEngine, default: int) -> int:
         """Steps to price next: up to the next arrival (it may cut the run then) at the last decode step's
-        pace, with a step to spare; ``default`` when no arrival is known ahead."""
+        pace, with a tenth and a few steps to spare (steps lengthen as contexts grow: an extra chunk costs
+        an event); ``default`` when no arrival is known ahead."""
         t = self.ends[-1] if self.ends else self.seg_start_s
         ahead = engine.next_arrival_s() - t
-        if engine._decode_step_s > 0 and ahead < default * engine._decode_step_s:
-            return max(int(ahead / engine._decode_step_s) + 2, 1)
+        if engine._decode_step_s > 0 and ahead < self.MAX_CHUNK * engine._decode_step_s:
+            return max(int(1.1 * ahead / engine._decode_step_s) + 4, 1)
         return default
 
     def drop(self, finished: list) -> None:
