@@ -189,12 +189,31 @@ def test_bad_input_is_refused_as_on_the_simpy_engine():
 
 
 def test_arrival_event_times_follow_the_simpy_clock():
-    # SimPy adds each delay to its clock: 0.2 + (0.9 - 0.2) is 0.8999999999999999, not 0.9 (IEEE doubles),
-    # and a request listed out of order arrives at the clock's current time
-    times = arrival_event_times([0.2, 0.9, 0.5, 1.0])
-    second = 0.2 + (0.9 - 0.2)
-    assert second == 0.8999999999999999
-    assert times.tolist() == [0.2, second, second, second + (1.0 - second)]
+    # the SimPy engine waits until an arrival time exactly (0.2 + (0.9 - 0.2) would be 0.8999999999999999 in
+    # IEEE doubles), and a request listed out of order arrives at the clock's current time
+    assert 0.2 + (0.9 - 0.2) == 0.8999999999999999
+    assert arrival_event_times([0.2, 0.9, 0.5, 1.0]).tolist() == [0.2, 0.9, 0.9, 1.0]
+
+
+def test_the_simpy_clock_reads_every_engine_time_exactly():
+    """wait_until lands on the time itself, also from far back (where now + (t - now) can miss it)."""
+    import simpy
+
+    from simulators.serving.instance import wait_until
+
+    env = simpy.Environment()
+    seen = []
+
+    def waits(times):
+        for t, urgent in times:
+            yield from wait_until(env, t, urgent)
+            seen.append(env.now)
+
+    times = [(1e-9, False), (0.2, True), (0.9, False), (0.9, False), (12.345678901234567, True), (1e6 / 3, False)]
+    env.process(waits(times))
+    env.run()
+    assert seen == [t for t, _ in times]
+    assert 0.2 + (0.9 - 0.2) != 0.9  # what a single wait from 0.2 would have read
 
 
 def test_an_empty_trace_gives_an_empty_result():

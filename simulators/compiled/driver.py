@@ -82,16 +82,9 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
 
 
 def arrival_event_times(arrival_time_s) -> np.ndarray:
-    """When each request reaches the instances on the SimPy clock: the arrival process waits
-    ``arrival - now`` from the previous arrival's event time, and SimPy adds that delay to its clock,
-    which can differ from the arrival time in the last bit (steps see requests by this clock)."""
-    now, out = 0.0, []
-    for a in arrival_time_s:
-        delay = a - now
-        if delay > 0:
-            now = now + delay
-        out.append(now)
-    return np.array(out, dtype=float)
+    """When each request reaches the instances on the SimPy clock: at its arrival time exactly
+    (:func:`simulators.serving.instance.wait_until`), or at once when it is listed after a later one."""
+    return np.maximum.accumulate(np.asarray(arrival_time_s, dtype=float)) if len(arrival_time_s) else np.zeros(0)
 
 
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,

@@ -715,7 +715,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
         end = clock[k] + dt
         step_end[k] = end
-        event_s[k] = now + _pmax(end - now, 0.0)  # SimPy schedules the timeout on its own clock
+        event_s[k] = _pmax(now, end)  # (serving.instance.wait_until: SimPy's clock reaches the exact end)
         busy[k] = True
     counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
     return OK, -1, timeline

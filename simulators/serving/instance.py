@@ -23,6 +23,7 @@ from collections import deque
 from typing import Callable
 
 import simpy
+from simpy.core import URGENT
 
 from gpusched.errors import ConfigError, GpuschedError
 from gpusched.kvcache import BlockManager
@@ -177,7 +178,7 @@ class InstanceEngine:
             everyone = not plan.preempted and len(plan.entries) == len(self.running)
             start = self.clock
             end = start + self._step_time_s(plan)
-            yield env.timeout(max(end - env.now, 0.0))
+            yield from wait_until(env, end)
             self._account(plan.entries, end, start, plan.num_tokens, len(plan.entries), 1)
             if everyone and self._runs:
                 run = self._continue_run()
@@ -294,7 +295,7 @@ class InstanceEngine:
         ends = run.ends
         while True:
             try:
-                yield env.timeout(max(ends[-1] - env.now, 0.0))
+                yield from wait_until(env, ends[-1])
             except simpy.Interrupt:  # the step in flight is the last
                 del ends[run.steps_done(env.now) + 1:]
                 continue
@@ -505,6 +506,32 @@ class LiveInstanceView:
 
     def __repr__(self) -> str:
         return f"Live{self.snapshot()!r}"
+
+
+def wait_until(env: simpy.Environment, at_s: float, urgent: bool = False):
+    """Wait (``yield from``) until SimPy's clock reads exactly ``at_s``, or one event if it is past.
+
+    SimPy adds a delay to its clock, and ``now + (at_s - now)`` is exactly ``at_s`` when ``now >= at_s / 2``
+    (the subtraction is then exact, by Sterbenz's lemma); from further back a first wait to about three
+    quarters of the way gets there. So every engine time (a step's end, an arrival) is exactly an event
+    time, whatever chain of waits led to it: fast and step modes wait in different chunks and must see
+    the same clock, which also starts session rounds and hand-offs. ``urgent``: processed before every
+    NORMAL event at the same time (SimPy's Timeout has no priority): arrivals use it, so that a step
+    starting at the arrival time already sees the request.
+    """
+    now = env.now
+    if 0 < now < at_s / 2:
+        yield _timeout(env, 0.75 * at_s - now, urgent)
+    yield _timeout(env, max(at_s - env.now, 0.0), urgent)
+
+
+def _timeout(env: simpy.Environment, delay_s: float, urgent: bool) -> simpy.Event:
+    if not urgent:
+        return env.timeout(delay_s)
+    event = simpy.Event(env)
+    event._ok, event._value = True, None  # a pre-triggered event, as simpy.Timeout builds itself
+    env.schedule(event, URGENT, delay_s)
+    return event
 
 
 def _never() -> float:

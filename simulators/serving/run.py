@@ -15,7 +15,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import simpy
-from simpy.core import URGENT
 
 from gpusched.cluster import DEFAULT_LINK
 from gpusched.errors import ConfigError
@@ -26,7 +25,7 @@ from gpusched.policy import BatchScheduler, Router, SeqState
 from gpusched.registry import BuildContext
 from gpusched.workload import Trace
 from simulators.compiled import driver as compiled
-from simulators.serving.instance import InstanceEngine
+from simulators.serving.instance import InstanceEngine, wait_until
 from simulators.serving.prefix import SessionBlockHashes, TraceBlockHashes
 from simulators.serving.results import SimResult
 from simulators.serving.routers import make_router
@@ -189,9 +188,8 @@ class _ServingRun:
             from tqdm import tqdm
             bar = tqdm(total=len(first_rounds), unit="req", desc="simulating", mininterval=0.5)
         for k, seq in enumerate(first_rounds):
-            delay = seq.arrival_time_s - env.now
-            if delay > 0:
-                yield _urgent_timeout(env, delay)
+            if seq.arrival_time_s > env.now:
+                yield from wait_until(env, seq.arrival_time_s, urgent=True)
             self._next_arrival_s = first_rounds[k + 1].arrival_time_s if k + 1 < len(first_rounds) else float("inf")
             self._dispatch(seq)
             if bar is not None:
@@ -217,9 +215,8 @@ class _ServingRun:
     def _release_round(self, seq: SeqState, previous_finish_s: float):
         # the trace's arrival time of a later round is a lower bound (gpusched.synthetic.agent_sessions)
         seq.arrival_time_s = max(seq.arrival_time_s, previous_finish_s + seq.extra["think_time_s"])
-        delay = seq.arrival_time_s - self.env.now
-        if delay > 0:
-            yield _urgent_timeout(self.env, delay)
+        if seq.arrival_time_s > self.env.now:
+            yield from wait_until(self.env, seq.arrival_time_s, urgent=True)
         self._dispatch(seq)
 
     def _hand_off(self, seq: SeqState, now_s: float) -> None:
@@ -275,18 +272,6 @@ def _sequences(trace: Trace, block_size_tokens: int, own_blocks: bool = False) -
         for i in next_round:  # the next round reuses this round's blocks
             seqs[i].block_hashes.reused = True
     return seqs, next_round
-
-
-def _urgent_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
-    """A timeout processed before every NORMAL event at the same time (SimPy's Timeout has no priority).
-
-    Arrivals use it so that a step starting at the arrival time already sees the request, whatever
-    the order in which the two events were created: this keeps step and fast modes identical.
-    """
-    event = simpy.Event(env)
-    event._ok, event._value = True, None  # a pre-triggered event, as simpy.Timeout builds itself
-    env.schedule(event, URGENT, delay_s)
-    return event
 
 
 def _check_roles(instances: list[InstanceConfig]) -> None:
