@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="fast", choices=["fast", "simpy", "step"])
     p.add_argument("--baseline", default="auto", choices=["auto", "fast", "simpy", "step", "none"],
                    help="also time vllm-v1 on one instance in this mode, once, in the same process (auto: the "
-                        "compiled engine, or simpy when the configuration is that one)")
+                        "compiled engine, or simpy when the configuration itself ran compiled)")
     p.add_argument("--trace", default="azure-conv-2023", help="bundled trace name or a trace file")
     p.add_argument("--scheduler", "--policy", default="vllm-v1", help="any registered scheduler name")
     p.add_argument("--preemption", default=None, choices=["recompute", "swap"])
