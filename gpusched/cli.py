@@ -414,7 +414,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Simulator speed on the bundled Azure conversation trace: requests per wall-second."""
     from simulators.serving.bench import run_bench
 
-    run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline)
+    run_bench(repeats=args.repeats, mode=args.mode, baseline=None if args.baseline == "none" else args.baseline,
+              trace_name=args.trace, scheduler=args.scheduler, preemption=args.preemption,
+              disaggregated=args.disaggregated, sessions=args.sessions, rate=args.rate)
     return 0
 
 
@@ -583,14 +585,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate_vllm)
 
     p = sub.add_parser("bench", formatter_class=formatter,
-                       help="simulator speed: requests per wall-second on the Azure trace",
-                       description="Time the simulator on the bundled Azure conversation trace (19,366 requests).")
+                       help="simulator speed: requests per wall-second on a trace",
+                       description="Time the simulator on a trace (default: the bundled Azure conversation trace, "
+                                   "19,366 requests) in a chosen configuration, and a baseline in the same process.")
     _add(p, "--repeats", default=[1, 10], type=_tokens(1, "repetition counts"),
          help="trace repetitions to time, e.g. 1,10 (each >= 1)")
     _add(p, "--mode", default="fast", type=_named("mode", ["fast", "simpy", "step"]),
          help="engine mode to time: fast, simpy or step")
-    _add(p, "--baseline", default="simpy", type=_named("baseline", ["simpy", "step", "none"]),
-         help="simpy, step or none: also time this mode on the trace once, in the same process, and print the ratio")
+    _add(p, "--baseline", default="auto", type=_named("baseline", ["auto", "fast", "simpy", "step", "none"]),
+         help="also time vllm-v1 on one instance in this mode, once, in the same process, and print the ratio "
+              "(auto: the compiled engine, or simpy when the configuration itself ran compiled)")
+    _add(p, "--trace", default="azure-conv-2023", type=_named("trace", _traces(), paths="any"),
+         help="bundled trace or a trace file")
+    _add(p, "--scheduler", "--policy", default="vllm-v1", type=_named("scheduler", _policy_names("scheduler")),
+         help="any registered scheduler")
+    _add(p, "--preemption", default=None, type=_named("preemption", ["recompute", "swap"]), show_default=False,
+         help="recompute or swap (the scheduler's own default otherwise)")
+    p.add_argument("--disaggregated", action="store_true", help="1 prefill + 1 decode instance")
+    p.add_argument("--sessions", action="store_true", help="multi-round sessions built from the trace's lengths")
+    _add(p, "--rate", default=1.0, type=_float_in(0, 1e6, "the rate factor"),
+         help="arrival-rate factor, e.g. 8 for an overload")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("policies", formatter_class=formatter,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import repeat, takewhile
 
 from gpusched.errors import ConfigError, DoesNotFitError, KVCacheOverflowError, UnknownNameError
 
@@ -183,6 +183,13 @@ class BlockManager:
     returned; the remaining hashed blocks are filled fresh and become shareable. The partial last block
     and blocks added by :meth:`extend` are private. The caller decides how many tokens to recompute
     (an engine must still compute at least the prompt's last token even on a full hit).
+
+    Hashes given as a ``range`` are *exclusive*: no other live sequence of this manager names any of
+    them (a request's own blocks, a session's history: its rounds never run at the same time). Such a
+    sequence's blocks are not entered in the table of shared blocks while it holds them (they cannot be
+    shared), only in the cache when it frees them, which saves a dictionary entry per block and per
+    sequence; the blocks taken, hit, cached and evicted are exactly those of the same hashes given as a
+    tuple.
     """
 
     __slots__ = ("num_blocks", "block_size_tokens", "_seqs", "_ref", "_lru", "_private",
@@ -191,11 +198,11 @@ class BlockManager:
     def __init__(self, num_blocks: int, block_size_tokens: int = 16):
         self.num_blocks = _pos_int("BlockManager", "num_blocks", num_blocks)
         self.block_size_tokens = _pos_int("BlockManager", "block_size_tokens", block_size_tokens)
-        # seq_id -> [num_tokens, num_private_blocks, hashes (tuple), num_hashed_blocks]
+        # seq_id -> [num_tokens, num_private_blocks, hashes (tuple, or range if exclusive), num_hashed_blocks]
         self._seqs: dict = {}
-        self._ref: dict = {}  # hash -> refcount (>= 1) of hashed blocks in use
+        self._ref: dict = {}  # hash -> refcount (>= 1) of shared hashed blocks in use
         self._lru = _CachedBlocks()  # unreferenced cached blocks, oldest first
-        self._private = 0  # private blocks in use
+        self._private = 0  # blocks in use not in _ref: private ones and those of exclusive hashes
         self.prefix_query_tokens = 0  # tokens offered for prefix matching (full hashed blocks)
         self.prefix_hit_tokens = 0  # of which found cached
 
@@ -244,6 +251,16 @@ class BlockManager:
                 self._get(i)
             raise
 
+    def slots_each(self, seq_ids) -> list[int]:
+        """Token slots of the blocks each sequence of ``seq_ids`` holds (filled or not), in one call."""
+        seqs, bs = self._seqs, self.block_size_tokens
+        try:
+            return [(rec[1] + rec[3]) * bs for rec in map(seqs.__getitem__, seq_ids)]
+        except KeyError:
+            for i in seq_ids:
+                self._get(i)
+            raise
+
     def free_slots_each(self, seq_ids) -> list[int]:
         """:meth:`free_slots_of` of every sequence of ``seq_ids``, in one call (token slots)."""
         seqs, bs = self._seqs, self.block_size_tokens
@@ -266,6 +283,8 @@ class BlockManager:
         ``get_computed_blocks``).
         """
         ref, lru = self._ref, self._lru.keys()  # a dict view: a C-level ``in``
+        if not ref:  # no shared block in use (only exclusive ones, if any): resident means cached, in C
+            return len(list(takewhile(lru.__contains__, block_hashes))) * self.block_size_tokens
         hit = 0
         for h in block_hashes:
             if h in ref or h in lru:
@@ -295,12 +314,16 @@ class BlockManager:
         total = -(-num_tokens // bs)
         if not block_hashes:
             return total, 0, (), total, False
-        hashes = tuple(block_hashes)
+        hashes = block_hashes if type(block_hashes) is range else tuple(block_hashes)
         if len(hashes) > num_tokens // bs:
             raise ConfigError(
                 f"BlockManager: {len(hashes)} block hashes for {num_tokens} tokens, but only "
                 f"{num_tokens // bs} full blocks of {bs} tokens; give one hash per full block")
         private = total - len(hashes)
+        if type(hashes) is range:  # exclusive: none is in use, every one takes a block from the free pool
+            if self._lru.keys().isdisjoint(hashes):
+                return total, 0, hashes, total, False
+            return total, self.cached_prefix_tokens(hashes) // bs, hashes, total, True
         ref = self._ref
         if ref.keys().isdisjoint(hashes) and self._lru.keys().isdisjoint(hashes):  # the common case
             return len(set(hashes)) + private, 0, hashes, total, False
@@ -344,6 +367,8 @@ class BlockManager:
         need, hit, hashes, total, resident = self._plan(num_tokens, block_hashes)
         if need > self.num_free_blocks:
             return None
+        if type(hashes) is range:
+            return self._allocate_exclusive(seq_id, num_tokens, hashes, total, hit, resident)
         new = self._pin_resident(hashes) if resident else hashes
         private = total - len(hashes)
         # One eviction for all fresh blocks: evicting the oldest cached blocks one new block at a time
@@ -358,6 +383,26 @@ class BlockManager:
                 ref[h] = ref.get(h, 0) + 1
         self._private += private
         self._seqs[seq_id] = [num_tokens, private, hashes, len(hashes)]
+        bs = self.block_size_tokens
+        self.prefix_query_tokens += len(hashes) * bs
+        self.prefix_hit_tokens += hit * bs
+        return hit * bs
+
+    def _allocate_exclusive(self, seq_id, num_tokens: int, hashes: range, total: int, hit: int,
+                            resident: bool) -> int:
+        """:meth:`allocate_if_free` with exclusive hashes (the caller checked the free blocks): the cached
+        ones among them leave the cache, the others and the private tail are filled fresh."""
+        lru = self._lru
+        fresh = total
+        if resident:  # pinned (in use) before room is made, so that eviction cannot take them
+            cached = lru.keys()  # (a dict view: a C-level ``in``)
+            revived = [h for h in hashes if h in cached]
+            lru.discard(revived)
+            self._private += len(revived)
+            fresh -= len(revived)
+        self._make_room(fresh)
+        self._private += fresh
+        self._seqs[seq_id] = [num_tokens, total - len(hashes), hashes, len(hashes)]
         bs = self.block_size_tokens
         self.prefix_query_tokens += len(hashes) * bs
         self.prefix_hit_tokens += hit * bs
@@ -517,7 +562,7 @@ class BlockManager:
         rec = self._get(seq_id)
         return (rec[1] + rec[3]) * self.block_size_tokens - rec[0]
 
-    def free(self, seq_id, block_hashes=None) -> None:
+    def free(self, seq_id, block_hashes=None, reused: bool = True) -> None:
         """Release a sequence. Its private blocks become empty; its hashed blocks whose refcount drops to
         zero join the cached LRU (tail blocks first, so a prompt's tail is evicted before its head).
 
@@ -526,6 +571,10 @@ class BlockManager:
         cached blocks under those hashes instead of being emptied, so that a later request with the same
         prefix (the next round of a conversation) finds them. Pass one hash per full block from the
         start of the sequence; hashes already resident are not duplicated.
+
+        ``reused=False`` says that no sequence will ever name these blocks again (a finished request's
+        own blocks): with exclusive hashes, the blocks join the cache unnamed, taking their place in the
+        eviction order as named ones would but costing no dictionary entries.
         """
         try:
             tokens, private, hashes, _ = self._seqs.pop(seq_id)
@@ -539,7 +588,13 @@ class BlockManager:
             private -= len(cached)
             self._private -= len(cached)
         self._private -= private
-        if hashes:
+        if type(hashes) is range:  # exclusive: not in _ref, all become cached
+            self._private -= len(hashes)
+            if not reused:
+                self._lru.add_unnamed(len(cached) + len(hashes))
+                return
+            cached += tuple(hashes[::-1])
+        elif hashes:
             counts = list(map(ref.__getitem__, hashes))
             if max(counts) == 1:  # no other holder and no repeat (the common case): all become cached
                 for h in hashes:
@@ -561,9 +616,13 @@ class BlockManager:
         """Hashes, tail first, under which a freed sequence's private blocks stay cached: those of ``later``
         (its full blocks past the hashed prefix) not resident yet, at most ``private`` of them."""
         ref, lru = self._ref, self._lru.keys()
+        if type(later) is range:  # exclusive: none is in use
+            if lru.isdisjoint(later):  # none resident yet (the common case)
+                return tuple(later[::-1][:private])
+            return tuple(h for h in reversed(later) if h not in lru)[:private]
         later = tuple(later)
-        if ref.keys().isdisjoint(later) and lru.isdisjoint(later):
-            keep = tuple(dict.fromkeys(reversed(later)))  # none resident yet (the common case)
+        if ref.keys().isdisjoint(later) and lru.isdisjoint(later):  # none resident yet (the common case)
+            keep = tuple(dict.fromkeys(reversed(later)))
         else:
             keep = tuple(dict.fromkeys(h for h in reversed(later) if h not in ref and h not in lru))
         return keep[:private]  # only as many as the sequence's own blocks
@@ -588,18 +647,22 @@ class _CachedBlocks:
     A block taken out of the middle (a prefix hit pins it again) only leaves the dict; its stale entry
     in its batch is skipped when eviction reaches it, and the batches are rebuilt once stale entries
     outnumber cached blocks by 1024 (so memory stays proportional to the pool).
+
+    Unnamed blocks (:meth:`add_unnamed`: blocks nobody will ask for again) are a batch of ``None`` with
+    a count: they are evicted in their turn, a count at a time.
     """
 
-    __slots__ = ("_batch_of", "_batches", "_head", "_stale")
+    __slots__ = ("_batch_of", "_batches", "_head", "_stale", "_unnamed")
 
     def __init__(self):
         self._batch_of: dict = {}  # hash -> its batch: [hashes oldest first, how many still cached]
         self._batches: deque = deque()  # oldest first
         self._head = 0  # entries at the start of the oldest batch already evicted
         self._stale = 0  # entries past the head that are no longer cached here
+        self._unnamed = 0  # cached blocks in unnamed batches
 
     def __len__(self) -> int:
-        return len(self._batch_of)
+        return len(self._batch_of) + self._unnamed
 
     def __contains__(self, block_hash) -> bool:
         return block_hash in self._batch_of
@@ -614,32 +677,47 @@ class _CachedBlocks:
             self._batches.append(batch)
             self._batch_of.update(zip(hashes, repeat(batch)))
 
+    def add_unnamed(self, n: int) -> None:
+        """Cache ``n`` blocks as the newest, with no hash: they can only be evicted."""
+        if n:
+            self._batches.append([None, n])
+            self._unnamed += n
+
     def discard(self, hashes) -> None:
         """Take these cached blocks (distinct) out of the pool."""
         pop = self._batch_of.pop
         for h in hashes:
             pop(h)[1] -= 1
         self._stale += len(hashes)
-        if self._stale > len(self._batch_of) + 1024:
+        if self._stale > len(self) + 1024:  # (unnamed blocks count: rebuilding skips them cheaply)
             self._compact()
 
     def clear(self) -> None:
         self._batch_of.clear()
         self._batches.clear()
-        self._head = self._stale = 0
+        self._head = self._stale = self._unnamed = 0
 
     def evict(self, n: int) -> None:
         """Drop the ``n`` oldest blocks (all of them if ``n`` >= the pool)."""
-        if n >= len(self._batch_of):
+        if n >= len(self):
             self.clear()
             return
+        batches = self._batches
         while n > 0:
-            batch = self._batches[0]
+            batch = batches[0]
+            if batch[0] is None:  # unnamed: a count
+                k = min(n, batch[1])
+                batch[1] -= k
+                self._unnamed -= k
+                n -= k
+                if not batch[1]:
+                    batches.popleft()
+                continue
             cached = batch[1]
             self._evict_from_oldest(batch, n)
             n -= cached - batch[1]
             if self._head == len(batch[0]):  # the oldest batch is used up
-                self._batches.popleft()
+                batches.popleft()
                 self._head = 0
 
     def _evict_from_oldest(self, batch: list, n: int) -> None:
@@ -647,8 +725,7 @@ class _CachedBlocks:
         hashes, batch_of, start = batch[0], self._batch_of, self._head
         if batch[1] == len(hashes) - start:  # no stale entry in what is left of it: drop a slice
             end = min(start + n, len(hashes))
-            for h in hashes[start:end]:
-                del batch_of[h]
+            deque(map(batch_of.__delitem__, hashes[start:end]), maxlen=0)  # del each, in C
             batch[1] -= end - start
         else:
             end = start
@@ -664,11 +741,23 @@ class _CachedBlocks:
         self._head = end
 
     def _compact(self) -> None:
-        """Rebuild the batches as one, without stale entries (same order)."""
+        """Rebuild the named batches between unnamed ones as one each, without stale entries (same order)."""
         batch_of, head = self._batch_of, self._head
-        order = []
+        runs, order = [], []  # tuples of named hashes and unnamed counts, oldest first
         for batch in self._batches:
-            order.extend(h for h in batch[0][head:] if batch_of.get(h) is batch)
+            if batch[0] is None:
+                if order:
+                    runs.append(tuple(order))
+                    order = []
+                runs.append(batch[1])
+            else:
+                order.extend(h for h in batch[0][head:] if batch_of.get(h) is batch)
             head = 0
+        if order:
+            runs.append(tuple(order))
         self.clear()
-        self.add(tuple(order))
+        for run in runs:
+            if type(run) is int:
+                self.add_unnamed(run)
+            else:
+                self.add(run)

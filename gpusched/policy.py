@@ -117,9 +117,17 @@ class BatchScheduler(Protocol):
       ``generated_tokens >= 1``), its next plan decodes all of them, one token each, in ``running``
       order, preempting nothing, whenever KV for that token of each is free.
 
+    A scheduler that keeps only the second promise (its admissions depend on more than the queue and
+    the free KV, e.g. a feasibility check that changes every step) declares
+    ``decode_runs_when_queue_empty = True`` instead: engines then advance runs only while nothing waits.
+
     Engines then advance such runs in one event (fast mode) and, in the second case, grow the KV
     themselves (``BlockManager.grow_each_to``) instead of calling ``schedule``: the scheduler must not
-    rely on being called at every step. Without the attribute every step is scheduled one by one.
+    rely on being called at every step. Without either attribute every step is scheduled one by one.
+
+    ``kv`` may hold blocks of sequences that are in neither list: on the prefill instance of a
+    prefill/decode pair, a sequence being handed over keeps its KV until the transfer ends. Check what
+    is free (``kv.num_free_blocks``, ``kv.allocate_if_free``) rather than infer it from ``running``.
     """
 
     name: str
@@ -147,7 +155,14 @@ class InstanceView:
 
 @runtime_checkable
 class Router(Protocol):
-    """Picks the instance for an arriving request; returns an index into ``instances``."""
+    """Picks the instance for an arriving request: returns the ``index`` of one of ``instances``.
+
+    ``instances`` is a sequence of :class:`InstanceView` or of objects with the same attributes that
+    read the instance when asked (the serving engine passes such live views, so that a router that reads
+    nothing costs nothing); they are valid during the call. Engines may offer a subset of the cluster
+    (the decode instances for a hand-off, the instances whose KV holds the request), so return the chosen
+    view's ``index``, not its position.
+    """
 
     name: str
 

@@ -11,14 +11,20 @@ from gpusched.profiles import Grid2D
 
 
 def test_cached_blocks_follow_an_lru_ordered_dict():
-    """Batches in, prefix hits out of the middle, bulk eviction, clears: same blocks as an OrderedDict
-    LRU after every operation (including the rebuild once stale entries pile up)."""
+    """Batches in (named, or unnamed: counted only), prefix hits out of the middle, bulk eviction, clears:
+    same blocks as an OrderedDict LRU after every operation (including the rebuild once stale entries pile
+    up). Unnamed blocks are negative keys of the reference, which the pool does not list."""
     rng = random.Random(7)
     pool, ref = _CachedBlocks(), OrderedDict()
     next_hash = 0
     for _ in range(20000):
         op = rng.random()
-        if op < 0.4:
+        if op < 0.08:
+            k = rng.randint(0, 12)
+            pool.add_unnamed(k)
+            ref.update(dict.fromkeys(range(-next_hash - 1, -next_hash - 1 - k, -1)))
+            next_hash += k
+        elif op < 0.4:
             k = rng.randint(0, 12)
             back = tuple(h for h in rng.sample(range(next_hash), min(3, next_hash)) if h not in ref)
             fresh = tuple(range(next_hash, next_hash + k))
@@ -26,8 +32,8 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             batch = fresh + back  # newly cached blocks and blocks that were cached before
             pool.add(batch)
             ref.update(dict.fromkeys(batch))
-        elif op < 0.7 and ref:
-            h = rng.choice(list(ref))
+        elif op < 0.7 and any(h >= 0 for h in ref):
+            h = rng.choice([h for h in ref if h >= 0])
             pool.discard((h,))
             del ref[h]
         elif op < 0.995:
@@ -39,7 +45,9 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             pool.clear()
             ref.clear()
         assert len(pool) == len(ref)
-        assert set(pool.keys()) == set(ref)
+        assert set(pool.keys()) == {h for h in ref if h >= 0}
+    pool.add_unnamed(50)  # kept in place through the rebuild below
+    ref.update(dict.fromkeys(range(-next_hash - 1, -next_hash - 51, -1)))
     for h in range(next_hash, next_hash + 3000, 10):  # prefix hits of most blocks: the batches are rebuilt
         pool.add(tuple(range(h, h + 10)))
         ref.update(dict.fromkeys(range(h, h + 10)))
@@ -50,11 +58,11 @@ def test_cached_blocks_follow_an_lru_ordered_dict():
             del ref[h]
     assert len(pool._batches) < 300
     order = []
-    while len(pool):  # the eviction order itself
+    while len(pool):  # the eviction order itself (an unnamed block leaves no name: -1)
         before = set(pool.keys())
         pool.evict(1)
-        order.extend(before - set(pool.keys()))
-    assert order == list(ref)
+        order.extend(before - set(pool.keys()) or [-1])
+    assert order == [max(h, -1) for h in ref]
 
 
 def test_grid2d_along_b_equals_calls_bit_for_bit():
@@ -119,7 +127,10 @@ def test_a_run_ending_in_a_finish_hands_on_to_the_next_run_without_the_scheduler
     fast = simulate(trace, _h100_instance(Counting()), mode="fast")
     assert Counting.calls == 3  # idle before the arrivals, the prefill step, idle once all have finished
     runs = fast.timeline["steps"].to_numpy()
-    assert list(runs[1:]) == [4, 15, 20, 1, 32, 17]  # one run per finish (the longest capped at 32 steps)
+    # one run, a row per finish: the prefill step (step 0, every prompt completed) gives each its first
+    # token; outputs 5, 20, 40, 41, 90, 90 end after steps 4, 19, 39, 40 and 89 (a long segment is priced a
+    # chunk at a time, still one row)
+    assert list(runs) == [5, 15, 20, 1, 49]
     slow = simulate(trace, _h100_instance("vllm-v1"), mode="step")
     pd.testing.assert_frame_equal(fast.requests, slow.requests)
 
@@ -145,3 +156,105 @@ def test_a_decode_plan_out_of_running_order_gives_step_mode_results():
                for mode in ("fast", "step")]
     pd.testing.assert_frame_equal(results[0].requests, results[1].requests)
     assert results[0].num_steps == results[1].num_steps
+
+
+def test_exclusive_range_hashes_keep_the_blocks_of_the_same_hashes_as_tuples():
+    """A sequence's own hashes given as a ``range`` (exclusive: kept out of the shared-block table while
+    held) against the same hashes as a tuple, through random allocations (with prefix hits on blocks left
+    cached), growth and frees that cache the full blocks, some of them for good (``reused=False``: then
+    unnamed): same blocks in use, free, cached, the same named ones in the same cache order, same hits,
+    after every operation."""
+    def own(g, n):  # group g's first n block hashes
+        return range(-1000 * g - 1, -1000 * g - 1 - n, -1)
+
+    for seed in range(300):
+        rng = random.Random(seed)
+        fast, plain = BlockManager(40, 4), BlockManager(40, 4)
+        live, dead = {}, set()
+        for _ in range(200):
+            op = rng.random()
+            groups = [x for x in range(12) if x not in live and x not in dead]
+            if op < 0.4 and len(live) < 6 and groups:
+                g = rng.choice(groups)
+                full = rng.randint(0, 30)
+                tokens, hashes = full * 4 + rng.randint(0, 3), own(g, rng.randint(0, full))
+                assert fast.cached_prefix_tokens(own(g, 40)) == plain.cached_prefix_tokens(tuple(own(g, 40)))
+                assert fast.can_allocate(tokens, hashes) == plain.can_allocate(tokens, tuple(hashes))
+                hit = fast.allocate_if_free(g, tokens, hashes)
+                assert hit == plain.allocate_if_free(g, tokens, tuple(hashes))
+                if hit is not None:
+                    live[g] = tokens
+            elif op < 0.6 and live:
+                g, n = rng.choice(list(live)), rng.randint(0, 8)
+                assert fast.grow_to(g, live[g] + n) == plain.grow_to(g, live[g] + n)
+                live[g] = fast.tokens_of(g)
+            elif live:
+                g = rng.choice(list(live))
+                del live[g]
+                reused = rng.random() < 0.7
+                if not reused:
+                    dead.add(g)
+                fast.free(g, own(g, 40), reused=reused)
+                plain.free(g, tuple(own(g, 40)))
+            for attr in ("num_used_blocks", "num_free_blocks", "num_cached_blocks"):
+                assert getattr(fast, attr) == getattr(plain, attr), (seed, attr)
+            named = [h for h in plain._lru.keys() if (-h - 1) // 1000 not in dead]
+            assert [h for h in fast._lru.keys() if (-h - 1) // 1000 not in dead] == named
+
+
+def test_mcsf_admits_every_candidate_when_their_peaks_fit_as_admit_prefix_does():
+    """MC-SF skips admit_prefix when the running and candidate peaks (S + E) sum within memory: random
+    instances against admit_prefix itself."""
+    from formulations.mcsf.engine import admit_prefix
+
+    rng = random.Random(5)
+    checked = 0
+    for _ in range(3000):
+        m, k = rng.randint(0, 6), rng.randint(1, 5)
+        run_S = [rng.randint(1, 60) for _ in range(m)]
+        run_E = [rng.randint(1, 40) for _ in range(m)]
+        cand_S = [rng.randint(1, 60) for _ in range(k)]
+        cand_K = [rng.randint(1, 40) for _ in range(k)]
+        memory = sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) + rng.randint(-30, 30)
+        if memory < sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K):
+            continue
+        checked += 1
+        assert admit_prefix(0, np.zeros(m, np.int64), np.array(run_S, np.int64), np.array(run_E, np.int64),
+                            cand_S, cand_K, memory) == k
+    assert checked > 1000
+
+
+def test_mcsf_keeps_its_queue_order_across_steps_as_sorting_it_every_step_does():
+    """MC-SF keeps the waiting queue sorted across steps when its predictions are fixed per request (the
+    oracle's, read from ``seq.predicted_output_tokens``); with a callable prediction it sorts every step.
+    The same predictions both ways must give the same schedule: on an overloaded instance (a long queue),
+    shortest-first and FCFS, with predictions at the truth and at half of it (preemptions then put
+    sequences back in the queue)."""
+    import pandas as pd
+
+    from formulations.mcsf.policy import McsfScheduler
+    from gpusched.workload import load_trace
+    from simulators.serving import simulate
+    from simulators.serving.routers import RoundRobinRouter
+
+    class Predicting(RoundRobinRouter):
+        """Sets each arriving request's predicted output (the oracle's fixed prediction)."""
+
+        def __init__(self, predict):
+            super().__init__()
+            self.predict = predict
+
+        def route(self, request, instances, now_s):
+            request.predicted_output_tokens = self.predict(request)
+            return super().route(request, instances, now_s)
+
+    trace = load_trace("azure-conv-2023").head(400).scale_rate(16.0)
+    for halved in (False, True):
+        def predict(seq, halved=halved):
+            return max(seq.output_tokens // 2, 1) if halved else seq.output_tokens
+
+        for fcfs in (False, True):
+            kept = simulate(trace, _h100_instance(McsfScheduler(fcfs=fcfs), blocks=900), router=Predicting(predict))
+            every_step = simulate(trace, _h100_instance(McsfScheduler(prediction=predict, fcfs=fcfs), blocks=900))
+            pd.testing.assert_frame_equal(kept.requests, every_step.requests)
+            assert (kept.requests["num_preemptions"].sum() > 0) == halved  # under-estimates run KV short

@@ -275,7 +275,7 @@ def test_block_hash_slices_match_elementwise_definition():
         assert list(hashes) == ref
         for a in range(len(ref) + 1):
             for b in range(len(ref) + 1):
-                assert hashes[a:b] == tuple(ref[a:b])
+                assert tuple(hashes[a:b]) == tuple(ref[a:b])
 
 
 @pytest.mark.parametrize("mode", ["simpy", "fast"])

@@ -40,7 +40,9 @@ Prefix caching is not used: KV is allocated without block hashes, so the check's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import insort
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import Callable
 
 import numpy as np
@@ -77,14 +79,22 @@ class McsfScheduler:
         ``"raise"`` (:class:`KvShortageError`), when a running sequence cannot grow.
     name : reported name.
 
-    No ``stable_decode_runs``: admission depends on a projection that changes every step.
+    No ``stable_decode_runs``: admission depends on a projection that changes every step. But with nothing
+    waiting, every running sequence decodes (step 1 below), so engines may advance runs of decode steps
+    then (``decode_runs_when_queue_empty``, :class:`gpusched.policy.BatchScheduler`).
     """
+
+    decode_runs_when_queue_empty = True  # (a class attribute, not a parameter)
 
     max_num_batched_tokens: int = 8192
     prediction: str | Callable[[SeqState], int] = "oracle"
     fcfs: bool = False
     on_kv_shortage: str = "preempt"
     name: str = "mc-sf"
+    # the waiting queue in priority order, kept across steps (see _queue_order): (key, index, seq)
+    _order: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _queue: object = field(default=None, init=False, repr=False, compare=False)  # the queue it orders
+    _known: int = field(default=0, init=False, repr=False, compare=False)  # its length once ordered
 
     def __post_init__(self):
         if not isinstance(self.max_num_batched_tokens, int) or self.max_num_batched_tokens < 1:
@@ -135,18 +145,19 @@ class McsfScheduler:
         pad = bs - 1
         memory = kv.num_blocks * bs
         m = len(running)
-        run_P = np.zeros(m, dtype=np.int64)  # everything is measured from now: P = 0, t' = steps ahead
-        run_S = np.fromiter((s.num_tokens + pad for s in running), dtype=np.int64, count=m)
-        run_E = np.fromiter((self._remaining(s, pad, memory) for s in running), dtype=np.int64, count=m)
-        if self.fcfs:
-            order = sorted(waiting, key=lambda s: (s.arrival_time_s, s.index))
-        else:
-            order = sorted(waiting, key=lambda s: (self.predicted_output_tokens(s), s.index))
+        run_S = [s.num_tokens + pad for s in running]  # everything is measured from now: P = 0, t' = steps ahead
+        if not self._oracle():
+            run_E = [self._remaining(s, pad, memory) for s in running]
+        else:  # _remaining inlined for the oracle (the hot path; running sequences passed its check as candidates)
+            run_E = [max(min(max(int(s.output_tokens if s.predicted_output_tokens is None
+                                     else s.predicted_output_tokens) - s.generated_tokens, 1), memory - S), 1)
+                     for s, S in zip(running, run_S)]
+        order = self._queue_order(waiting)
         # cheap necessary condition first (the load after the next step must fit): bounds the candidates
-        free = memory - int((run_S + 1).sum())
+        free = memory - sum(run_S) - m
         cands = []
         prefill = 0
-        for seq in order:
+        for _, _, seq in order:
             n = seq.num_tokens - seq.num_computed_tokens
             oversized_alone = prefill == 0 and n > self.max_num_batched_tokens
             if free < seq.num_tokens + pad + 1 or (n > budget - prefill and not oversized_alone):
@@ -156,9 +167,21 @@ class McsfScheduler:
             prefill += n
         if not cands:
             return plan
-        k = admit_prefix(0, run_P, run_S, run_E, [s.num_tokens + pad for s in cands],
-                         [self._remaining(s, pad, memory) for s in cands], memory)
+        cand_S = [s.num_tokens + pad for s in cands]
+        cand_K = [self._remaining(s, pad, memory) for s in cands]
+        if sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) <= memory:
+            # A member's projected load S + t' peaks at its last step E, so this sum bounds the load at
+            # every point: every prefix fits, and admit_prefix (which returns the longest that does, under
+            # a bound that is then the whole list since E >= 1) would admit them all. Saves its numpy work
+            # in the common case of a lightly loaded instance; the decision is the same.
+            k = len(cands)
+        else:
+            k = admit_prefix(0, np.zeros(m, dtype=np.int64), np.array(run_S, dtype=np.int64),
+                             np.array(run_E, dtype=np.int64), cand_S, cand_K, memory)
         admitted = cands[:k]
+        if order is self._order:  # the admitted are its first k
+            del order[:k]
+            self._known -= k
         for seq in admitted:
             waiting.remove(seq)
             n = seq.num_tokens - seq.num_computed_tokens
@@ -168,6 +191,33 @@ class McsfScheduler:
             running.append(seq)
             plan.entries.append((seq, n))
         return plan
+
+    def _priority(self, seq: SeqState) -> tuple:
+        """The sort key of a waiting sequence: predicted output tokens (or arrival, ``fcfs``), then its row."""
+        if self.fcfs:
+            return seq.arrival_time_s, seq.index, seq
+        return self.predicted_output_tokens(seq), seq.index, seq
+
+    def _oracle(self) -> bool:
+        """Whether predictions are the stock oracle's (fixed per request: ``seq.predicted_output_tokens`` or
+        the true output), rather than a callable's or a subclass's, which may change with progress."""
+        return not callable(self.prediction) and type(self).predicted_output_tokens is McsfScheduler.predicted_output_tokens
+
+    def _queue_order(self, waiting) -> list:
+        """``waiting`` sorted by :meth:`_priority`, as ``(key, index, seq)``. With fixed keys (FCFS, or the
+        oracle's predictions) kept across steps and updated with what changed (O(log n) per request, not
+        O(n log n) per step; the queue of an overloaded instance holds thousands): engines append arrivals
+        at the queue's end, and the scheduler itself admits from it (the first of the order) and puts the
+        preempted back (:meth:`_make_room`). Otherwise sorted every step."""
+        if not (self.fcfs or self._oracle()):
+            return sorted(map(self._priority, waiting))
+        if waiting is not self._queue or len(waiting) < self._known:  # another queue (a new run)
+            self._queue, self._order = waiting, sorted(map(self._priority, waiting))
+        else:
+            for seq in islice(reversed(waiting), len(waiting) - self._known):  # the arrivals since the last step
+                insort(self._order, self._priority(seq))
+        self._known = len(waiting)
+        return self._order
 
     def _make_room(self, seq: SeqState, grow: int, running: list, waiting, kv: BlockManager,
                    plan: StepPlan) -> bool:
@@ -185,6 +235,9 @@ class McsfScheduler:
             victim.num_computed_tokens = 0  # recompute on resume; generated tokens are kept
             victim.num_preemptions += 1
             waiting.appendleft(victim)
+            if waiting is self._queue and (self.fcfs or self._oracle()):  # (see _queue_order)
+                insort(self._order, self._priority(victim))
+                self._known += 1
             plan.preempted.append(victim)
             if victim is seq:
                 return False

@@ -1,24 +1,28 @@
-"""A compiled engine for the configurations sweeps use most: colocated vLLM V1-like instances.
+"""A compiled engine for the configurations sweeps use most: colocated instances of the baseline schedulers.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
 returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled.kernel`, compiled
 by numba on first use and cached on disk) is a transcription of the SimPy engine's step mode on flat
 arrays: the same scheduler rules, block manager and step prices, float operations in the same order,
 and arrivals seen at the same SimPy times, so its per-request results and timeline are identical to
-``mode="step"`` (``tests/test_sim_compiled.py``). It does not replace the SimPy engine: every other
-configuration, and every policy plugged in through :mod:`gpusched.policy`, runs there.
+``mode="step"`` (``tests/test_sim_compiled.py``; the Python schedulers stay the rules' source, the
+kernel follows them). It does not replace the SimPy engine: every other configuration, and every
+policy plugged in through :mod:`gpusched.policy`, runs there.
 
-Why it exists: the Python engine spends about 125 µs per iteration of its loop (schedule, price,
-account), so it serves about 2,700 requests per wall-second on the bundled Azure trace; sweeps over
-thousands of configurations want an order of magnitude more (``gpusched bench`` prints both).
+Why it exists: the Python engine spends tens of µs per event (schedule, price, account), so it serves
+thousands of requests per wall-second on the bundled Azure trace; sweeps over thousands of
+configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
-block size (KV capacities may differ), behind any router of :mod:`simulators.serving.routers` given by name;
-the ``vllm-v1`` scheduler with recompute preemption (any token budget, sequence cap, chunking, prefix
-caching, long-prefill threshold, full-prompt reservation); a profiled step-time model in the H100
-op-table format; traces without prefix-block ids or sessions (with prefix caching each request's
-blocks carry its own hashes, as in the SimPy engine, so a preempted request finds what was not
-evicted).
+block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
+engine), behind any router of :mod:`simulators.serving.routers` given by name; the ``vllm-v1``
+scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
+full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
+profiled step-time model in the H100 op-table format; traces without sessions, with or without
+prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
+with prefix caching a request without ids has its own block hashes, so that a preempted request
+finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
+its step prices cannot be tabulated ahead), prefill/decode disaggregation, sessions.
 """
 from __future__ import annotations
 
@@ -31,11 +35,14 @@ from gpusched.workload import Trace
 from simulators.serving.instance import SimulationInvariantError
 from simulators.serving.results import TIMELINE_COLUMNS, SimResult, requests_frame
 from simulators.serving.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
-from simulators.serving.schedulers import VllmV1Scheduler
+from simulators.serving.schedulers import SarathiScheduler, VllmV0Scheduler, VllmV1Scheduler
+
+COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler)  # by kernel code (kernel.SCHED_*)
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
 PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
+MAX_SHARED_SLOTS = 40_000_000  # engine blocks named by trace prefix ids, over all instances (~21 bytes each)
 
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None) -> str | None:
@@ -49,42 +56,41 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if schedulers is None:
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]
     scheduler = schedulers[0]
-    if type(scheduler) is not VllmV1Scheduler or scheduler.preemption != "recompute":
-        return "it runs the vllm-v1 scheduler with recompute preemption"
+    if type(scheduler) not in COMPILED_SCHEDULERS:
+        return "it runs the vllm-v1, vllm-v0 and sarathi schedulers"
     if any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
+    if getattr(scheduler, "preemption", "recompute") == "swap":
+        link = {(cfg.kv_bytes_per_token, cfg.host_link_bytes_per_s) for cfg in instances}
+        if len(link) > 1 or min(link)[0] <= 0 or min(link)[1] <= 0:
+            return "swap preemption needs one host link and KV size per token, the same on every instance"
     model = first.step_model
     if type(model) is not ProfiledStepTime or model.fmt != "h100":
         return "it prices steps with the H100-format profiled step-time model"
     if any(cfg.step_model is not model or cfg.block_size_tokens != first.block_size_tokens for cfg in instances):
         return "instances with different step-time models or block sizes"
     df = trace.df
-    if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
-        return "traces with prefix-block ids share blocks between requests"
     if "session_id" in df and "round" in df and df["session_id"].notna().any():
         return "multi-round sessions release rounds during the run"
-    if hash_own_blocks is False and scheduler.enable_prefix_caching:
-        return "prefix caching without each request's own block hashes"
+    if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
+        if any(ids is not None and len(set(ids)) != len(ids) for ids in df["prefix_block_hashes"]):
+            return "a request names the same prefix block twice"
+        codes = len(set().union(*(ids for ids in df["prefix_block_hashes"] if ids is not None)))
+        if codes * (trace.prefix_block_tokens or 0) // first.block_size_tokens * len(instances) > MAX_SHARED_SLOTS:
+            return f"more than {MAX_SHARED_SLOTS:,} shared prefix blocks (instances x trace blocks)"
     return None
 
 
 def arrival_event_times(arrival_time_s) -> np.ndarray:
-    """When each request reaches the instances on the SimPy clock: the arrival process waits
-    ``arrival - now`` from the previous arrival's event time, and SimPy adds that delay to its clock,
-    which can differ from the arrival time in the last bit (steps see requests by this clock)."""
-    now, out = 0.0, []
-    for a in arrival_time_s:
-        delay = a - now
-        if delay > 0:
-            now = now + delay
-        out.append(now)
-    return np.array(out, dtype=float)
+    """When each request reaches the instances on the SimPy clock: at its arrival time exactly
+    (:func:`simulators.serving.instance.wait_until`), or at once when it is listed after a later one."""
+    return np.maximum.accumulate(np.asarray(arrival_time_s, dtype=float)) if len(arrival_time_s) else np.zeros(0)
 
 
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
                       record_timeline: bool = True, check_invariants: bool = True,
                       hash_own_blocks: bool | None = None, progress: bool = False,
-                      scheduler: VllmV1Scheduler | None = None) -> SimResult:
+                      scheduler=None) -> SimResult:
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
     ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it).
     ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise)."""
@@ -98,21 +104,24 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     prompt = df["prompt_tokens"].to_numpy(np.int64)
     output = df["output_tokens"].to_numpy(np.int64)
     bs = first.block_size_tokens
-    slot_off = np.zeros(len(df) + 1, np.int64)
-    if hashed:
-        np.cumsum((prompt + output) // bs, out=slot_off[1:])
     blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
     ip, fp, tables = _pricing(first.step_model, scheduler)
-    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, len(df))
+    hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, len(blocks))
+    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output)
     ip[K.P_BS] = bs
-    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = scheduler.max_num_batched_tokens, scheduler.max_num_seqs
-    ip[K.P_CHUNKED], ip[K.P_PROBE] = scheduler.enable_chunked_prefill, scheduler.enable_prefix_caching
-    ip[K.P_LIMIT], ip[K.P_RESERVE] = scheduler.long_prefill_token_threshold, scheduler.reserve_full_prompt
-    ip[K.P_HASHED], ip[K.P_TIMELINE], ip[K.P_CHECK] = hashed, record_timeline, check_invariants
+    ip[K.P_SCHED] = COMPILED_SCHEDULERS.index(type(scheduler))
+    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), scheduler.max_num_seqs
+    ip[K.P_PROBE] = scheduler.enable_prefix_caching
+    if isinstance(scheduler, VllmV1Scheduler):
+        ip[K.P_CHUNKED], ip[K.P_LIMIT] = scheduler.enable_chunked_prefill, scheduler.long_prefill_token_threshold
+        ip[K.P_RESERVE], ip[K.P_SWAP] = scheduler.reserve_full_prompt, scheduler.preemption == "swap"
+    ip[K.P_KV_BYTES] = first.kv_bytes_per_token
+    fp = np.append(fp, float(first.host_link_bytes_per_s))  # F_HOST_LINK
+    ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    state = K.new_state(len(df), len(blocks), int(slot_off[-1]), scheduler.max_num_seqs)
+    state = K.new_state(len(df), len(blocks), nslots, scheduler.max_num_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
-    inputs = (arrivals, route, prompt, output, slot_off, blocks, ip, fp, *tables)
+    inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, ip, fp, *tables)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -146,18 +155,58 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     return SimResult(requests, rows, blocks.tolist(), steps, engine="compiled")
 
 
-def _routes(K, router, blocks: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs: int, hashed: bool,
+                 ninst: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each request's block hashes as the kernel's slots (as :func:`simulators.serving.run._sequences`
+    gives them): the trace's prefix ids where a request has them (engine block ``b`` in trace block
+    ``b // ratio``), else with ``hashed`` its own blocks. Returns ``hinfo`` (per request: hashes, offset of
+    its ids' codes in ``hcode`` or -1, offset of its own slots), ``hcode`` and the number of slots (own
+    slots, then the shared ones of each instance); fills the kernel's ratio and slot-count parameters."""
+    n = len(prompt)
+    hinfo = np.zeros((n, 3), np.int64)
+    hinfo[:, 1] = -1
+    ids = trace.df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in trace.df else [None] * n
+    counts = np.array([0 if h is None else len(h) for h in ids], np.int64)
+    has_ids = (counts > 0) & bool(trace.prefix_block_tokens)
+    hcode, ratio = np.zeros(1, np.int64), 1
+    if has_ids.any():
+        ratio = trace.prefix_block_tokens // bs  # (simulate refuses a block size that does not divide it)
+        flat = np.concatenate([np.asarray(ids[i], np.int64) for i in np.flatnonzero(has_ids)])
+        uniq, hcode = np.unique(flat, return_inverse=True)
+        hinfo[has_ids, 0] = np.minimum(prompt[has_ids] // bs, counts[has_ids] * ratio)
+        hinfo[has_ids, 1] = np.concatenate([[0], np.cumsum(counts[has_ids])[:-1]])
+    own = ~has_ids & hashed
+    hinfo[own, 0] = (prompt[own] + output[own]) // bs
+    own_slots = np.where(own, hinfo[:, 0], 0)
+    hinfo[:, 2] = np.cumsum(own_slots) - own_slots
+    shared = (int(hcode.max()) + 1) * ratio if has_ids.any() else 0
+    ip[K.P_RATIO], ip[K.P_NOWN], ip[K.P_NSHARED] = ratio, int(own_slots.sum()), shared
+    return hinfo, hcode.astype(np.int64), int(own_slots.sum()) + ninst * shared
+
+
+def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: np.ndarray) -> tuple[int, np.ndarray]:
     """The kernel's router code, and each request's instance when the router does not look at the
-    instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks)."""
+    instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks,
+    offered the instances whose KV holds the request)."""
+    n = len(need_tokens)
     if isinstance(router, LeastOutstandingTokensRouter):
         return K.ROUTE_LEAST_OUTSTANDING, np.zeros(n, np.int64)
     if isinstance(router, KvAwareRouter):
         return K.ROUTE_KV_AWARE, np.zeros(n, np.int64)
-    views = [InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks)]
-    return K.ROUTE_GIVEN, np.array([router.route(None, views, 0.0) for _ in range(n)], np.int64)
+    views = tuple(InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks))
+    fits_all = int(blocks.min()) * block_size_tokens
+    return K.ROUTE_GIVEN, np.array(
+        [router.route(None, views if need <= fits_all else
+                      tuple(v for v in views if v.kv_total_blocks * block_size_tokens >= need), 0.0)
+         for need in need_tokens.tolist()], np.int64)
 
 
-def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
+def _budget(scheduler) -> int:
+    """The scheduler's token budget of one step."""
+    return scheduler.token_budget if isinstance(scheduler, SarathiScheduler) else scheduler.max_num_batched_tokens
+
+
+def _pricing(model: ProfiledStepTime, scheduler):
     """The kernel's integer and float parameters and tables: the step-time terms that depend only on the
     token count or on the batch size, computed by the model itself (so they are its values to the bit).
 
@@ -165,30 +214,30 @@ def _pricing(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
     reuses one model across many runs, and tabulating takes 0.3-0.4 s, longer than a run of the bench trace.
     """
     cache = model.__dict__.setdefault("_compiled_pricing", {})
-    key = (scheduler.max_num_batched_tokens, scheduler.max_num_seqs)
+    # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence
+    key = (max(_budget(scheduler), scheduler.max_num_seqs), scheduler.max_num_seqs)
     if key not in cache:
-        cache[key] = _tabulate(model, scheduler)
+        cache[key] = _tabulate(model, *key)
     ip, fp, tables = cache[key]
     return ip.copy(), fp, tables  # the caller fills in the rest of ``ip``
 
 
-def _tabulate(model: ProfiledStepTime, scheduler: VllmV1Scheduler):
+def _tabulate(model: ProfiledStepTime, max_tokens: int, max_seqs: int):
     from simulators.compiled import kernel as K
 
     m = model.model
-    ip = np.zeros(18, np.int64)
+    ip = np.zeros(K.NUM_IP, np.int64)
     ip[K.P_LAYERS], ip[K.P_LM_HEAD] = m.num_layers, model.include_lm_head
     ip[K.P_HIDDEN], ip[K.P_VOCAB] = m.hidden_size, m.vocab_size // model.tp
     ip[K.P_DTYPE_BYTES] = _dtype_bytes(model.dtype)
     fp = np.array([model.launch_overhead_s, model.kernel_floor_s, float(model.gpu.dense_bf16_flops_per_s),
                    model.elementwise_bandwidth_bytes_per_s], dtype=float)
-    budget = scheduler.max_num_batched_tokens
-    terms = [(0.0, 0.0, None)] + [model._token_terms_s(n) for n in range(1, budget + 1)]
+    terms = [(0.0, 0.0, None)] + [model._token_terms_s(n) for n in range(1, max_tokens + 1)]
     ip[K.P_HAS_COMM] = terms[-1][2] is not None
     tok_lin = np.array([t[0] for t in terms])
     tok_elem = np.array([t[1] for t in terms])
     tok_comm = np.array([t[2] or 0.0 for t in terms])
-    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, scheduler.max_num_seqs + 1)])
+    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, max_seqs + 1)])
     prefill, decode, chunked = model.grids["prefill"], model.grids["decode"], model.grids["chunked"]
     ip[K.P_HAS_CHUNKED] = chunked is not None
     if chunked is None:  # a placeholder the kernel never reads

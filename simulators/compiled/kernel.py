@@ -2,17 +2,22 @@
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
 behind a router, with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
-each request's own block hashes, and the H100-format profiled step-time model. Each piece names the Python code it
+each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
+step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
 (``tests/test_sim_compiled.py`` checks it against the SimPy engine).
 
 State arrays (indexed by request ``r`` in trace order):
 ``comp`` tokens whose KV is computed, ``gen`` tokens generated, ``kv_tok``/``kv_priv``/``kv_hashed`` the
 block manager's record (tokens held, private blocks, blocks hashed at allocation; ``kv_tok = -1``: not
-allocated). A request's own block ``b`` is the slot ``slot_off[r] + b``; ``slot_state`` is 0 (not
-resident), 1 (held by its request) or 2 (cached, unreferenced: in its instance's LRU list, oldest at
-the head; the list of instance ``k`` is linked through ``prev``/``nxt`` from its sentinel ``nslots + k``).
-``kvs[k]`` = [private blocks in use, hashed blocks in use, cached blocks] of instance ``k``.
+allocated). Block hashes are slots: ``hinfo[r] = (hashes, code offset, own slot offset)``. A request
+with its own hashes (code offset -1) names its block ``b`` by the slot ``own offset + b``; a request with
+trace prefix ids names it by the id's code (``hcode[code offset + b // ratio]``) and ``b % ratio``, one
+slot per instance, after the own slots: the same slot for every request that shares the block (see
+:func:`_slot`). ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1:
+cached, unreferenced: in its instance's LRU list, oldest at the head; the list of instance ``k`` is
+linked through ``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
+hashed blocks in use, cached blocks] of instance ``k``.
 """
 from __future__ import annotations
 
@@ -24,12 +29,16 @@ from numba import njit
 # kernel exit codes (see simulators.compiled.driver._raise_for)
 OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
 # integer parameters, by position in ``ip``
-(P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_HASHED, P_LAYERS, P_LM_HEAD,
- P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK) = range(18)
+(P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_LAYERS, P_LM_HEAD,
+ P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED,
+ P_SCHED, P_SWAP, P_KV_BYTES) = range(23)
+NUM_IP = 23
+# schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler
+SCHED_V1, SCHED_V0, SCHED_SARATHI = range(3)
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp``
-F_LAUNCH, F_FLOOR, F_FLOPS, F_BW = range(4)
+F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK = range(5)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
 
 
@@ -159,12 +168,12 @@ def _lru_remove(prev, nxt, s):
 
 
 @njit(cache=True)
-def _evict(slot_state, prev, nxt, head, kvs, n):
+def _evict(slot_ref, prev, nxt, head, kvs, n):
     """Drop the ``n`` oldest cached blocks (all if ``n`` >= their count)."""
     s = nxt[head]
     while n > 0 and s != head:
         q = nxt[s]
-        slot_state[s] = 0
+        slot_ref[s] = 0
         kvs[_CACHED] -= 1
         n -= 1
         s = q
@@ -173,54 +182,71 @@ def _evict(slot_state, prev, nxt, head, kvs, n):
 
 
 @njit(cache=True, inline="always")
-def _make_room(nblocks, slot_state, prev, nxt, head, kvs, n):
+def _make_room(nblocks, slot_ref, prev, nxt, head, kvs, n):
     """BlockManager._make_room: evict so that ``n`` empty blocks exist."""
     evict = n - (nblocks - kvs[_PRIV] - kvs[_HELD] - kvs[_CACHED])
     if evict > 0:
-        _evict(slot_state, prev, nxt, head, kvs, evict)
+        _evict(slot_ref, prev, nxt, head, kvs, evict)
 
 
 # ---------------------------------------------------------------- block manager (kvcache.BlockManager)
+@njit(cache=True, inline="always")
+def _slot(ip, hinfo, hcode, r, b, k):
+    """The slot of block ``b`` of request ``r`` on instance ``k``: its own, or the shared one of its trace id
+    (serving.prefix: engine block ``b`` lies in trace block ``b // ratio``)."""
+    off = hinfo[r, 1]
+    if off < 0:
+        return hinfo[r, 2] + b
+    ratio = ip[P_RATIO]
+    return ip[P_NOWN] + k * ip[P_NSHARED] + hcode[off + b // ratio] * ratio + b % ratio
+
+
 @njit(cache=True)
-def _num_hashes(ip, prompt, output, r, tokens):
-    """How many of request ``r``'s own block hashes cover ``tokens`` tokens (scheduler _full_block_hashes)."""
-    if not ip[P_HASHED]:
-        return 0
+def _blocks_needed(ip, hinfo, hcode, slot_ref, r, k, tokens):
+    """BlockManager._plan's blocks from the free pool for ``tokens`` tokens of request ``r`` on instance
+    ``k``: the private tail and the hashed blocks no sequence holds (cached ones leave the evictable pool)."""
     bs = ip[P_BS]
-    have = (prompt[r] + output[r]) // bs
-    return min(tokens // bs, have)
+    nh = min(tokens // bs, hinfo[r, 0])
+    need = -(-tokens // bs) - nh
+    for b in range(nh):
+        if slot_ref[_slot(ip, hinfo, hcode, r, b, k)] <= 0:
+            need += 1
+    return need
 
 
 @njit(cache=True)
-def _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, nxt, head, kvs,
-                      kv_tok, kv_priv, kv_hashed, r, tokens):
-    """BlockManager.allocate_if_free with the request's own hashes for its full blocks: True if done.
+def _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, k,
+                      tokens):
+    """BlockManager.allocate_if_free with the request's hashes for its full blocks: True if done.
 
-    Own hashes are never held by another request, so every one of them needs a block from the free
-    pool (cached ones leave the evictable pool); cached ones are pinned before room is made.
+    The blocks that take memory from the free pool are those no sequence holds (cached ones leave the
+    evictable pool) plus the private tail; held ones are shared, cached ones pinned before room is made
+    (a request's hashes are distinct: the driver checks it).
     """
+    if _blocks_needed(ip, hinfo, hcode, slot_ref, r, k, tokens) > nblocks - kvs[_PRIV] - kvs[_HELD]:
+        return False
     bs = ip[P_BS]
     total = -(-tokens // bs)
-    nh = _num_hashes(ip, prompt, output, r, tokens)
-    if total > nblocks - kvs[_PRIV] - kvs[_HELD]:
-        return False
-    base = slot_off[r]
+    nh = min(tokens // bs, hinfo[r, 0])
+    private = total - nh
     fresh = 0
     for b in range(nh):  # _pin_resident
-        s = base + b
-        if slot_state[s] == 2:
+        s = _slot(ip, hinfo, hcode, r, b, k)
+        c = slot_ref[s]
+        if c > 0:
+            slot_ref[s] = c + 1
+        elif c < 0:
             _lru_remove(prev, nxt, s)
             kvs[_CACHED] -= 1
             kvs[_HELD] += 1
-            slot_state[s] = 1
+            slot_ref[s] = 1
         else:
             fresh += 1
-    private = total - nh
-    _make_room(nblocks, slot_state, prev, nxt, head, kvs, fresh + private)
+    _make_room(nblocks, slot_ref, prev, nxt, head, kvs, fresh + private)
     for b in range(nh):
-        s = base + b
-        if slot_state[s] == 0:
-            slot_state[s] = 1
+        s = _slot(ip, hinfo, hcode, r, b, k)
+        if slot_ref[s] == 0:
+            slot_ref[s] = 1
             kvs[_HELD] += 1
     kvs[_PRIV] += private
     kv_tok[r] = tokens
@@ -230,7 +256,7 @@ def _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, n
 
 
 @njit(cache=True)
-def _grow_to(ip, nblocks, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
+def _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, tokens):
     """BlockManager.grow_to."""
     if tokens <= kv_tok[r]:
         return True
@@ -240,7 +266,7 @@ def _grow_to(ip, nblocks, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_
         if need > empty:
             if need > empty + kvs[_CACHED]:
                 return False
-            _make_room(nblocks, slot_state, prev, nxt, head, kvs, need)
+            _make_room(nblocks, slot_ref, prev, nxt, head, kvs, need)
         kvs[_PRIV] += need
         kv_priv[r] += need
     kv_tok[r] = tokens
@@ -248,19 +274,19 @@ def _grow_to(ip, nblocks, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_
 
 
 @njit(cache=True)
-def _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r):
-    """BlockManager.free(r, own hashes): full private blocks not cached yet stay cached (tail first, at
-    most as many as its private blocks), then its hashed blocks, tail first."""
+def _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kvs, kv_tok, kv_priv, kv_hashed, r, k):
+    """BlockManager.free(r, its hashes): its full private blocks whose hashes are not resident stay cached
+    (tail first, at most as many as its private blocks), then its hashed blocks that no other sequence
+    holds, tail first."""
     tokens, private, nh = kv_tok[r], kv_priv[r], kv_hashed[r]
     kv_tok[r] = -1
-    base = slot_off[r]
-    if ip[P_HASHED] and (prompt[r] + output[r]) // ip[P_BS] > 0 and private > 0:  # _kept_private
+    if hinfo[r, 0] > 0 and private > 0:  # _kept_private
         kept = 0
-        b = tokens // ip[P_BS] - 1
+        b = min(tokens // ip[P_BS], hinfo[r, 0]) - 1
         while b >= nh and kept < private:
-            s = base + b
-            if slot_state[s] == 0:
-                slot_state[s] = 2
+            s = _slot(ip, hinfo, hcode, r, b, k)
+            if slot_ref[s] == 0:
+                slot_ref[s] = -1
                 _lru_append(prev, nxt, head, s)
                 kvs[_CACHED] += 1
                 kept += 1
@@ -269,21 +295,92 @@ def _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kvs, kv_tok
         kvs[_PRIV] -= kept
     kvs[_PRIV] -= private
     for b in range(nh - 1, -1, -1):
-        s = base + b
-        slot_state[s] = 2
-        _lru_append(prev, nxt, head, s)
-    kvs[_HELD] -= nh
-    kvs[_CACHED] += nh
+        s = _slot(ip, hinfo, hcode, r, b, k)
+        c = slot_ref[s] - 1
+        if c > 0:
+            slot_ref[s] = c
+        else:
+            slot_ref[s] = -1
+            _lru_append(prev, nxt, head, s)
+            kvs[_HELD] -= 1
+            kvs[_CACHED] += 1
 
 
 @njit(cache=True)
-def _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r):
-    """BlockManager.cached_prefix_tokens of the request's own hashes."""
-    have = (prompt[r] + output[r]) // ip[P_BS]
+def _cached_prefix_tokens(ip, hinfo, hcode, slot_ref, r, k):
+    """BlockManager.cached_prefix_tokens of the request's hashes."""
+    have = hinfo[r, 0]
     hit = 0
-    while hit < have and slot_state[slot_off[r] + hit] != 0:
+    while hit < have and slot_ref[_slot(ip, hinfo, hcode, r, hit, k)] != 0:
         hit += 1
     return hit * ip[P_BS]
+
+
+# ---------------------------------------------------------------- scheduler pieces (simulators.serving.schedulers)
+@njit(cache=True)
+def _preempt(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, preemptions, swapped,
+             waiting, wh, nwait, k, victim, swap):
+    """schedulers._preempt: free the victim's KV and put it back at the head of the queue; its computed
+    tokens are lost (recompute) or move to host memory (``swap``). Returns the tokens swapped out."""
+    _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, victim, k)
+    out = 0
+    if swap and comp[victim] > 0:
+        swapped[victim] = 1
+        out = comp[victim]
+    else:
+        comp[victim] = 0
+    preemptions[victim] += 1
+    ring = waiting.shape[1]
+    wh[k] = (wh[k] - 1) % ring
+    waiting[k, wh[k]] = victim
+    nwait[k] += 1
+    return out
+
+
+@njit(cache=True)
+def _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, enabled):
+    """schedulers._prefix_hit_tokens: the tokens a waiting request keeps (swapped out) or finds cached
+    (capped so that one is computed)."""
+    if comp[r] > 0:
+        return comp[r]
+    if not enabled or hinfo[r, 0] == 0:
+        return 0
+    bs = ip[P_BS]
+    return min(_cached_prefix_tokens(ip, hinfo, hcode, slot_ref, r, k), (prompt[r] + gen[r] - 1) // bs * bs)
+
+
+@njit(cache=True)
+def _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp,
+           cached_tokens, swapped, sched_s, now, r, k, hit, n, reserve):
+    """schedulers._admit up to the lists: KV for ``max(hit + n, reserve)`` tokens if free. Returns the
+    tokens swapped back in, or -1 if the request is not admitted (nothing changed)."""
+    if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                             r, k, max(hit + n, reserve)):
+        return -1
+    swap_in = 0
+    if swapped[r]:
+        swap_in = hit
+        swapped[r] = 0
+    elif comp[r] == 0:
+        cached_tokens[r] = hit
+    comp[r] = hit
+    if np.isnan(sched_s[r]):
+        sched_s[r] = now
+    return swap_in
+
+
+@njit(cache=True)
+def _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n):
+    """The admitted head of instance ``k``'s queue joins its running list and the plan (``n`` tokens);
+    returns the plan's new length."""
+    r = waiting[k, wh[k]]
+    running[k, nrun[k]] = r
+    nrun[k] += 1
+    ent_r[k, ne] = r
+    ent_n[k, ne] = n
+    wh[k] = (wh[k] + 1) % waiting.shape[1]
+    nwait[k] -= 1
+    return ne + 1
 
 
 # ---------------------------------------------------------------- the engine loop
@@ -296,7 +393,8 @@ def new_state(nreq, ninst, nslots, max_seqs):
     instance: KV counts, the running list, the waiting ring (head ``wh[k]``, ``nwait[k]`` entries), the
     plan of the step in flight and its exact end, the SimPy time of its next event (a step end if
     ``busy[k]``, else a wake-up; ``inf`` when idle) and its clock (exact end of its last step).
-    ``counters`` = [next arrival, steps done].
+    Per request also: swapped out (swap preemption), the plan that preempted it last. ``counters`` =
+    [next arrival, steps done, plans made].
     """
     ring = max(nreq, 1)
     prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
@@ -306,22 +404,23 @@ def new_state(nreq, ninst, nslots, max_seqs):
     return (np.full(nreq, -1, np.int64), np.full(nreq, np.nan), np.full(nreq, np.nan), np.full(nreq, np.nan),
             np.zeros(nreq, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64),
             np.full(nreq, -1, np.int64), np.zeros(nreq, np.int64), np.zeros(nreq, np.int64),
-            np.zeros(nslots, np.int8), prev, nxt, np.zeros((ninst, 3), np.int64),
+            np.zeros(nslots, np.int32), prev, nxt, np.zeros((ninst, 3), np.int64),
             np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
             np.empty((ninst, ring), np.int64), np.zeros(ninst, np.int64), np.zeros(ninst, np.int64),
             np.empty((ninst, max_seqs), np.int64), np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
             np.zeros(ninst), np.full(ninst, np.inf), np.zeros(ninst, np.bool_), np.zeros(ninst),
-            np.zeros(2, np.int64))
+            np.zeros(nreq, np.int8), np.full(nreq, -1, np.int64), np.zeros(3, np.int64))
 
 
 @njit(cache=True)
-def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, slot_off, blocks, ip, fp,
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, ip, fp,
         tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
     timeline)``.
 
+    ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring).
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
     engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
@@ -336,16 +435,20 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     stood after its last step end before the arrival.
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
-     slot_state, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
-     clock, counters) = state
+     slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
+     clock, swapped, marked, counters) = state
     nreq = prompt.shape[0]
     ninst = blocks.shape[0]
-    nslots = slot_off[nreq]
+    nslots = prev.shape[0] - ninst
     ring = waiting.shape[1]
     max_seqs, budget0, limit, bs = ip[P_MAX_SEQS], ip[P_BUDGET], ip[P_LIMIT], ip[P_BS]
     router = ip[P_ROUTER]
     plens = np.empty(max_seqs, np.int64)
     pcached = np.empty(max_seqs, np.int64)
+    decodes = np.empty(max_seqs, np.int64)  # SarathiScheduler's snapshot of running decodes and prefills
+    prefills = np.empty(max_seqs, np.int64)
+    sched, swap, probe = ip[P_SCHED], ip[P_SWAP] != 0, ip[P_PROBE] != 0
+    plan_id = counters[2]
     done = np.zeros(max_seqs, np.bool_)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
@@ -359,18 +462,20 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 k = j
         if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
             if next_arrival >= until_arrival:
-                counters[0], counters[1] = next_arrival, steps
+                counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
                 return PAUSED, -1, timeline
             # ---- an arrival: _ServingRun._dispatch
             r = next_arrival
             next_arrival += 1
             if router == ROUTE_GIVEN:
                 k = route[r]
-            else:  # InstanceEngine.view as the router sees it, then the router's rule
-                k = 0
+            else:  # InstanceEngine.live_view as the router sees it, then the router's rule
+                k = -1
                 best_a = 0.0
                 best_b = 0
                 for j in range(ninst):
+                    if blocks[j] * bs < prompt[r] + output[r]:
+                        continue  # routing offers only the instances whose KV holds the request
                     if router == ROUTE_LEAST_OUTSTANDING:
                         a = 0.0
                         b = 0
@@ -383,7 +488,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     else:
                         a = (kvs[j, _PRIV] + kvs[j, _HELD]) / blocks[j]
                         b = nwait[j]
-                    if j == 0 or a < best_a or (a == best_a and b < best_b):
+                    if k < 0 or a < best_a or (a == best_a and b < best_b):
                         k = j
                         best_a = a
                         best_b = b
@@ -438,8 +543,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 nrun[k] = keep
                 for e in range(ne):
                     if done[e]:
-                        _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
-                              kv_hashed, ent_r[k, e])
+                        _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                              ent_r[k, e], k)
             used = kv[_PRIV] + kv[_HELD]
             if check and used > nblocks:
                 return KV_OVER_CAPACITY, -1, timeline
@@ -458,76 +563,121 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 row[6] = ne
         else:
             clock[k] = now  # woken by an arrival: InstanceEngine takes the SimPy time as its clock
-        # ---- the next plan: VllmV1Scheduler.schedule
+        # ---- the next plan: the scheduler's schedule
         ne = 0
         preempted = False
+        swap_tokens = 0
         budget = budget0
-        i = 0
-        while i < nrun[k] and budget > 0:
-            r = running[k, i]
+        plan_id += 1
+        nds = 0
+        npfs = 0
+        if sched == SCHED_SARATHI:  # running decodes, then running prefills, as listed before any preemption
+            for q in range(nrun[k]):
+                r = running[k, q]
+                if prompt[r] + gen[r] - comp[r] > 1 or gen[r] == 0:
+                    prefills[npfs] = r
+                    npfs += 1
+                else:
+                    decodes[nds] = r
+                    nds += 1
+        elif sched == SCHED_V0:  # a step of whole prefills if one can be admitted
+            while nwait[k] > 0 and nrun[k] < max_seqs:
+                r = waiting[k, wh[k]]
+                hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
+                n = prompt[r] + gen[r] - hit
+                if n > budget:
+                    break
+                if _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp,
+                          cached_tokens, swapped, sched_s, clock[k], r, k, hit, n, 0) < 0:
+                    break
+                ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
+                budget -= n
+        # running sequences (VllmV1Scheduler: each gets what is left, up to the budget; vLLM V0 and Sarathi
+        # decodes: one token), preempting the newest when KV cannot grow (_grow_or_preempt)
+        q = 0
+        v0_decodes = sched == SCHED_V0 and ne == 0  # vLLM V0 decodes only in a step without prefills
+        while True:
+            if sched == SCHED_SARATHI:
+                if q >= nds or budget == 0:
+                    break
+                r = decodes[q]
+                q += 1
+                if marked[r] == plan_id:  # preempted in this plan
+                    continue
+            else:
+                if q >= nrun[k] or (budget <= 0 if sched == SCHED_V1 else not v0_decodes):
+                    break
+                r = running[k, q]
             c = comp[r]
-            n = prompt[r] + gen[r] - c
-            if 0 < limit < n:
-                n = limit
-            if n > budget:
-                n = budget
+            n = 1
+            if sched == SCHED_V1:
+                n = prompt[r] + gen[r] - c
+                if 0 < limit < n:
+                    n = limit
+                if n > budget:
+                    n = budget
             kept = True
             # the common case (no new block) inline: a call passes its arrays with reference counting
             # (atomic operations), which would cost more than the rest of the step
             fits = c + n <= (kv_priv[r] + kv_hashed[r]) * bs
             if fits and c + n > kv_tok[r]:
                 kv_tok[r] = c + n
-            while not fits and not _grow_to(ip, nblocks, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
+            while not fits and not _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
                                             kv_hashed, r, c + n):
-                victim = running[k, nrun[k] - 1]  # _grow_or_preempt: the newest goes (recompute)
+                victim = running[k, nrun[k] - 1]  # the newest goes
                 nrun[k] -= 1
-                _free(ip, prompt, output, slot_off, slot_state, prev, nxt, head, kv, kv_tok, kv_priv,
-                      kv_hashed, victim)
-                comp[victim] = 0
-                preemptions[victim] += 1
-                wh[k] = (wh[k] - 1) % ring
-                waiting[k, wh[k]] = victim
-                nwait[k] += 1
+                swap_tokens += _preempt(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                                        comp, preemptions, swapped, waiting, wh, nwait, k, victim, swap)
+                marked[victim] = plan_id
                 preempted = True
                 if victim == r:
                     kept = False
                     break
             if not kept:
+                if sched == SCHED_SARATHI:
+                    continue
                 break
             ent_r[k, ne] = r
             ent_n[k, ne] = n
             ne += 1
             budget -= n
-            i += 1
-        if not preempted:
-            while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
-                r = waiting[k, wh[k]]
-                hit = 0  # _prefix_hit_tokens (waiting requests hold no computed tokens under recompute)
-                if ip[P_PROBE] and ip[P_HASHED] and (prompt[r] + output[r]) // bs > 0:
-                    hit = _cached_prefix_tokens(ip, prompt, output, slot_off, slot_state, r)
-                    cap = (prompt[r] + gen[r] - 1) // bs * bs
-                    hit = min(hit, cap)
-                remaining = prompt[r] + gen[r] - hit
-                n = remaining if not 0 < limit < remaining else limit
-                if not ip[P_CHUNKED] and n > budget:
+            if sched != SCHED_SARATHI:
+                q += 1
+        if sched == SCHED_SARATHI:  # running prefills (their whole prompt's KV was reserved at admission)
+            for q in range(npfs):
+                if budget == 0:
                     break
-                n = min(n, budget)
-                if ip[P_RESERVE] and -(-(hit + remaining) // bs) > nblocks - kv[_PRIV] - kv[_HELD]:
-                    break
-                if not _allocate_if_free(ip, nblocks, prompt, output, slot_off, slot_state, prev, nxt, head, kv,
-                                         kv_tok, kv_priv, kv_hashed, r, hit + n):
-                    break
-                comp[r] = hit
-                cached_tokens[r] = hit
-                if np.isnan(sched_s[r]):
-                    sched_s[r] = clock[k]
-                running[k, nrun[k]] = r
-                nrun[k] += 1
+                r = prefills[q]
+                if marked[r] == plan_id:
+                    continue
+                n = min(prompt[r] + gen[r] - comp[r], budget)
                 ent_r[k, ne] = r
                 ent_n[k, ne] = n
                 ne += 1
-                wh[k] = (wh[k] + 1) % ring
-                nwait[k] -= 1
+                budget -= n
+        if not preempted and sched != SCHED_V0:  # admissions, FCFS, chunked to the budget left
+            while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
+                r = waiting[k, wh[k]]
+                hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
+                remaining = prompt[r] + gen[r] - hit
+                reserve = 0
+                if sched == SCHED_SARATHI:  # KV of the whole prompt at admission
+                    n = min(remaining, budget)
+                    reserve = prompt[r] + gen[r]
+                else:
+                    n = remaining if not 0 < limit < remaining else limit
+                    if not ip[P_CHUNKED] and n > budget:
+                        break
+                    n = min(n, budget)
+                    if ip[P_RESERVE] and _blocks_needed(ip, hinfo, hcode, slot_ref, r, k, hit + remaining) > (
+                            nblocks - kv[_PRIV] - kv[_HELD]):
+                        break
+                swap_in = _admit(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                                 comp, cached_tokens, swapped, sched_s, clock[k], r, k, hit, n, reserve)
+                if swap_in < 0:
+                    break
+                swap_tokens += swap_in
+                ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
                 budget -= n
         nent[k] = ne
         if ne == 0:
@@ -561,9 +711,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         else:
             dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
                             tokens, plens, pcached, npf, nd, dec_sum, sampled)
+        if swap_tokens:  # InstanceEngine._step_time_s: the KV moved over the host link, then the compute
+            dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
         end = clock[k] + dt
         step_end[k] = end
-        event_s[k] = now + _pmax(end - now, 0.0)  # SimPy schedules the timeout on its own clock
+        event_s[k] = _pmax(now, end)  # (serving.instance.wait_until: SimPy's clock reaches the exact end)
         busy[k] = True
-    counters[0], counters[1] = next_arrival, steps
+    counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
     return OK, -1, timeline

@@ -9,7 +9,8 @@ Two sources of shared prefixes exist in the traces:
   a session holds the same tokens and is named by the session and ``b``.
 
 The hashes are produced lazily (a long prompt has hundreds of engine blocks) by small sequence objects
-that the block manager iterates and slices like tuples.
+that the block manager iterates and slices like tuples; a session's slices are ``range`` objects, which
+the block manager takes as exclusive hashes (see :class:`gpusched.kvcache.BlockManager`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class TraceBlockHashes:
     """Engine-block hashes expanded from coarser trace-block ids (``ratio`` engine blocks per id)."""
 
     __slots__ = ("ids", "ratio", "length")
+    reused = True  # other requests may name these blocks (BlockManager.free)
 
     def __init__(self, ids, trace_block_tokens: int, block_size_tokens: int, num_tokens: int):
         if trace_block_tokens % block_size_tokens:
@@ -38,8 +40,15 @@ class TraceBlockHashes:
     def _at(self, b: int) -> int:
         return self.ids[b // self.ratio] * 4096 + b % self.ratio
 
-    def __iter__(self):
-        return iter(self[:])
+    def __iter__(self):  # lazily: a prefix probe stops at the first block not cached
+        r, left = self.ratio, self.length
+        for h in self.ids:
+            base = h * 4096
+            if left <= r:
+                yield from range(base, base + left)
+                return
+            yield from range(base, base + r)
+            left -= r
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -58,13 +67,16 @@ class TraceBlockHashes:
 
 
 class SessionBlockHashes(TraceBlockHashes):
-    """Engine-block hashes of a session's token stream (shared by all its rounds)."""
+    """Engine-block hashes of a session's token stream (shared by all its rounds), or of one request's own
+    blocks. ``reused``: a later round will name these blocks (False for a session's last round and for a
+    request's own blocks: once it has finished, nobody asks for them)."""
 
-    __slots__ = ("session",)
+    __slots__ = ("session", "reused")
 
-    def __init__(self, session: int, num_tokens: int, block_size_tokens: int):
+    def __init__(self, session: int, num_tokens: int, block_size_tokens: int, reused: bool = False):
         self.session = session
         self.length = num_tokens // block_size_tokens
+        self.reused = reused
 
     def _at(self, b: int) -> int:
         return _SESSION_TAG - (self.session << 32) - b
@@ -77,7 +89,9 @@ class SessionBlockHashes(TraceBlockHashes):
         if isinstance(index, slice):  # consecutive blocks have consecutive (decreasing) hashes
             start, stop, step = index.indices(self.length)
             top = _SESSION_TAG - (self.session << 32)
-            return tuple(range(top - start, top - stop, -step)) if stop > start else ()
+            # a range: the block manager's exclusive hashes (a session's rounds never run at the same time,
+            # and a request's own blocks are its own)
+            return range(top - start, top - stop, -step) if stop > start else ()
         if not -self.length <= index < self.length:
             raise IndexError(index)
         return self._at(index % self.length)

@@ -32,6 +32,8 @@ REQUEST_COLUMNS = [
 TIMELINE_COLUMNS = ["time_s", "instance", "kv_used_blocks", "running", "waiting", "batch_tokens", "batch_seqs",
                     "steps"]
 
+_TIMELINE_DTYPES = {c: float if c == "time_s" else np.int64 for c in TIMELINE_COLUMNS}  # also when empty
+
 
 @dataclass
 class SimResult:
@@ -58,7 +60,7 @@ class SimResult:
     @classmethod
     def from_run(cls, trace, seqs, engines, engine: str = "simpy") -> "SimResult":
         requests = requests_frame({
-            "request_id": [s.request_id for s in seqs],
+            "request_id": trace.df["request_id"].to_numpy(),  # seqs are the trace's rows, in order
             "arrival_time_s": [s.arrival_time_s for s in seqs],
             "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
             "first_token_time_s": [_nan(s.first_token_time_s) for s in seqs],
@@ -71,7 +73,7 @@ class SimResult:
             "status": [_status(s) for s in seqs],
         })
         timeline_rows = [row for e in engines if e.timeline for row in e.timeline]
-        timeline = pd.DataFrame(timeline_rows, columns=TIMELINE_COLUMNS).sort_values(
+        timeline = pd.DataFrame(timeline_rows, columns=TIMELINE_COLUMNS).astype(_TIMELINE_DTYPES).sort_values(
             ["time_s", "instance"], kind="stable", ignore_index=True)
         return cls(requests, timeline, [e.kv.num_blocks for e in engines], sum(e.num_steps for e in engines),
                    engine=engine)
@@ -226,6 +228,9 @@ def requests_frame(columns: dict) -> pd.DataFrame:
     frame = pd.DataFrame(columns, columns=REQUEST_COLUMNS)
     times = ["arrival_time_s", "scheduled_time_s", "first_token_time_s", "finish_time_s"]
     frame[times] = frame[times].astype(float)  # SimPy's clock starts at the int 0
+    if frame.empty:  # the same dtypes from every engine when there is nothing to infer them from
+        counts = ["prompt_tokens", "output_tokens", "instance", "num_preemptions", "cached_tokens"]
+        frame = frame.astype({**dict.fromkeys(counts, np.int64), "status": str})
     return metrics.request_latencies(frame)
 
 

@@ -15,7 +15,6 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import simpy
-from simpy.core import URGENT
 
 from gpusched.cluster import DEFAULT_LINK
 from gpusched.errors import ConfigError
@@ -26,7 +25,7 @@ from gpusched.policy import BatchScheduler, Router, SeqState
 from gpusched.registry import BuildContext
 from gpusched.workload import Trace
 from simulators.compiled import driver as compiled
-from simulators.serving.instance import InstanceEngine
+from simulators.serving.instance import InstanceEngine, wait_until
 from simulators.serving.prefix import SessionBlockHashes, TraceBlockHashes
 from simulators.serving.results import SimResult
 from simulators.serving.routers import make_router
@@ -97,25 +96,30 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     link : the prefill -> decode link; a hand-off takes ``prompt KV bytes / bandwidth + latency`` during
         which the prefill instance still holds the KV.
     mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
-        identical decode steps in one event; ``fast`` (default) runs the compiled engine of
-        :mod:`simulators.compiled` when it covers the configuration (colocated vLLM V1-like instances
-        with an H100-format profile behind a router given by name, no shared prefixes or sessions) and
-        ``simpy`` otherwise. All three give identical per-request results (``result.engine`` says which
-        ran).
+        decode steps in a few events; ``fast`` (default) runs the compiled engine of
+        :mod:`simulators.compiled` when it covers the configuration (colocated ``vllm-v1``, ``vllm-v0`` or
+        ``sarathi`` instances with an H100-format profile behind a router given by name, without
+        sessions; :func:`simulators.compiled.driver.unsupported_reason` says why not) and ``simpy``
+        otherwise. All three give identical per-request results (``result.engine`` says which ran).
     hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
         own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
         request then finds the blocks it left in the cache and recomputes only what was evicted (vLLM V1
         with prefix caching). ``None``: on when any instance's scheduler has prefix caching enabled.
 
+    Routing is capacity-aware: the router (and the decode router) is offered only the instances whose KV
+    holds the request's prompt + output (all of them unless the instances differ in KV size), so that in
+    a cluster of unequal instances no request is sent where it can never run.
+
     Multi-round sessions (``session_id``/``round``/``think_time_s`` columns) release round r+1 a think
-    time after round r finishes; its prompt (the history) finds its KV cached on the instance that
-    served round r if it is still resident, and only the new tokens are prefilled. Prefix hashes of the
-    trace (Mooncake) are reused the same way. Both need a scheduler with prefix caching (vLLM V1's
-    default).
+    time after round r finishes, and not before its own ``arrival_time_s`` (a lower bound); its prompt
+    (the history) finds its KV cached on the instance that served round r if it is still resident, and
+    only the new tokens are prefilled. Prefix hashes of the trace (Mooncake) are reused the same way.
+    Both need a scheduler with prefix caching (vLLM V1's default).
 
     Refuses, before running, a configuration that cannot serve the trace: a request whose KV exceeds
-    every instance's capacity, a scheduler token budget smaller than one block, prefill instances
-    without decode instances (or the reverse).
+    the capacity of every instance that takes new requests (or, disaggregated, of every decode
+    instance), a scheduler token budget smaller than one block, prefill instances without decode
+    instances (or the reverse).
     """
     instances = list(instances)
     if mode not in MODES:
@@ -161,29 +165,45 @@ class _ServingRun:
         block = {cfg.block_size_tokens for cfg in instances}
         if len(block) > 1:
             raise ConfigError(f"instances use different KV block sizes {sorted(block)}; use one block size")
+        self.block_size_tokens = bs = block.pop()
+        # what routers see: every instance (decode ones are not candidates of an entry router), then the
+        # decode instances for a hand-off; a request larger than the smallest of them sees those it fits
+        self._next_arrival_s = float("inf")  # of the trace's next request (not of sessions' later rounds)
+        for engine in self.engines:  # decode runs are priced up to it
+            engine.next_arrival_s = self._next_arrival
+        self._entry_views = tuple(e.live_view for e in self.engines)
+        self._decode_views = tuple(e.live_view for e in self.engines if e.role == "decode")
+        self._entry_fits_all = min(cfg.kv_capacity_tokens for cfg in instances)
+        self._decode_fits_all = min((cfg.kv_capacity_tokens for cfg in instances if cfg.role == "decode"), default=0)
         if hash_own_blocks is None:
             hash_own_blocks = any(getattr(e.scheduler, "enable_prefix_caching", False) for e in self.engines)
-        self.seqs, self.next_round = _sequences(trace, block.pop(), hash_own_blocks)
+        self.seqs, self.next_round = _sequences(trace, bs, hash_own_blocks)
 
     def arrivals(self, progress: bool):
         env = self.env
-        first_rounds = [s for s in self.seqs if s.extra is None or s.extra.get("round", 0) == 0]
+        successors = set(self.next_round.values())
+        first_rounds = [s for s in self.seqs if s.index not in successors]
         bar = None
         if progress:
             from tqdm import tqdm
             bar = tqdm(total=len(first_rounds), unit="req", desc="simulating", mininterval=0.5)
-        for seq in first_rounds:
-            delay = seq.arrival_time_s - env.now
-            if delay > 0:
-                yield _urgent_timeout(env, delay)
+        for k, seq in enumerate(first_rounds):
+            if seq.arrival_time_s > env.now:
+                yield from wait_until(env, seq.arrival_time_s, urgent=True)
+            self._next_arrival_s = first_rounds[k + 1].arrival_time_s if k + 1 < len(first_rounds) else float("inf")
             self._dispatch(seq)
             if bar is not None:
                 bar.update()
         if bar is not None:
             bar.close()
 
+    def _next_arrival(self) -> float:
+        return self._next_arrival_s
+
     def _dispatch(self, seq: SeqState) -> None:
-        views = [e.view() for e in self.engines]
+        views = self._entry_views
+        if seq.prompt_tokens + seq.output_tokens > self._entry_fits_all:
+            views = _fitting(views, seq, self.block_size_tokens)
         self.engines[self.router.route(seq, views, self.env.now)].submit(seq)
 
     def _finished(self, seq: SeqState, now_s: float) -> None:
@@ -193,10 +213,10 @@ class _ServingRun:
             self.env.process(self._release_round(self.seqs[nxt], now_s))
 
     def _release_round(self, seq: SeqState, previous_finish_s: float):
-        seq.arrival_time_s = previous_finish_s + seq.extra["think_time_s"]
-        delay = seq.arrival_time_s - self.env.now
-        if delay > 0:
-            yield _urgent_timeout(self.env, delay)
+        # the trace's arrival time of a later round is a lower bound (gpusched.synthetic.agent_sessions)
+        seq.arrival_time_s = max(seq.arrival_time_s, previous_finish_s + seq.extra["think_time_s"])
+        if seq.arrival_time_s > self.env.now:
+            yield from wait_until(self.env, seq.arrival_time_s, urgent=True)
         self._dispatch(seq)
 
     def _hand_off(self, seq: SeqState, now_s: float) -> None:
@@ -207,10 +227,16 @@ class _ServingRun:
         kv_bytes = seq.num_computed_tokens * self.instances[source.index].kv_bytes_per_token
         yield self.env.timeout(self.link.transfer_time_s(kv_bytes))
         source.release(seq)
-        decode = [e for e in self.engines if e.role == "decode"]
-        views = [e.view() for e in decode]
-        choice = self.decode_router.route(seq, views, self.env.now)
-        next(e for e in decode if e.index == choice).submit(seq)
+        views = self._decode_views
+        if seq.prompt_tokens + seq.output_tokens > self._decode_fits_all:
+            views = _fitting(views, seq, self.block_size_tokens)
+        self.engines[self.decode_router.route(seq, views, self.env.now)].submit(seq)
+
+
+def _fitting(views, seq: SeqState, block_size_tokens: int) -> tuple:
+    """The views of the instances whose KV holds ``seq``'s prompt + output."""
+    need = seq.prompt_tokens + seq.output_tokens
+    return tuple(v for v in views if v.kv_total_blocks * block_size_tokens >= need)
 
 
 def _sequences(trace: Trace, block_size_tokens: int, own_blocks: bool = False) -> tuple[list[SeqState], dict[int, int]]:
@@ -243,19 +269,9 @@ def _sequences(trace: Trace, block_size_tokens: int, own_blocks: bool = False) -
         for _, group in ordered.sort_values(["session_id", "round"], kind="stable").groupby("session_id", sort=False):
             idx = group["_i"].tolist()
             next_round.update(zip(idx[:-1], idx[1:]))
+        for i in next_round:  # the next round reuses this round's blocks
+            seqs[i].block_hashes.reused = True
     return seqs, next_round
-
-
-def _urgent_timeout(env: simpy.Environment, delay_s: float) -> simpy.Event:
-    """A timeout processed before every NORMAL event at the same time (SimPy's Timeout has no priority).
-
-    Arrivals use it so that a step starting at the arrival time already sees the request, whatever
-    the order in which the two events were created: this keeps step and fast modes identical.
-    """
-    event = simpy.Event(env)
-    event._ok, event._value = True, None  # a pre-triggered event, as simpy.Timeout builds itself
-    env.schedule(event, URGENT, delay_s)
-    return event
 
 
 def _check_roles(instances: list[InstanceConfig]) -> None:
@@ -273,17 +289,24 @@ def _check_roles(instances: list[InstanceConfig]) -> None:
 
 
 def _check_servable(trace: Trace, instances: list[InstanceConfig]) -> None:
+    """Every request must fit the KV of some instance that takes new requests (colocated or prefill)
+    and, in a disaggregated cluster, of some decode instance (routing offers only those, see
+    :func:`simulate`)."""
     df = trace.df
     need = (df["prompt_tokens"] + df["output_tokens"]).to_numpy()
-    biggest = max(cfg.kv_capacity_tokens for cfg in instances)
-    too_big = np.flatnonzero(need > biggest)
-    if too_big.size:
-        row = df.iloc[too_big[0]]
-        raise ConfigError(
-            f"request {row['request_id']!r} needs {int(need[too_big[0]])} KV tokens (prompt "
-            f"{int(row['prompt_tokens'])} + output {int(row['output_tokens'])}) but the largest instance holds "
-            f"{biggest}; {too_big.size} request(s) like it can never run. Give the instances more KV "
-            f"(more GPUs/TP, a larger GPU) or filter the trace explicitly")
+    groups = [("instance that takes new requests", [c for c in instances if c.role != "decode"])]
+    if any(cfg.role == "decode" for cfg in instances):
+        groups.append(("decode instance", [c for c in instances if c.role == "decode"]))
+    for what, group in groups:
+        biggest = max(cfg.kv_capacity_tokens for cfg in group)
+        too_big = np.flatnonzero(need > biggest)
+        if too_big.size:
+            row = df.iloc[too_big[0]]
+            raise ConfigError(
+                f"request {row['request_id']!r} (trace row {too_big[0]}) needs {int(need[too_big[0]])} KV tokens "
+                f"(prompt {int(row['prompt_tokens'])} + output {int(row['output_tokens'])}) but the largest "
+                f"{what} holds {biggest}; {too_big.size} request(s) like it can never run. Give the instances "
+                f"more KV (more GPUs/TP, a larger GPU) or filter the trace explicitly")
 
 
 def _check_whole_prefills(trace: Trace, schedulers) -> None:

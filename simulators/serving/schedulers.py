@@ -76,8 +76,9 @@ def _admit(seq: SeqState, n_new: int, kv: BlockManager, running: list, plan: Ste
     if seq.swapped:  # its KV comes back from host memory in this step
         plan.swap_tokens += hit_tokens
         seq.swapped = False
+    elif not seq.num_computed_tokens:  # a prefix-cache hit (KV handed over or swapped in is not one)
+        seq.cached_tokens = hit_tokens
     seq.num_computed_tokens = hit_tokens
-    seq.cached_tokens = hit_tokens
     if seq.scheduled_time_s is None:
         seq.scheduled_time_s = now_s
     running.append(seq)
@@ -297,7 +298,9 @@ class StaticBatchScheduler:
     """FasterTransformer-like static batching: a batch forms only when the instance is idle.
 
     KV for each member's whole prompt plus output is reserved at batch formation (FasterTransformer
-    pre-allocates the cache for the maximum length), so static batches are never preempted.
+    pre-allocates the cache for the maximum length), so static batches are never preempted. A member
+    keeps the tokens it arrived with computed: on the decode instance of a prefill/decode pair, the
+    prompt's KV handed over (its first step is a decode).
     """
 
     max_batch_size: int = 32
@@ -316,7 +319,6 @@ class StaticBatchScheduler:
                     break
                 waiting.popleft()
                 kv.allocate(seq.index, seq.prompt_tokens + seq.output_tokens)
-                seq.num_computed_tokens = 0
                 if seq.scheduled_time_s is None:
                     seq.scheduled_time_s = now_s
                 running.append(seq)
