@@ -400,6 +400,7 @@ def cmd_validate_vllm(args: argparse.Namespace) -> int:
           f"max_num_seqs {s.max_num_seqs}, max_num_batched_tokens {s.max_num_batched_tokens}; step model: profile "
           f"{args.profile}")
     print(f"KV capacity: {run.kv_source}")
+    print(f"Attention: {run.step_model_source}")
     run.table.to_csv(out / "validation.csv", index=False)
     run.result.save(out / "simulation", timeline=False)
     print(run.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

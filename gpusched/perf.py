@@ -54,6 +54,16 @@ One protocol, :class:`StepTimeModel`, and two implementations:
     when chunks end their prompt, an over-estimate of one lm_head row per unfinished chunk); pass
     ``num_sampled=`` to :meth:`ProfiledStepTime.step_time_s` when the engine knows.
 
+    **Decode skew.** The grid's decodes all share one context, so a step is looked up at the mean
+    context (the same KV bytes read). When the profile's ``meta.yaml`` enables ``skew_fit`` (LLMServingSim's
+    RTX PRO 6000 profile does; its RTX 4090 profile does not), the attention term is corrected as
+    LLMServingSim does: ``t_mean + alpha (t_max - t_mean)``, ``t_max`` the grid at the longest decode
+    context and ``alpha`` the profile's fitted value for the step's bucket (prefill tokens, number of
+    decodes, skew rate ``(mean - min) / (max - min)``, longest context, cached prefill tokens; see
+    :class:`gpusched.profiles.SkewFit`). The time then depends on the spread of the contexts, not only
+    on their sum, so such a model offers no ``decode_step_time_s`` shortcut (it is None) and engines
+    price every step with all its contexts. ``skew_correction=False`` switches the correction off.
+
 Units: tokens are counts, times seconds, bandwidths bytes/s. Inputs are validated: a negative length
 raises :class:`~gpusched.errors.ConfigError` naming it.
 
@@ -70,8 +80,8 @@ import numpy as np
 import pandas as pd
 
 from gpusched.errors import ConfigError, ProfileError
-from gpusched.profiles import (Grid1D, Grid2D, Grid4D, LINEAR_OPS, detect_format, monotone_envelope,
-                               read_h100_tables, read_lss_tables)
+from gpusched.profiles import (Grid1D, Grid2D, Grid4D, LINEAR_OPS, SkewFit, detect_format, monotone_envelope,
+                               read_h100_tables, read_lss_skew_fit, read_lss_tables)
 
 __all__ = ["StepTimeModel", "RooflineStepTime", "ProfiledStepTime", "compare_to_steps", "mape",
            "DTYPE_BYTES", "KERNEL_FLOOR_S", "same_layer_shapes", "profile_models"]
@@ -262,7 +272,9 @@ class ProfiledStepTime:
 
     Attributes (all documented there): ``fmt`` (``"h100"`` or ``"llmservingsim"``), ``model`` (ModelSpec),
     ``tp``, ``launch_overhead_s``, ``kernel_floor_s``, ``elementwise_bandwidth_bytes_per_s``,
-    ``include_lm_head``, ``include_comm``, ``prefill_samples``, ``grids`` (the interpolation grids).
+    ``include_lm_head``, ``include_comm``, ``prefill_samples``, ``grids`` (the interpolation grids), ``skew``
+    (LLMServingSim format: the profile's measured decode-skew correction, a :class:`~gpusched.profiles.SkewFit`,
+    or None).
     """
 
     fmt: str
@@ -279,6 +291,7 @@ class ProfiledStepTime:
     dtype: str = "bf16"
     allreduce_latency_s: float = ALLREDUCE_LATENCY_S
     equivalent_chunk: bool = True
+    skew: SkewFit | None = field(default=None, repr=False)
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -286,7 +299,8 @@ class ProfiledStepTime:
                          launch_overhead_s: float | None = None, kernel_floor_s: float = KERNEL_FLOOR_S,
                          elementwise_bandwidth_bytes_per_s: float | None = None,
                          include_lm_head: bool = True, include_comm: bool = True,
-                         prefill_samples: bool = True, dtype: str = "bf16") -> "ProfiledStepTime":
+                         prefill_samples: bool = True, dtype: str = "bf16",
+                         skew_correction: bool = True) -> "ProfiledStepTime":
         """Read a profile directory (a bundled name such as ``"h100"``/``"rtx4090"`` or a path).
 
         Args:
@@ -300,6 +314,9 @@ class ProfiledStepTime:
             include_lm_head: add LM head (+ sampler in LLMServingSim format) per sampled sequence.
             include_comm: add TP all-reduces (H100 tables were timed on one GPU without communication).
             prefill_samples: count every prefill chunk as emitting a token (see module docstring).
+            skew_correction: apply the decode-skew correction the profile measured, when its ``meta.yaml``
+                enables one (LLMServingSim format; see the module docstring). False prices decode attention
+                at the mean context only.
         """
         from gpusched.paths import resolve_profile
         root = resolve_profile(path)
@@ -322,7 +339,8 @@ class ProfiledStepTime:
                                    f"have {sorted(t.dense)} and {sorted(t.per_sequence)}")
             grids = dict(dense=t.dense, per_sequence=t.per_sequence,
                          attention=Grid4D((t.pc, t.kp, t.nd, t.kd), t.att_s))
-            return cls(fmt=fmt, grids=grids, launch_overhead_s=0.0, kernel_floor_s=0.0, gpu=gpu, **common)
+            skew = read_lss_skew_fit(root, tp) if skew_correction else None
+            return cls(fmt=fmt, grids=grids, launch_overhead_s=0.0, kernel_floor_s=0.0, gpu=gpu, skew=skew, **common)
 
         t = read_h100_tables(root, spec.name, tp)
         env = monotone_envelope if smooth else (lambda z: np.asarray(z, float))
@@ -345,6 +363,8 @@ class ProfiledStepTime:
         if self.launch_overhead_s < 0 or self.kernel_floor_s < 0:
             raise ConfigError(f"launch_overhead_s ({self.launch_overhead_s!r}) and kernel_floor_s "
                               f"({self.kernel_floor_s!r}) must be >= 0")
+        if self.skew is not None and self.fmt != "llmservingsim":
+            raise ConfigError(f"a decode-skew correction applies to LLMServingSim-format tables only, not {self.fmt!r}")
         m, b = self.model, _dtype_bytes(self.dtype)
         tp = self.tp
         object.__setattr__(self, "_elem", _elementwise_bytes_per_token(
@@ -389,7 +409,7 @@ class ProfiledStepTime:
             raise ConfigError(f"num_sampled must be >= 0, got {num_sampled!r}")
         mean_ctx = sum(decode_contexts) / nd if nd else 0.0
         if self.fmt == "llmservingsim":
-            return self._lss_step(n, prefill_lens, prefill_cached, nd, mean_ctx, num_sampled)
+            return self._lss_step(n, prefill_lens, prefill_cached, decode_contexts, mean_ctx, num_sampled)
         g = self._g
         # the terms that depend on the step's token count only, cached per count (engines price tens of
         # thousands of steps over a few thousand distinct counts); added in the same order as uncached
@@ -430,14 +450,28 @@ class ProfiledStepTime:
                                          self.allreduce_latency_s)
         return linear, elementwise, comm
 
-    def decode_step_time_s(self, batch_size: int, context_sum: int) -> float:
-        """Seconds of a decode-only step of ``batch_size`` sequences whose cached contexts sum to
-        ``context_sum`` tokens; equal (to rounding) to ``step_time_s(decode_contexts=...)``.
+    @property
+    def decode_step_time_s(self):
+        """``decode_step_time_s(batch_size, context_sum)``: seconds of a decode-only step of ``batch_size``
+        sequences whose cached contexts sum to ``context_sum`` tokens, equal (to rounding) to
+        ``step_time_s(decode_contexts=...)``; or **None** when this model has a decode-skew correction.
 
-        Decode time depends on the contexts only through their mean here, so engines can price a run of
-        decode steps without building per-sequence lists: the batch-size terms are computed once per
-        batch size and cached.
+        Engines price decode steps through this shortcut when a model offers it (``getattr(model,
+        "decode_step_time_s", None)``), without building per-sequence lists. It is exact only while decode
+        time depends on the contexts through their sum alone; with a skew correction it also depends on
+        their spread, so the model withholds the shortcut and engines call :meth:`step_time_s` with every
+        context.
         """
+        return None if self.skew is not None else self._decode_step_s
+
+    @property
+    def decode_run_ends_s(self):
+        """``decode_run_ends_s(start_s, batch_size, context_sum, steps)`` (see :meth:`_decode_run_ends`), or
+        None when :attr:`decode_step_time_s` is None."""
+        return None if self.skew is not None else self._decode_run_ends
+
+    def _decode_step_s(self, batch_size: int, context_sum: int) -> float:
+        """:attr:`decode_step_time_s`: the batch-size terms are computed once per batch size and cached."""
         if batch_size < 1 or context_sum < 0:
             raise ConfigError(f"decode_step_time_s needs batch_size >= 1 and context_sum >= 0, got "
                               f"{batch_size!r}, {context_sum!r}")
@@ -450,7 +484,7 @@ class ProfiledStepTime:
             return base + self.model.num_layers * self.grids["attention"](0, 0, batch_size, mean_ctx)
         return base + self.model.num_layers * self._g(self.grids["decode"](batch_size, mean_ctx))
 
-    def decode_run_ends_s(self, start_s: float, batch_size: int, context_sum: int, steps: int) -> list[float]:
+    def _decode_run_ends(self, start_s: float, batch_size: int, context_sum: int, steps: int) -> list[float]:
         """End times (s) of ``steps`` back-to-back decode-only steps from ``start_s``, every context one
         token longer at each step: ``ends[k] = ends[k-1] + decode_step_time_s(batch_size, context_sum +
         k * batch_size)`` with ``ends[-1] = start_s``.
@@ -463,7 +497,7 @@ class ProfiledStepTime:
         base = self.__dict__.get("_decode_base", {}).get(batch_size)
         if self.fmt != "h100" or base is None or context_sum < 0:  # also validates, fills the cache
             for k in range(steps):
-                t = t + self.decode_step_time_s(batch_size, context_sum + k * batch_size)
+                t = t + self._decode_step_s(batch_size, context_sum + k * batch_size)
                 ends.append(t)
             return ends
         layers, launch, floor = self.model.num_layers, self.launch_overhead_s, self.kernel_floor_s
@@ -497,12 +531,39 @@ class ProfiledStepTime:
         p_eq = w / c_tot - 0.5 * c_tot
         return (c_tot, p_eq) if p_eq > 0 else (math.sqrt(2.0 * w), 0.0)
 
-    def _lss_step(self, n, prefill_lens, prefill_cached, nd, mean_ctx, num_sampled) -> float:
-        d = self.grids["dense"]
+    def _lss_attention_s(self, prefill_lens, prefill_cached, decode_contexts, mean_ctx) -> float:
+        """One layer's attention (seconds): the 4-D grid at the step's prefill key and the mean decode
+        context, plus the profile's decode-skew correction when it has one (see :class:`SkewFit`):
+        ``t_mean + alpha (t_max - t_mean)``, ``t_max`` the grid at the longest decode context.
+
+        As LLMServingSim applies it: no correction for fewer than two decodes, equal contexts, ``alpha = 0``
+        or ``t_max <= t_mean``; the bucket's ``pc`` and ``kp`` are the sums of the prefill chunks' new and
+        cached tokens (LLMServingSim's grid keys), while ``t_mean`` and ``t_max`` are read at this model's
+        own prefill key (:meth:`_lss_prefill_key`), as the uncorrected term is.
+        """
+        attention = self.grids["attention"]
         pc, kp = self._lss_prefill_key(prefill_lens, prefill_cached)
+        nd = len(decode_contexts)
+        t_mean = attention(pc, kp, nd, mean_ctx)
+        skew = self.skew
+        if skew is None or nd < 2:
+            return t_mean
+        lo, hi = min(decode_contexts), max(decode_contexts)
+        if lo == hi:
+            return t_mean
+        chunks = [(c, p) for c, p in zip(prefill_lens, prefill_cached) if c]
+        rate = (sum(decode_contexts) // nd - lo) / (hi - lo)  # LLMServingSim's integer mean
+        alpha = skew.alpha(sum(c for c, _ in chunks), nd, rate, hi, sum(p for _, p in chunks))
+        if alpha == 0.0:
+            return t_mean
+        t_max = attention(pc, kp, nd, hi)
+        return t_mean + alpha * (t_max - t_mean) if t_max > t_mean else t_mean
+
+    def _lss_step(self, n, prefill_lens, prefill_cached, decode_contexts, mean_ctx, num_sampled) -> float:
+        d = self.grids["dense"]
         layer = (2 * d["layernorm"](n) + d["qkv_proj"](n) + d["rotary_emb"](n) + d["o_proj"](n)
                  + d["gate_up_proj"](n) + d["act_fn"](n) + d["down_proj"](n)
-                 + self.grids["attention"](pc, kp, nd, mean_ctx))
+                 + self._lss_attention_s(prefill_lens, prefill_cached, decode_contexts, mean_ctx))
         t = d["embedding"](n) + self.model.num_layers * layer
         if self.include_lm_head:
             t += d["final_layernorm"](n)

@@ -5,7 +5,9 @@ Two on-disk formats are understood (:func:`detect_format`):
 * ``"h100"`` -- our op tables (``ops_linear.csv``, ``ops_attn_prefill.csv``, ``ops_attn_decode.csv``,
   ``ops_attn_chunked.csv``), times in **ms**, several models (short names) and TP degrees per file.
 * ``"llmservingsim"`` -- LLMServingSim 2.0's layerwise vLLM profiles (``dense.csv``, ``per_sequence.csv``,
-  ``attention.csv`` under ``tp<N>/``, ``meta.yaml`` beside), times in **µs**, one model per directory.
+  ``attention.csv`` under ``tp<N>/``, ``meta.yaml`` beside), times in **µs**, one model per directory; and,
+  when the ``meta.yaml`` enables it, the decode-skew correction (``skew_fit`` block and ``tp<N>/skew_fit.csv``,
+  read by :func:`read_lss_skew_fit` into a :class:`SkewFit`).
 
 Everything leaves this module in SI units. The interpolation primitives (:class:`Grid1D`, :class:`Grid2D`)
 are pure Python over tuples of floats because the simulator calls them millions of times with scalars,
@@ -18,16 +20,21 @@ linearly with slopes clipped at >= 0 (a step never gets faster with more work).
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+import math
+import numbers
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from gpusched.errors import ProfileError
 
 __all__ = ["Grid1D", "Grid2D", "Grid4D", "monotone_envelope", "detect_format", "H100Tables", "read_h100_tables",
-           "LssTables", "read_lss_tables", "find_lss_tp_dir", "lss_profiled_model"]
+           "LssTables", "read_lss_tables", "find_lss_tp_dir", "lss_profiled_model", "BucketAxis", "SkewFit",
+           "read_lss_skew_fit"]
 
 H100_FILES = ("ops_linear.csv", "ops_attn_prefill.csv", "ops_attn_decode.csv")
 LINEAR_OPS = ("qkv", "o", "gate_up", "down")
@@ -445,3 +452,196 @@ class Grid4D:
             if w != 0.0:
                 total += w * z[tuple(idx)]
         return max(total, 0.0)
+
+
+# ------------------------------------------------------------------------------------------- decode skew
+class BucketAxis:
+    """One axis of LLMServingSim's skew-fit buckets: label ``i`` covers ``(bins[i], bins[i + 1]]`` (right edge
+    included, so ``n<=8`` holds 8); a value at or below ``bins[0]`` takes the first label, one above the last
+    edge the last label."""
+
+    __slots__ = ("name", "bins", "labels")
+
+    def __init__(self, name: str, bins, labels, where: str):
+        ok = (isinstance(bins, (list, tuple)) and isinstance(labels, (list, tuple)) and len(labels) >= 1
+              and len(bins) == len(labels) + 1
+              and all(_is_number(b) and math.isfinite(b) for b in bins)
+              and all(b < c for b, c in zip(bins, bins[1:]))
+              and all(isinstance(x, str) for x in labels) and len(set(labels)) == len(labels))
+        if not ok:
+            raise ProfileError(f"{where}: skew_fit bucket axis {name!r} needs strictly increasing finite bins and "
+                               f"one distinct label per bin (len(bins) = len(labels) + 1); got bins {bins!r}, "
+                               f"labels {labels!r}")
+        self.name, self.bins, self.labels = name, tuple(float(b) for b in bins), tuple(labels)
+
+    def label(self, value: float) -> str:
+        i = bisect_left(self.bins, value, 1) - 1  # the first i with value <= bins[i + 1]
+        return self.labels[min(i, len(self.labels) - 1)]
+
+
+# LLMServingSim's fixed skew-rate buckets, and the axes its simulator assumes when a meta.yaml predates
+# ``skew_fit.bucket_axes`` (trace_generator.py, _DEFAULT_SKEW_AXES)
+_SKEW_AXES_DEFAULT = {
+    "n": ((0, 2, 4, 8, 16, 32, 64, 128, 1_000_000),
+          ("n<=2", "n<=4", "n<=8", "n<=16", "n<=32", "n<=64", "n<=128", "n>128")),
+    "skew_rate": ((-0.01, 0.05, 0.15, 0.40, 0.70, 1.01), ("sr<=5%", "sr<=15%", "sr<=40%", "sr<=70%", "sr>70%")),
+    "kv_big": ((0, 1024, 4096, 16384, 1_000_000_000), ("kvB<=1k", "kvB<=4k", "kvB<=16k", "kvB>16k")),
+    "kp": ((-1, 0, 2048, 1_000_000_000), ("kp=0", "kp<=2k", "kp>2k")),
+}
+_SKEW_CSV_COLUMNS = ("pc", "n_label", "skew_rate_label", "kv_big_label", "kp_label", "alpha")
+
+
+@dataclass(frozen=True)
+class SkewFit:
+    """LLMServingSim's measured decode-skew correction at one TP degree (read by :func:`read_lss_skew_fit`).
+
+    The attention grid was measured with every decode of a step at one context length. A real batch mixes
+    lengths, and FlashAttention's varlen kernel then pays tile padding and SM imbalance that a uniform batch at
+    the same mean does not. LLMServingSim's profiler measured, for many skewed batches (``nb`` decodes at
+    ``kv_big``, the rest at ``kvs``), the times ``t_mean`` (all at the mean), ``t_max`` (all at the maximum) and
+    ``t_skew`` (the batch itself), and fitted per bucket the weighted least-squares
+    ``alpha = sum(dtm dts) / sum(dtm^2)`` with ``dtm = t_max - t_mean``, ``dts = t_skew - t_mean``; a step's
+    attention is then ``t_mean + alpha (t_max - t_mean)``. A bucket is the 5-tuple
+
+    * ``pc``: the step's prefill tokens (the sum of its chunks), matched exactly against the profiled values;
+    * ``n``: the number of decodes, by :attr:`axes` ``["n"]``;
+    * ``skew_rate`` = ``(mean - min) / (max - min)`` of the decode contexts, clipped to [0, 1] (``nb / n`` for
+      the profiler's two-level batches), with LLMServingSim's integer mean ``sum // n``;
+    * ``kv_big``: the longest decode context;
+    * ``kp``: the prefill chunks' cached tokens (their sum).
+
+    A bucket missing from the table takes :attr:`alpha_default` (the pooled fit). Attributes: ``alphas``
+    ``{(pc, n_label, skew_rate_label, kv_big_label, kp_label): alpha}``, ``alpha_default``, ``axes`` (one
+    :class:`BucketAxis` per name ``n``, ``skew_rate``, ``kv_big``, ``kp``), ``source`` (where it was read).
+    """
+
+    alphas: dict
+    alpha_default: float
+    axes: dict
+    source: str
+
+    def key(self, pc: int, n: int, skew_rate: float, kv_big: int, kp: int) -> tuple:
+        """The bucket of a step (see the class docstring for the arguments)."""
+        axes = self.axes
+        return (int(pc), axes["n"].label(int(n)), axes["skew_rate"].label(min(max(float(skew_rate), 0.0), 1.0)),
+                axes["kv_big"].label(int(kv_big)), axes["kp"].label(int(kp)))
+
+    def alpha(self, pc: int, n: int, skew_rate: float, kv_big: int, kp: int) -> float:
+        """The fitted alpha of the step's bucket, or :attr:`alpha_default` if the profile has none for it."""
+        return self.alphas.get(self.key(pc, n, skew_rate, kv_big, kp), self.alpha_default)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _finite(value, what: str, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(value):
+        raise ProfileError(f"{where}: {what} = {value!r} is not a finite number")
+    return float(value)
+
+
+def read_lss_skew_fit(root: Path, tp: int) -> SkewFit | None:
+    """The decode-skew correction an LLMServingSim profile measured at TP ``tp``, or None when it has none.
+
+    As LLMServingSim's simulator reads it: ``meta.yaml`` ``skew_fit`` must be ``enabled`` (a profile whose meta
+    says ``enabled: false`` gets no correction even if a ``skew_fit.csv`` lies beside its tables: the RTX 4090
+    bundle is such a case); ``skew_fit.per_tp[tp]`` gives ``alpha_default`` and the bucket table, inline
+    (``alpha_by_bucket``) or as a CSV (``bucket_table``, relative to ``root``); the bucket axes come from the
+    TP's entry, else the block's ``bucket_axes``, else LLMServingSim's defaults. With ``enabled: true`` but no
+    entry for this TP, the block's ``alpha_default`` applies to every bucket (None if it has none).
+    A malformed block or table raises :class:`ProfileError` naming the file, row and field.
+    """
+    root = Path(root)
+    meta_path = root / "meta.yaml"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = yaml.safe_load(meta_path.read_text(errors="replace"))
+    except yaml.YAMLError as err:
+        raise ProfileError(f"{meta_path}: not valid YAML ({err}); fix or remove the file") from None
+    block = meta.get("skew_fit") if isinstance(meta, dict) else None
+    if not isinstance(block, dict) or not block.get("enabled"):
+        return None
+    where = f"{meta_path} skew_fit"
+    per_tp = block.get("per_tp") or {}
+    if not isinstance(per_tp, dict):
+        raise ProfileError(f"{where}: per_tp is a {type(per_tp).__name__}, expected a mapping of TP degree to fit")
+    entry = per_tp.get(tp, per_tp.get(str(tp)))
+    axes_spec = (entry or {}).get("bucket_axes") or block.get("bucket_axes") or {}
+    if not isinstance(axes_spec, dict):
+        raise ProfileError(f"{where}: bucket_axes is a {type(axes_spec).__name__}, expected a mapping")
+    axes = {}
+    for name, (bins, labels) in _SKEW_AXES_DEFAULT.items():
+        if f"{name}_bins" in axes_spec or f"{name}_labels" in axes_spec:
+            bins, labels = axes_spec.get(f"{name}_bins"), axes_spec.get(f"{name}_labels")
+        axes[name] = BucketAxis(name, bins, labels, where)
+    if entry is None:
+        if block.get("alpha_default") is None:
+            return None
+        return SkewFit({}, _finite(block["alpha_default"], "alpha_default", where), axes,
+                       f"{where}.alpha_default (no per_tp entry for tp{tp})")
+    if not isinstance(entry, dict):
+        raise ProfileError(f"{where}: per_tp[{tp}] is a {type(entry).__name__}, expected a mapping")
+    where = f"{where}.per_tp[{tp}]"
+    alpha_default = _finite(entry.get("alpha_default", 0.0), "alpha_default", where)
+    if entry.get("alpha_by_bucket"):
+        alphas, source = _inline_skew_table(entry["alpha_by_bucket"], axes, where), f"{where}.alpha_by_bucket"
+    elif entry.get("bucket_table"):
+        path = root / str(entry["bucket_table"])
+        alphas, source = _read_skew_csv(path, axes), str(path)
+    else:
+        raise ProfileError(f"{where}: neither alpha_by_bucket nor bucket_table; the fit has no buckets")
+    return SkewFit(alphas, alpha_default, axes, source)
+
+
+def _check_labels(labels: tuple, axes: dict, where: str) -> None:
+    for name, label in zip(("n", "skew_rate", "kv_big", "kp"), labels):
+        if label not in axes[name].labels:
+            raise ProfileError(f"{where}: {name} label {label!r} is not one of the bucket axis's labels "
+                               f"{list(axes[name].labels)}")
+
+
+def _inline_skew_table(table, axes: dict, where: str) -> dict:
+    """``alpha_by_bucket`` of an older meta.yaml: ``"pc=0|n<=8|sr<=5%|kvB<=1k|kp=0": alpha``."""
+    if not isinstance(table, dict):
+        raise ProfileError(f"{where}: alpha_by_bucket is a {type(table).__name__}, expected a mapping")
+    alphas = {}
+    for text, alpha in table.items():
+        parts = str(text).split("|")
+        if len(parts) != 5 or not parts[0].startswith("pc=") or not parts[0][3:].isdigit():
+            raise ProfileError(f"{where}: bucket {text!r} is not 'pc=<int>|<n>|<skew rate>|<kv_big>|<kp>'")
+        _check_labels(tuple(parts[1:]), axes, f"{where} bucket {text!r}")
+        alphas[(int(parts[0][3:]), *parts[1:])] = _finite(alpha, f"alpha of bucket {text!r}", where)
+    return alphas
+
+
+def _read_skew_csv(path: Path, axes: dict) -> dict:
+    """``tp<N>/skew_fit.csv`` (``pc, n_label, skew_rate_label, kv_big_label, kp_label, alpha[, n_samples]``)."""
+    if not path.is_file():
+        raise ProfileError(f"{path}: the skew fit's bucket table named by meta.yaml is missing; restore it, or set "
+                           f"skew_fit.enabled to false in meta.yaml to price steps without the correction")
+    df = _read_csv(path, _SKEW_CSV_COLUMNS)
+    for column in ("pc", "alpha"):  # a non-number anywhere would make the whole column text: name its row
+        numbers_ = pd.to_numeric(df[column], errors="coerce")
+        bad = ~np.isfinite(numbers_.to_numpy(float))
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = df[column].iloc[i]
+            shown = repr(value) if isinstance(value, str) else str(value)
+            raise ProfileError(f"{path} row {i + 2}: {column} = {shown} is not a finite number")
+        df[column] = numbers_
+    alphas, first_row = {}, {}
+    for i, row in enumerate(df[list(_SKEW_CSV_COLUMNS)].itertuples(index=False, name=None)):
+        line = f"{path} row {i + 2}"
+        pc, *labels, alpha = row
+        if pc < 0 or pc != int(pc):
+            raise ProfileError(f"{line}: pc = {pc!r} is not a token count (an integer >= 0)")
+        labels = tuple(str(x) for x in labels)
+        _check_labels(labels, axes, line)
+        key = (int(pc), *labels)
+        if key in alphas:
+            raise ProfileError(f"{line}: bucket {key} already given on row {first_row[key]}; keep one row per bucket")
+        alphas[key] = _finite(alpha, "alpha", line)
+        first_row[key] = i + 2
+    return alphas

@@ -18,6 +18,11 @@ capacity is the engine's GPU block count:
   recorded one (``hardware.device_total_memory_bytes``), else that of the GPU named by the caller, by
   ``hardware.device_name`` or by the profile's ``meta.yaml`` (:attr:`Replay.kv_source` says which).
 
+Steps are priced by the profile's step-time model (:class:`~gpusched.perf.ProfiledStepTime`), with the
+decode-skew correction the profile measured when its ``meta.yaml`` enables one (LLMServingSim's RTX PRO 6000
+profile does, its RTX 4090 profile does not); :attr:`Replay.step_model_source` says which. On the RTX PRO
+6000 run the correction moves the mean error over the table from 5.33 % to 1.32 %.
+
 Settings the meta does not record take vLLM 0.19's defaults, listed in :attr:`EngineSettings.assumed`:
 ``gpu_memory_utilization`` 0.9, block size 16, prefix caching and chunked prefill on,
 ``scheduler_reserve_full_isl`` on (the RTX 4090 run's resolved config shows it on without being asked).
@@ -90,7 +95,7 @@ class Replay:
         seconds). result : the simulation's :class:`~simulators.serving.results.SimResult`.
     settings : the engine settings used. num_gpu_blocks : the KV capacity simulated.
     kv_source : one sentence: recorded, given, or how it was estimated. estimate : the estimate's terms
-        (None unless estimated).
+        (None unless estimated). step_model_source : one sentence: the decode-skew correction applied, if any.
     """
 
     table: pd.DataFrame
@@ -99,6 +104,7 @@ class Replay:
     num_gpu_blocks: int
     kv_source: str
     estimate: VllmMemoryEstimate | None = None
+    step_model_source: str = ""
 
     @property
     def mean_abs_error_pct(self) -> float:
@@ -228,12 +234,13 @@ def latency_stats(ttft_s, tpot_s, latency_s) -> dict[tuple[str, str], float]:
 
 
 def replay_run(bench_dir: str | Path, profile_dir: str | Path, num_gpu_blocks: int | None = None,
-               gpu: str | None = None, **scheduler_overrides) -> Replay:
+               gpu: str | None = None, skew_correction: bool = True, **scheduler_overrides) -> Replay:
     """Replay the measured run in ``bench_dir`` with the step-time model of ``profile_dir``.
 
     ``num_gpu_blocks`` overrides the KV capacity; otherwise the recorded count is used, or an estimate
-    (see the module docstring; ``gpu`` names the device when the run does not). ``scheduler_overrides``
-    replace knobs of the recorded scheduler.
+    (see the module docstring; ``gpu`` names the device when the run does not). ``skew_correction=False``
+    prices decode attention at the mean context even when the profile measured a skew correction.
+    ``scheduler_overrides`` replace knobs of the recorded scheduler.
     """
     settings = read_engine_settings(bench_dir)
     requests_path = run_file(bench_dir, "requests.jsonl")
@@ -243,7 +250,8 @@ def replay_run(bench_dir: str | Path, profile_dir: str | Path, num_gpu_blocks: i
         if col not in df:
             raise TraceError(f"{requests_path}: no {col!r}; is this a vLLM benchmark requests.jsonl?")
     try:
-        step_model = ProfiledStepTime.from_profile_dir(profile_dir, model=settings.model, tp=settings.tp)
+        step_model = ProfiledStepTime.from_profile_dir(profile_dir, model=settings.model, tp=settings.tp,
+                                                       skew_correction=skew_correction)
     except GpuschedError as err:
         raise ProfileError(f"{err} (the measured run used {settings.model} at TP{settings.tp})") from None
     estimate = None
@@ -275,7 +283,18 @@ def replay_run(bench_dir: str | Path, profile_dir: str | Path, num_gpu_blocks: i
         [(m, s, measured[(m, s)], simulated[(m, s)]) for m in METRICS for s in STATS],
         columns=["metric", "stat", "measured", "simulated"])
     table["error_pct"] = 100.0 * (table["simulated"] - table["measured"]) / table["measured"]
-    return Replay(table, result, settings, blocks, source, estimate)
+    return Replay(table, result, settings, blocks, source, estimate, _skew_source(step_model, skew_correction))
+
+
+def _skew_source(step_model: ProfiledStepTime, asked: bool) -> str:
+    """One sentence on the decode-skew correction of the replay's step model."""
+    fit = step_model.skew
+    if fit is not None:
+        return (f"decode attention with the profile's measured skew correction ({len(fit.alphas):,} buckets from "
+                f"{fit.source}; alpha {fit.alpha_default} outside them)")
+    if not asked:
+        return "decode attention at the mean context (skew correction switched off)"
+    return "decode attention at the mean context (the profile enables no skew correction in its meta.yaml)"
 
 
 def replay(bench_dir: str | Path, profile_dir: str | Path, **scheduler_overrides):
