@@ -83,11 +83,22 @@ class StepPlan:
     has generated at least one token is a decode at context ``num_computed_tokens``; every other entry
     is a prefill chunk of ``new_tokens`` over ``num_computed_tokens`` cached tokens. ``swap_tokens``
     adds a host-link transfer of that many tokens' KV to the step.
+
+    An empty plan may carry two requests to the engine:
+
+    - ``wake_at_s``: call ``schedule`` again at this simulated time (s) even if nothing arrives or
+      finishes before it (a policy that waits on a clock, e.g. an accumulation window);
+    - ``hold=True``: the sequences in ``running`` keep their KV and wait on purpose (a threshold policy
+      that pauses a stage until enough requests accumulate). Without it, an empty plan while sequences
+      hold KV is a stall, and engines that check invariants raise. A run that ends with held sequences
+      reports them unfinished.
     """
 
     entries: list[tuple[SeqState, int]] = field(default_factory=list)
     preempted: list[SeqState] = field(default_factory=list)
     swap_tokens: int = 0  # KV tokens moved between GPU and host memory in this step (out + in)
+    wake_at_s: float | None = None  # with an empty plan: schedule again at this time (s) at the latest
+    hold: bool = False  # with an empty plan: running sequences wait on purpose, keeping their KV
 
     @property
     def num_tokens(self) -> int:
@@ -105,7 +116,8 @@ class BatchScheduler(Protocol):
     front); ``running`` the sequences holding KV. The scheduler mutates both lists (moving admitted
     sequences to ``running``, preempted ones to ``waiting``), allocates KV through ``kv`` for every
     token it schedules, and frees the blocks of what it preempts. It returns the plan; an empty plan
-    means "nothing can run now" and the engine waits for the next arrival or finish.
+    means "nothing can run now" and the engine waits for the next arrival or finish, or for the plan's
+    ``wake_at_s``; an empty plan with sequences in ``running`` must say ``hold=True`` (see :class:`StepPlan`).
 
     A scheduler may declare ``stable_decode_runs = True``. It promises two things:
 

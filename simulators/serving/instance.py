@@ -163,11 +163,14 @@ class InstanceEngine:
             if plan.preempted or len(self.waiting) != waiting_before:
                 self._count_moves(plan, waiting_before)
             if not plan:
-                if self.running and self.check_invariants:
+                if self.running and not plan.hold and self.check_invariants:
                     raise SimulationInvariantError(
                         f"instance {self.index}: scheduler {self.scheduler.name!r} scheduled nothing while "
-                        f"{len(self.running)} sequences hold KV; the instance would stall forever")
+                        f"{len(self.running)} sequences hold KV; the instance would stall forever (a pause "
+                        f"on purpose returns StepPlan(hold=True))")
                 self._wake = env.event()
+                if plan.wake_at_s is not None:
+                    self._wake_later(plan.wake_at_s, self._wake)
                 yield self._wake
                 self._wake = None
                 self.clock = env.now
@@ -182,6 +185,20 @@ class InstanceEngine:
             self._account(plan.entries, end, start, plan.num_tokens, len(plan.entries), 1)
             if everyone and self._runs:
                 run = self._continue_run()
+
+    def _wake_later(self, at_s: float, wake: simpy.Event) -> None:
+        """Trigger ``wake`` at ``at_s`` (a scheduler's ``StepPlan.wake_at_s``) unless something woke it first."""
+        if not at_s > self.clock:
+            raise SimulationInvariantError(
+                f"instance {self.index}: scheduler {self.scheduler.name!r} asked to be woken at {at_s!r} s, "
+                f"not after now ({self.clock!r} s); return a plan to run now instead")
+
+        def alarm():
+            yield from wait_until(self.env, at_s)
+            if not wake.triggered:
+                wake.succeed()
+
+        self.env.process(alarm())
 
     def _count_moves(self, plan: StepPlan, waiting_before: int) -> None:
         """Move the tokens-to-do counters for what ``schedule`` admitted and preempted.

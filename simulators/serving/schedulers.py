@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import ClassVar
 
 from gpusched import registry
 from gpusched.errors import ConfigError
@@ -134,7 +135,7 @@ class VllmV1Scheduler:
     reserve_full_prompt: bool = False
     preemption: str = "recompute"
     name: str = "vllm-v1"
-    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
+    stable_decode_runs: ClassVar[bool] = True  # a promise of the class (gpusched.policy.BatchScheduler), not a knob
 
     @property
     def whole_sequence_budget(self) -> int | None:
@@ -209,7 +210,7 @@ class VllmV0Scheduler:
     max_num_seqs: int = 256
     enable_prefix_caching: bool = False
     name: str = "vllm-v0"
-    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
+    stable_decode_runs: ClassVar[bool] = True  # a promise of the class (gpusched.policy.BatchScheduler), not a knob
 
     @property
     def whole_sequence_budget(self) -> int:
@@ -255,7 +256,7 @@ class SarathiScheduler:
     max_num_seqs: int = 256
     enable_prefix_caching: bool = False
     name: str = "sarathi"
-    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
+    stable_decode_runs: ClassVar[bool] = True  # a promise of the class (gpusched.policy.BatchScheduler), not a knob
 
     def __post_init__(self):
         _check_positive(self, "token_budget", "max_num_seqs")
@@ -305,7 +306,7 @@ class StaticBatchScheduler:
 
     max_batch_size: int = 32
     name: str = "static"
-    stable_decode_runs: bool = True  # see gpusched.policy.BatchScheduler
+    stable_decode_runs: ClassVar[bool] = True  # a promise of the class (gpusched.policy.BatchScheduler), not a knob
 
     def __post_init__(self):
         _check_positive(self, "max_batch_size")
