@@ -137,6 +137,20 @@ def _fmt(system: str, layout) -> str:
     return f"P<{tp_p},{n_p}>D<{tp_d},{n_d}>"
 
 
+def parse_layout(name: str):
+    """Inverse of the layout names in the tables: ``P<4,1>D<4,1>`` -> ((4, 1), (4, 1)), ``DP2xTP4`` -> (4, 2)."""
+    import re
+    m = re.fullmatch(r"P<(\d+),(\d+)>D<(\d+),(\d+)>", name)
+    if m:
+        a, b, c, d = map(int, m.groups())
+        return (a, b), (c, d)
+    m = re.fullmatch(r"DP(\d+)xTP(\d+)", name)
+    if m:
+        return int(m.group(2)), int(m.group(1))
+    from gpusched.errors import ConfigError
+    raise ConfigError(f"layout {name!r}: write P<tp,replicas>D<tp,replicas> (disaggregated) or DP<n>xTP<n>")
+
+
 def layouts(system: str, quick: bool):
     if system.startswith("vllm"):
         return ((4, 2),) if quick else COLOC_LAYOUTS

@@ -215,3 +215,23 @@ def test_registry_and_bad_inputs():
     with pytest.raises(ConfigError, match="kv_capacity_tokens"):
         SessionWorker("d", "decode", 0)
     assert math.isfinite(simulate_sessions(ONE, PD, _Toy()).rounds["finish_time_s"].max())
+
+
+def test_reproduce_registration_and_claims_on_a_hand_table():
+    """The reproduce module plans scalar cells (quick a subset of full) and its claims read a table as by hand:
+    AMPD 0.6 / 0.3 vs Dynamo 0.4 / 0.3 -> mean gain (50 % + 0 %) / 2 = 25 %; best layout per system is taken."""
+    from experiments.reproduce import experiments
+    from experiments.reproduce.papers import ampd as rp
+    exps = {e.name: e for e in experiments(["ampd"])}
+    assert set(exps) == {"ampd-serving", "ampd-ablation"}
+    for e in exps.values():
+        assert set(map(str, e.plan(True))) <= set(map(str, e.plan(False)))
+    t = pd.DataFrame([
+        dict(workload="w", rate_per_s=1.0, system="ampd", layout="a", attainment=0.6),
+        dict(workload="w", rate_per_s=1.0, system="ampd", layout="b", attainment=0.1),
+        dict(workload="w", rate_per_s=1.0, system="dynamo", layout="a", attainment=0.4),
+        dict(workload="w", rate_per_s=2.0, system="ampd", layout="a", attainment=0.3),
+        dict(workload="w", rate_per_s=2.0, system="dynamo", layout="a", attainment=0.3),
+    ])
+    assert rp._mean_gain("dynamo")(t) == pytest.approx(25.0)
+    assert rp._share_not_worse("dynamo")(t) == 1.0
