@@ -20,7 +20,8 @@ first user, ``shared/papers/ampd.md`` §2.2).
   dequeues the task (lazy read), computes ``T_pre(h, m)`` on its own configuration, and sends back only the
   ``m`` new tokens' KV; the first token counts when that return lands (spec §2.2 (b)). The history read of the
   next queued task overlaps the current compute: a task starts at max(previous compute end, its read end)
-  (spec §2.2 (c); a task queued after the current compute started is read after it);
+  (spec §2.2 (c)): the scheduler picks that next task when the current compute starts, with ``now_s`` = the
+  compute's end (its earliest start); a task queued after that pick waits for the next one;
 * **queues** -- every worker's prefill queue is ordered by a :class:`~gpusched.policy.BatchScheduler` that
   returns exactly one task (a :class:`SeqState` with ``num_computed_tokens = h``, ``prompt_tokens = h + m``,
   ``arrival_time_s`` = enqueue time, and ``extra`` = ``{"session_id", "round", "postponed", "t_pre_s"}``, the
@@ -248,7 +249,8 @@ class _PrefillWorker(_Worker):
             self.prefill_end_s = env.now + compute_s
             run.log("prefill-start", rd, self.index)
             if run.overlap_reads and self.queue:
-                nrd = self.pick(env.now)
+                # chosen now so that its read overlaps this compute; judged at its earliest start time
+                nrd = self.pick(env.now + compute_s)
                 nxt = (nrd, env.now + run.read_time_s(nrd, self))
                 self.prefetched = nrd
             yield env.timeout(compute_s)
