@@ -94,6 +94,19 @@ def test_eviction_recomputes_the_history_and_is_counted():
     assert big.num_evictions == 0 and (rb.loc[(0, 1), "hist_tokens"], rb.loc[(0, 1), "incr_tokens"]) == (102, 50)
 
 
+def test_kv_ttl_pins_an_idle_session_and_the_newcomer_waits():
+    """Same trace with A's KV pinned for 10 s (vLLM-Continuum): B cannot evict A and waits; A's round 1 (released
+    at 0.21 + 5 = 5.21, in flight, so not queued behind B) runs 0.1 + 0.05 + 0.0102 s and one step, ending A at
+    5.3802, which frees A's 154 tokens: B is admitted then. Nothing is evicted."""
+    tr = _trace([(0, 0, 0.0, 100, 2, 0.0), (0, 1, 0.0, 152, 2, 5.0), (1, 0, 1.0, 300, 2, 0.0)])
+    res = simulate_sessions(tr, [SessionWorker("d", "decode", 400)], _Toy(), kv_ttl_s=10.0)
+    r = res.rounds.set_index(["session_id", "round"])
+    assert res.num_evictions == 0
+    assert r.loc[(0, 1), "finish_time_s"] == pytest.approx(5.3802)
+    assert r.loc[(1, 0), "arrival_time_s"] == 1.0 and r.loc[(1, 0), "admit_time_s"] == pytest.approx(5.3802)
+    assert r.loc[(1, 0), "first_token_time_s"] == pytest.approx(5.3802 + 0.4)
+
+
 def test_per_round_reservation_not_the_session_peak():
     """Two sessions whose peaks (1000 + 10 tokens each) exceed the worker together (1500) but whose rounds fit:
     reserving per round serves both concurrently (no eviction needed while both run round 0)."""

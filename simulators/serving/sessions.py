@@ -12,7 +12,9 @@ first user, ``shared/papers/ampd.md`` §2.2).
   history stays resident; it is freed when the session ends, or *evicted* (least recently idle first) when a
   round on that worker needs room. An evicted session re-prefills its whole history with its next round
   (counted in ``recomputed_tokens``). A round that does not fit even after evictions waits at the
-  coordinator, first come first served per worker (spec pitfall 10); its TTFT clock runs from its release.
+  coordinator, first come first served per worker (spec pitfall 10), except that a later round of a session whose
+  history is still resident tries at once instead of queueing behind new sessions; its TTFT clock runs from its
+  release.
   ``kv_ttl_s`` pins an idle session's KV for that long after its round ends (vLLM-Continuum's time-to-live);
 * **placement** -- a :class:`~gpusched.policy.PrefillPlacement` decides per task: ``None`` runs it on the decode
   worker, which pauses its decode batch for ``T_pre(h, m)`` (prefill priority, no chunking, spec §3.3); an index
@@ -438,7 +440,10 @@ class _Run:
         rec = self.record[self.row(s, r)]
         rec["arrival_time_s"] = self.env.now
         d = s.decode
-        if d.pending or not self._admit(s, r):
+        # a new session queues behind those already waiting (FCFS); a later round of a session whose history is
+        # resident tries at once: queued behind a newcomer that waits for memory, it would hold its KV hostage
+        in_flight = r > 0 and s.resident > 0
+        if (d.pending and not in_flight) or not self._admit(s, r):
             d.pending.append((s, r))
             self._schedule_retry(d)
 
