@@ -37,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from formulations.ampd import (WORKLOADS, PerfModel, Slo, agent_trace, scaled_slo,  # noqa: E402
                                session_attainment)
 from formulations.ampd.serving import AmpdPlacement, AmpdReorderScheduler  # noqa: E402
-from formulations.ampd.testbed import H20, NVLINK_H20  # noqa: E402
+from formulations.ampd.testbed import H20, NVLINK_H20, QWEN3_32B  # noqa: E402
 from gpusched.kvcache import kv_capacity  # noqa: E402
 from gpusched.llm import get_model  # noqa: E402
 from gpusched.perf import RooflineStepTime  # noqa: E402
@@ -48,7 +48,13 @@ SYSTEMS = ("ampd", "dynamo", "vllm", "vllm-continuum")
 ABLATION = ("dynamo", "ampd-routing", "ampd-reorder", "ampd")
 DISAGG_LAYOUTS = (((4, 1), (4, 1)), ((2, 2), (4, 1)), ((2, 1), (2, 3)))   # the paper's 8-GPU top 3 (Table C)
 COLOC_LAYOUTS = ((2, 4), (4, 2), (8, 1))                                     # (TP, DP) of co-located replicas
+RATE_SCALE = {"llama3.1-70b": 1.0, "qwen3-32b": 2.0}   # Qwen3-32B's TP4 prefill is about 2x Llama-3.1-70B's
 RATES = {"toolbench": (0.25, 0.5, 0.75, 1.0, 1.25), "hotpotqa": (0.15, 0.3, 0.45, 0.6, 0.75)}
+
+
+def model_spec(name: str):
+    """A core catalogue model, or Qwen3-32B from AMPD's testbed module (not in the core catalogue yet)."""
+    return QWEN3_32B if name == QWEN3_32B.name else get_model(name)
 
 
 @dataclass(frozen=True)
@@ -58,13 +64,13 @@ class Setup:
     model_name: str = MODEL
 
     def step(self, tp: int):
-        return RooflineStepTime(get_model(self.model_name), H20, tp=tp)
+        return RooflineStepTime(model_spec(self.model_name), H20, tp=tp)
 
     def kv_tokens(self, tp: int) -> int:
-        return kv_capacity(get_model(self.model_name), H20, tp=tp).tokens
+        return kv_capacity(model_spec(self.model_name), H20, tp=tp).tokens
 
     def slo(self, workload: str) -> Slo:
-        perf = PerfModel.from_step_models({4: self.step(4)}, get_model(self.model_name).kv_bytes_per_token())
+        perf = PerfModel.from_step_models({4: self.step(4)}, model_spec(self.model_name).kv_bytes_per_token())
         return scaled_slo(perf.workers[4], WORKLOADS[workload].mean_incr_tokens)
 
 
@@ -87,13 +93,14 @@ def cluster(setup: Setup, system: str, layout) -> tuple[list[SessionWorker], Per
         for i in range(n_d):
             steps[f"d{i}"] = step(tp_d)
             workers.append(SessionWorker(f"d{i}", "decode", setup.kv_tokens(tp_d)))
-    perf = PerfModel.from_step_models(steps, get_model(setup.model_name).kv_bytes_per_token(), link=NVLINK_H20)
+    perf = PerfModel.from_step_models(steps, model_spec(setup.model_name).kv_bytes_per_token(), link=NVLINK_H20)
     return workers, perf, {}
 
 
 def run_cell(setup: Setup, system: str, layout, workload: str, rate_per_s: float, num_sessions: int,
-             seed: int = 0) -> dict:
-    """Serve one trace with one system on one layout; SLO attainment and the breakdown as a row."""
+             seed: int = 0, window: int = 3) -> dict:
+    """Serve one trace with one system on one layout; SLO attainment and the breakdown as a row. ``window``: w of
+    Algorithm 2 for the systems that reorder."""
     trace = agent_trace(workload, rate_per_s, num_sessions, seed=seed)
     slo = setup.slo(workload)
     workers, perf, kw = cluster(setup, system, layout)
@@ -101,7 +108,7 @@ def run_cell(setup: Setup, system: str, layout, workload: str, rate_per_s: float
     routing = system in ("ampd", "ampd-routing")
     if reorder:
         for w in workers:
-            w.scheduler = AmpdReorderScheduler(slo.ttft_s)
+            w.scheduler = AmpdReorderScheduler(slo.ttft_s, window=window)
     placement = "always-local" if system.startswith("vllm") else "always-remote"
     ampd = None
     if routing:
@@ -118,7 +125,8 @@ def run_cell(setup: Setup, system: str, layout, workload: str, rate_per_s: float
     gaps = (r["output_tokens"] - 1).clip(lower=0)
     itl = ((r["finish_time_s"] - r["first_token_time_s"]).sum() / max(1, gaps.sum()))
     first = r["round"] == 0
-    return dict(system=system, layout=_fmt(system, layout), workload=workload, rate_per_s=rate_per_s,
+    return dict(system=system, layout=_fmt(system, layout), model=setup.model_name, workload=workload,
+                rate_per_s=rate_per_s, window=window if reorder else 0,
                 sessions=num_sessions, seed=seed, attainment=att.attainment, round_attainment=per_round.attainment,
                 ttft_attainment=att.ttft_attainment, itl_attainment=att.itl_attainment,
                 ttft_initial_mean_s=float(ttft[first].mean()), ttft_incremental_mean_s=float(ttft[~first].mean()),

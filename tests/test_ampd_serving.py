@@ -236,7 +236,7 @@ def test_reproduce_registration_and_claims_on_a_hand_table():
     from experiments.reproduce import experiments
     from experiments.reproduce.papers import ampd as rp
     exps = {e.name: e for e in experiments(["ampd"])}
-    assert set(exps) == {"ampd-serving", "ampd-ablation"}
+    assert set(exps) == {"ampd-serving", "ampd-ablation", "ampd-window"}
     def settings(cells):  # quick runs fewer sessions of the same (system, layout, workload, rate) settings
         return {tuple(sorted((k, v) for k, v in c.items() if k != "sessions")) for c in cells}
     for e in exps.values():
