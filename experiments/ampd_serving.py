@@ -17,7 +17,8 @@ on a TP4 worker (``formulations.ampd.scaled_slo``); attainment per session (ever
 mean ITL, ``formulations.ampd.session_attainment``).
 
 Writes ``ampd_serving.csv``/``.png``, ``ampd_ablation.csv`` and ``ampd_serving.md`` under ``--out``.
-Run: ``python -m experiments.ampd_serving [--quick]`` (or ``python -m experiments.ampd --parts serving``).
+Run: ``python -m experiments.ampd_serving [--quick] [--model qwen3-32b]`` (or ``python -m experiments.ampd --parts
+serving``; ``gpusched reproduce --only ampd`` runs both models, the ablation and the window sweep).
 """
 from __future__ import annotations
 
@@ -170,31 +171,39 @@ def layouts(system: str, quick: bool):
     return (DISAGG_LAYOUTS[0],) if quick else DISAGG_LAYOUTS
 
 
-def systems_part(out: Path, quick: bool, seed: int = 0, workloads=("toolbench", "hotpotqa")) -> tuple[pd.DataFrame, str]:
-    setup = Setup()
+def rates(model: str, workload: str, quick: bool) -> tuple:
+    """Session rates (1/s) of a workload for a model (the Llama-3.1-70B grid x RATE_SCALE); quick: two of them."""
+    grid = tuple(round(r * RATE_SCALE.get(model, 1.0), 6) for r in RATES[workload])
+    return grid[1::2] if quick else grid
+
+
+def systems_part(out: Path, quick: bool, seed: int = 0, workloads=("toolbench", "hotpotqa"),
+                 model: str = MODEL) -> tuple[pd.DataFrame, str]:
+    setup = Setup(model)
     n = 120 if quick else 400
-    grid = [(wl, rate, sysname, lay) for wl in workloads for rate in (RATES[wl][1::2] if quick else RATES[wl])
+    tag = "" if model == MODEL else f"_{model}"
+    grid = [(wl, rate, sysname, lay) for wl in workloads for rate in rates(model, wl, quick)
             for sysname in SYSTEMS for lay in layouts(sysname, quick)]
     rows = [run_cell(setup, s, lay, wl, rate, n, seed) for wl, rate, s, lay in tqdm(grid, desc="serving", unit="run")]
     df = pd.DataFrame(rows).drop(columns=["rules"])
-    df.to_csv(out / "ampd_serving_all.csv", index=False)
+    df.to_csv(out / f"ampd_serving{tag}_all.csv", index=False)
     best = df.loc[df.groupby(["workload", "rate_per_s", "system"])["attainment"].idxmax()].reset_index(drop=True)
-    best.to_csv(out / "ampd_serving.csv", index=False)
+    best.to_csv(out / f"ampd_serving{tag}.csv", index=False)
     fig, axes = plt.subplots(1, len(workloads), figsize=(5.5 * len(workloads), 4), squeeze=False)
     for ax, wl in zip(axes[0], workloads):
         for s in SYSTEMS:
             g = best[(best.workload == wl) & (best.system == s)]
             ax.plot(g["rate_per_s"], 100 * g["attainment"], "o-", label=s)
-        ax.set(xlabel="session rate (1/s)", ylabel="SLO attainment (% sessions)", title=f"{MODEL}, {wl}, 8 x H20")
+        ax.set(xlabel="session rate (1/s)", ylabel="SLO attainment (% sessions)", title=f"{model}, {wl}, 8 x H20")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "ampd_serving.png", dpi=120)
+    fig.savefig(out / f"ampd_serving{tag}.png", dpi=120)
     plt.close(fig)
     piv = best.pivot_table(index=["workload", "rate_per_s"], columns="system", values="attainment")
     gains = _gains(piv)
     slo = {wl: setup.slo(wl) for wl in workloads}
     md = ["## Systems: SLO attainment vs session rate (best layout per system and rate)", "",
-          f"{MODEL} (roofline) on 8 H20 (one server, NVLink 450 GB/s per direction, α_net 1 ms); {n} sessions per "
+          f"{model} (roofline) on 8 H20 (one server, NVLink 450 GB/s per direction, α_net 1 ms); {n} sessions per "
           f"run, seed {seed}. SLO per workload: " + "; ".join(f"{wl} TTFT {s.ttft_s:.3f} s, ITL {1e3 * s.itl_s:.1f} ms"
                                                               for wl, s in slo.items()) + ".", "",
           "| workload | rate/s | " + " | ".join(SYSTEMS) + " | best layouts |", "|---|---:|" + "---:|" * len(SYSTEMS) + "---|"]
@@ -207,6 +216,14 @@ def systems_part(out: Path, quick: bool, seed: int = 0, workloads=("toolbench", 
     for base, (mean, cells, wins, ties) in gains.items():
         md.append(f"- over {base}: mean {mean:+.1f} % over {cells} cells; AMPD >= {base} in {wins + ties} of "
                   f"{len(piv)} cells")
+    md += ["", "Sensitivity to ITL_thres (mean attainment over the rates, best layout per system and threshold):", "",
+           "| workload | ITL_thres | " + " | ".join(SYSTEMS) + " |", "|---|---|" + "---:|" * len(SYSTEMS)]
+    for wl in workloads:
+        for col, f in [("attainment", ITL_FACTOR)] + [(f"attainment_itl_x{str(f).replace('.', '_')}", f)
+                                                      for f in ITL_FACTORS]:
+            d = df[df.workload == wl]
+            b = d.loc[d.groupby(["rate_per_s", "system"])[col].idxmax()].groupby("system")[col].mean()
+            md.append(f"| {wl} | {f:g} x T_dec(1) | " + " | ".join(f"{100 * b[s]:.1f} %" for s in SYSTEMS) + " |")
     return best, "\n".join(md)
 
 
@@ -220,16 +237,17 @@ def _gains(piv: pd.DataFrame) -> dict:
     return out
 
 
-def ablation_part(out: Path, quick: bool, seed: int = 0, workloads=("toolbench", "hotpotqa")) -> tuple[pd.DataFrame, str]:
-    setup = Setup()
+def ablation_part(out: Path, quick: bool, seed: int = 0, workloads=("toolbench", "hotpotqa"),
+                  model: str = MODEL) -> tuple[pd.DataFrame, str]:
+    setup = Setup(model)
     n = 120 if quick else 400
-    grid = [(wl, rate, s) for wl in workloads for rate in (RATES[wl][2:3] if quick else RATES[wl][1:4])
-            for s in ABLATION]
+    grid = [(wl, rate, s) for wl in workloads for rate in (rates(model, wl, False)[2:3] if quick
+                                                           else rates(model, wl, False)[1:4]) for s in ABLATION]
     rows = [run_cell(setup, s, DISAGG_LAYOUTS[0], wl, rate, n, seed)
             for wl, rate, s in tqdm(grid, desc="ablation", unit="run")]
     df = pd.DataFrame(rows)
     df["rules"] = df["rules"].map(lambda d: ";".join(f"{k}={v}" for k, v in sorted(d.items())))
-    df.to_csv(out / "ampd_ablation.csv", index=False)
+    df.to_csv(out / ("ampd_ablation.csv" if model == MODEL else f"ampd_ablation_{model}.csv"), index=False)
     md = ["## Ablation on P<4,1>D<4,1> (paper Fig. 5: routing +27.37..+350 %, reordering on top +13.42..+14.81 %, "
           "both +44.47..+402 % over plain disaggregation; local share 13.9-31.7 %)", "",
           "| workload | rate/s | system | attainment | gain vs dynamo | local share | mean TTFT init/incr s | mean ITL ms |",
@@ -249,20 +267,23 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="one layout per system, fewer rates and sessions (~1-2 min)")
     ap.add_argument("--out", default="results/ampd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=MODEL, choices=sorted(RATE_SCALE), help="model (rates scale with it)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    md = run_serving(out, a.quick, a.seed)
-    (out / "ampd_serving.md").write_text(md)
-    print(f"wrote {out}/ampd_serving.md")
+    md = run_serving(out, a.quick, a.seed, a.model)
+    name = "ampd_serving.md" if a.model == MODEL else f"ampd_serving_{a.model}.md"
+    (out / name).write_text(md)
+    print(f"wrote {out}/{name}")
 
 
-def run_serving(out: Path, quick: bool, seed: int = 0) -> str:
+def run_serving(out: Path, quick: bool, seed: int = 0, model: str = MODEL) -> str:
     sections = ["# AMPD (arXiv 2602.14516), phase 2: serving", "",
-                f"`python -m experiments.ampd_serving{' --quick' if quick else ''}`", ""]
+                f"`python -m experiments.ampd_serving{' --quick' if quick else ''}"
+                f"{'' if model == MODEL else ' --model ' + model}`", ""]
     for part in (systems_part, ablation_part):
         t0 = time.perf_counter()
-        _, md = part(out, quick, seed)
+        _, md = part(out, quick, seed, model=model)
         sections += [md, ""]
         print(f"  {part.__name__}: {time.perf_counter() - t0:.1f} s")
     return "\n".join(sections)
