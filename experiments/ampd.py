@@ -12,6 +12,8 @@ Parts (``--parts``, default all):
   coefficients, which phase 2 adds).
 * ``reorder`` -- Algorithm 2 alone on one H20 prefill worker (Llama-3.1-70B TP4) serving DuReader prefills at
   several loads, for windows w = 1..5 (w = 1 is FCFS). One worker in isolation, not the paper's Fig. 6 (phase 2).
+* ``serving`` (phase 2, not in the default set) -- the four systems and the ablation served end to end in the
+  session engine: :mod:`experiments.ampd_serving` (``--quick`` about a minute).
 
 Writes ``ampd_<part>.csv``, ``.png`` and one ``ampd.md`` under ``--out`` (default ``results/ampd``).
 Run: ``python -m experiments.ampd [--quick] [--parts perf,planner]`` (about 20 s; ``--quick`` about 10 s).
@@ -38,7 +40,8 @@ from formulations.ampd.testbed import H20, NVLINK_H20, QWEN3_32B  # noqa: E402
 from gpusched.llm import get_model  # noqa: E402
 from gpusched.perf import ProfiledStepTime, RooflineStepTime  # noqa: E402
 
-PARTS = ("perf", "workloads", "planner", "reorder")
+PARTS = ("perf", "workloads", "planner", "reorder", "serving")
+DEFAULT_PARTS = PARTS[:4]  # serving (phase 2, minutes) on request: --parts serving
 
 
 def _save(fig, path: Path) -> None:
@@ -251,7 +254,7 @@ def reorder_part(out: Path, quick: bool, seed: int) -> tuple[pd.DataFrame, str]:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer points and sessions (about 10 s)")
-    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    ap.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated subset of {PARTS} (default: the first four)")
     ap.add_argument("--out", default="results/ampd")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -268,6 +271,9 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         if part == "reorder":
             _, md = reorder_part(out, a.quick, a.seed)
+        elif part == "serving":                    # phase 2: experiments/ampd_serving.py
+            from experiments.ampd_serving import run_serving
+            md = run_serving(out, a.quick, a.seed)
         else:
             _, md = {"perf": perf_part, "workloads": workloads_part, "planner": planner_part}[part](out, a.quick)
         sections += [md, ""]

@@ -256,3 +256,80 @@ class KVExpectingRouter(PipelineRouter, Protocol):
     """
 
     def expected_kv_used_slots(self) -> Mapping[Hashable, int]: ...
+
+
+# ------------------------------------------------------------------ multi-round sessions (AMPD-style)
+@dataclass(frozen=True)
+class SessionPrefillView:
+    """One pending prefill of a multi-round session, as a placement policy reads it.
+
+    ``incr_tokens`` new tokens over ``hist_tokens`` tokens whose KV the session's decode instance holds
+    (0 for an initial prefill, or after the history was evicted: then the evicted history is part of
+    ``incr_tokens``); ``enqueue_time_s`` is when the task was formed (its TTFT clock starts there);
+    ``postponed`` counts how often a reordering scheduler moved it later.
+    """
+
+    session_id: Hashable
+    round: int
+    hist_tokens: int
+    incr_tokens: int
+    enqueue_time_s: float
+    decode_index: int
+    postponed: int = 0
+
+
+@dataclass(frozen=True)
+class SessionWorkerView:
+    """A worker of a session-serving cluster at the moment a placement policy is asked.
+
+    ``role``: ``"prefill"`` (prefill only) or ``"decode"`` (holds sessions' KV and decodes; runs local
+    prefills, which pause its decodes). ``key``: the worker's key in the run's cost model (see
+    :class:`SessionCostModel`). ``queue``: its pending prefills, head first. ``ttft_hat_s``: mean TTFT of the
+    prefills that completed on it within the last stats window (0 with none); ``itl_hat_s``: mean inter-token
+    gap of its decode steps within the window (0 with none). ``running_remaining_s``: time left (s) of the
+    prefill it executes now (0 if none). KV in tokens.
+    """
+
+    index: int
+    role: str
+    key: Hashable
+    queue: tuple[SessionPrefillView, ...]
+    ttft_hat_s: float
+    itl_hat_s: float
+    running_remaining_s: float
+    num_decoding: int
+    kv_free_tokens: int
+    kv_total_tokens: int
+
+
+@runtime_checkable
+class SessionCostModel(Protocol):
+    """The times a session engine charges (seconds); worker arguments are :attr:`SessionWorkerView.key` values.
+
+    ``prefill_time_s(h, m, w)``: ``m`` new tokens over ``h`` cached ones on worker ``w``;
+    ``decode_time_s(b, c, w)``: one decode step of ``b`` sequences with ``c`` context tokens in total;
+    ``kv_time_s(l, src, dst)``: moving the KV of ``l`` tokens between two workers (0 for ``l = 0``);
+    ``kv_bytes_per_token``: whole-model KV bytes of one token.
+    """
+
+    kv_bytes_per_token: float
+
+    def prefill_time_s(self, hist_tokens: int, incr_tokens: int, worker: Hashable) -> float: ...
+
+    def decode_time_s(self, batch_size: int, context_tokens: int, worker: Hashable) -> float: ...
+
+    def kv_time_s(self, tokens: int, src: Hashable, dst: Hashable) -> float: ...
+
+
+@runtime_checkable
+class PrefillPlacement(Protocol):
+    """Decides where a session's prefill runs: ``None`` = locally on its decode worker ``decode`` (pausing its
+    decodes; no KV moves), or the ``index`` of one of ``prefill_workers`` (which reads the history KV from
+    ``decode`` when it starts the task and returns only the increment's KV). Called once per prefill task
+    (initial and incremental), when the task is formed and the decode worker has reserved KV for it.
+    """
+
+    name: str
+
+    def place(self, task: SessionPrefillView, decode: SessionWorkerView,
+              prefill_workers: Sequence[SessionWorkerView], now_s: float) -> int | None: ...

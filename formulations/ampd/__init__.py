@@ -16,7 +16,10 @@ TP/replica layout of both pools offline. Conventions and every [R] decision: ``s
 * :mod:`.toy` -- the spec's hand-checkable toy models (T2, T3); :mod:`.testbed` -- H20 and Qwen3-32B.
 
 The algorithms are pure functions over snapshots; they meet a serving engine through ``gpusched/policy.py``
-(phase 2 of issue 18; ``notes/ampd-engine.md`` says what the engine must offer).
+(phase 2 of issue 18): :mod:`.serving` wraps them as a :class:`~gpusched.policy.PrefillPlacement` (Algorithm 1)
+and a :class:`~gpusched.policy.BatchScheduler` for prefill queues (Algorithm 2), registered by :mod:`.plugin`
+(``placement`` ``ampd``, ``scheduler`` ``ampd-reorder``) for the session engine
+``simulators/serving/sessions.py``.
 """
 from .tasks import DecodeWorkerView, PrefillTask, PrefillWorkerView, Slo
 from .perf import AMPD_NETWORK_LINK, FitError, PerfModel, PiecewiseAlphaBeta, StepTimes, WorkerTimes, kv_transfer_time_s
