@@ -20,16 +20,20 @@ From the paper's model to the engine
   resident is evicted (engine recompute preemption: KV dropped, prompt + generated tokens prefilled again at its
   next admission, generated tokens kept; the paper discards them too) and re-queued at the front of its queue.
   With ``M^pi <= C`` (and the block padding) neither happens (spec P1).
-* **Pausing.** A type (WAIT) or segment (Nested WAIT) that is not eligible does not advance and keeps its KV. The
-  engine's ``running`` list holds the resident requests in admission order, paused or not. The engines refuse an
-  empty plan while ``running`` is not empty (they cannot tell a deliberate pause from a stall), so when the
-  policy idles on purpose it parks the residents at the front of ``waiting`` until its next call (their KV stays
-  allocated), then takes them back.
+* **Pausing.** A type (WAIT) or segment (Nested WAIT) that is not eligible does not advance and keeps its KV: its
+  residents stay in the engine's ``running`` list (admission order, paused or not) and are simply left out of the
+  plan. When nothing is eligible the plan is empty with ``StepPlan.hold = True`` (the engines then wait, KV kept, for
+  the next arrival or finish, which is Algorithm 1/2's "wait": the thresholds can only become true at an arrival).
 * **The end of a trace.** Algorithm 1/2 wait for ``n`` arrivals; when arrivals stop, the last prompts would wait
-  forever (the authors' code drops them, spec §9). ``drain_after_s`` (the factories set it to the trace's last
-  arrival time) turns the thresholds into plain caps from then on, so the tail is served.
-* **Timers.** A scheduler is called only at arrivals and step ends; with ``mode="paper"`` at light load a paused
-  pipeline waits for the next arrival (the engines have no way for a scheduler to ask to be woken later).
+  forever (the authors' code drops them, spec §9). ``drain_after_s`` is the end-of-trace rule, a parameter: from that
+  time on the thresholds become plain caps, so the tail is served (the factories set it to the trace's last arrival
+  time). A policy idling before it asks the engine to wake it then (``StepPlan.wake_at_s = drain_after_s``), so the
+  drain starts on time even if nothing arrives or finishes. With ``drain_after_s=None`` the paper's rule is kept to
+  the end: the run ends with the held requests reported unfinished (``status`` "unfinished: ..."), never a hang;
+  :meth:`_StageScheduler.held` lists them.
+* **All selected residents evicted.** If LIFO eviction removes every request the step was about to run, the plan is
+  empty; the policy asks to be called again at the next representable instant (``wake_at_s``) to re-decide with
+  the freed KV, instead of waiting for an arrival that may never come.
 * **Modes.** ``"paper"``: the algorithms as published. ``"no-wait"``: the same caps without the accumulation wait
   (the paper's "WAIT-no-wait" ablation). ``max_in_flight``: the experiments' system-wide in-flight cap ``tl``
   [P §6] (not part of Algorithms 1-2), applied to admissions.
@@ -38,6 +42,7 @@ Requests are admitted with their whole prompt (no prefix caching: KV is allocate
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from itertools import islice
 from typing import Callable, Sequence
@@ -78,7 +83,7 @@ class _StageScheduler:
         self._queues = [deque() for _ in range(self._num_groups)]
         self._group: dict[int, int] = {}  # seq.index -> group
         self._known = 0  # entries at the right of ``waiting`` already in the queues
-        self._parked = 0  # residents parked at the front of ``waiting`` while idle
+        self._running: list | None = None  # the engine's ``running`` (for :meth:`held`)
 
     # -- hooks --------------------------------------------------------------------------------------------
     def _classify(self, seq: SeqState) -> int:
@@ -92,9 +97,7 @@ class _StageScheduler:
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
         if waiting is not self._waiting:
             self._reset(waiting)
-        for _ in range(self._parked):
-            running.append(waiting.popleft())
-        self._parked = 0
+        self._running = running
         group, queues = self._group, self._queues
         for i in range(len(waiting) - self._known, 0, -1):  # arrivals since the last call, oldest first
             seq = waiting[-i]
@@ -124,12 +127,19 @@ class _StageScheduler:
             plan.entries = [(s, n) for s, n in entries if id(s) not in gone]
         else:
             self._admit(admit, waiting, running, kv, plan, now_s)
-        if not plan.entries and running:  # idle on purpose: park the residents (KV kept) until the next call
-            waiting.extendleft(reversed(running))
-            self._parked = len(running)
-            running.clear()
-        self._known = len(waiting) - self._parked
+        if not plan.entries:
+            if plan.preempted:  # every request of the step was evicted: re-decide at once with the freed KV
+                plan.wake_at_s = math.nextafter(now_s, math.inf)
+            elif self.mode == "paper" and not draining and self.drain_after_s is not None:
+                plan.wake_at_s = self.drain_after_s  # the thresholds turn into caps then, even with no event
+            plan.hold = bool(running)  # Algorithm 1/2's wait: paused residents keep their KV
+        self._known = len(waiting)
         return plan
+
+    def held(self) -> list[SeqState]:
+        """The requests the last run left resident but not finished (paused below a threshold with their KV, when
+        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished."""
+        return list(self._running or ())  # the engine removes finished requests from ``running``
 
     def _admit(self, admit: list[int], waiting: deque, running: list, kv: BlockManager, plan: StepPlan,
                now_s: float) -> None:
