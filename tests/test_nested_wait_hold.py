@@ -167,3 +167,20 @@ def test_a_step_whose_requests_were_all_evicted_re_decides_at_once():
     r = res.requests
     assert r["num_preemptions"].tolist() == [0, 1, 0] and res.num_unfinished == 0
     assert r["finish_time_s"].iloc[0] == pytest.approx(1.02)  # A: two decodes from 1.0
+
+
+def test_command_line_knobs_are_parsed_or_refused_by_name():
+    """``--scheduler-knob thresholds=3,2`` arrives as text; a single number as an int; nonsense is refused naming the
+    knob, and a buffer half-specified (delta without horizon_s) is refused before any calibration."""
+    from gpusched.errors import ConfigError
+    from gpusched.registry import BuildContext, build
+    trace = _two_type_trace(20.0, 100, seed=8)
+    ctx = BuildContext(trace=trace, step_model=RooflineStepTime("llama2-7b", "A100-80GB"), num_kv_blocks=2000)
+    assert build("scheduler", "nested-wait", ctx, thresholds="3,2", segment_ends="8,16").thresholds == (3, 2)
+    assert build("scheduler", "wait", ctx, thresholds="4 2").thresholds == (4, 2)
+    with pytest.raises(ConfigError, match="thresholds = 'a,b'"):
+        build("scheduler", "nested-wait", ctx, thresholds="a,b")
+    with pytest.raises(ConfigError, match="1 thresholds for 2"):
+        build("scheduler", "wait", ctx, thresholds=3)
+    with pytest.raises(ConfigError, match="give both"):
+        build("scheduler", "nested-wait", ctx, delta=0.1)

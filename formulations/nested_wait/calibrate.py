@@ -151,6 +151,24 @@ def in_flight_cap(types: Sequence[PromptType], capacity_tokens: float, memory_pa
     return max(int(capacity_tokens // (per + memory_pad_tokens)), 1)
 
 
+def _int_list(name: str, value) -> tuple[int, ...] | None:
+    """A knob that is a list of integers, as Python gives it or as the command line does (``"3,2"``, ``3``)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),)
+    if isinstance(value, str):
+        parts = [p for p in value.replace(",", " ").split() if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"{name} = {value!r}; give whole numbers separated by commas, e.g. {name}=3,2") from None
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} = {value!r}; give a list of whole numbers (on the command line: {name}=3,2)") from None
+
+
 def _instance(context) -> tuple[object, float, int]:
     if context is None or context.trace is None or context.step_model is None or not context.num_kv_blocks:
         raise ConfigError("calibrating WAIT/Nested WAIT needs the run's trace, step model and KV capacity (a "
@@ -179,6 +197,7 @@ def calibrated_wait(context, thresholds: Sequence[int] | None = None, max_types:
     experimental form: per-stage caps ``ceil(n*_j)`` with an in-flight cap filling ``C`` on average; the choice
     and the reason are in ``scheduler.calibration``. The thresholds are dropped once the last request arrived.
     ``name``: the scheduler's reported name."""
+    thresholds = _int_list("thresholds", thresholds)
     df, cap, bs = _instance(context)
     rate = _rate(df, rate_per_s)
     types, type_of = types_from_lengths(df["prompt_tokens"], df["output_tokens"], rate, max_types)
@@ -218,6 +237,11 @@ def calibrated_nested_wait(context, thresholds: Sequence[int] | None = None,
     lengths, the least thresholds of (12) and, with ``horizon_s`` and ``delta``, the buffer of (14). When none fits
     ``C``: the experiments' form, ``n_1 = ceil(Lambda_1 DeltaT*)``, ``n_k = ceil(q_k n_(k-1))`` with
     ``q_k = min(p_k + eta, 0.99)``, and an in-flight cap filling ``C`` on average (``scheduler.calibration``)."""
+    thresholds = _int_list("thresholds", thresholds)
+    segment_ends = _int_list("segment_ends", segment_ends)
+    if (horizon_s is None) != (delta is None):
+        raise ConfigError(f"horizon_s = {horizon_s!r}, delta = {delta!r}: give both (zeta T in seconds and the "
+                          f"overflow probability) to size the safety buffer of eq. (14), or neither")
     df, cap, bs = _instance(context)
     rate = _rate(df, rate_per_s)
     ends = tuple(segment_ends) if segment_ends is not None else segment_ends_for(df["output_tokens"], num_segments,
