@@ -184,3 +184,27 @@ def test_command_line_knobs_are_parsed_or_refused_by_name():
         build("scheduler", "wait", ctx, thresholds=3)
     with pytest.raises(ConfigError, match="give both"):
         build("scheduler", "nested-wait", ctx, delta=0.1)
+
+
+def test_max_wait_releases_a_stalled_type_until_it_has_no_work():
+    """max_wait_s = 0.2 on the cohort trace, no drain: cohort 1 prefills at 0-0.01, stalls from 0.01, is released at
+    0.21 and decodes to the end (0.21-0.23) without waiting for arrivals; then the type has no work and the wait is
+    back: request 2 (0.5) waits for request 3 (0.6), the cohort prefills at 0.60-0.61, stalls, is released at 0.81
+    and finishes at 0.83. Wake-ups at 0.21 and 0.81 come from the policy (no event then)."""
+    sched = WaitScheduler([PromptType(16, 2, 1.0)], [2], max_wait_s=0.2)
+    res = simulate(_trace(COHORTS), [InstanceConfig(ConstantStep(), 64, 16, scheduler=sched)])
+    r = res.requests
+    assert r["first_token_time_s"].tolist() == pytest.approx([0.01, 0.01, 0.61, 0.61])
+    assert r["finish_time_s"].tolist() == pytest.approx([0.23, 0.23, 0.83, 0.83])
+
+
+def test_max_wait_releases_a_stalled_nested_pipeline():
+    """The Nested WAIT case of the test above with max_wait_s = 0.2, no drain: released at 0.21, the capped pipeline
+    (one request per stage of segment 2) runs request 0 at 0.21-0.22 then 0.22-0.23 (done) with request 1 one step
+    behind (done at 0.24); requests 2 and 3 form a cohort at 0.6 (request 2 arrived alone at 0.5: the timer runs
+    from 0.5, but the cohort completes at 0.6 first)."""
+    sched = NestedWaitScheduler(SegmentDesign((0, 2), (0.0, 1.0), 16), (2, 1), max_wait_s=0.2)
+    res = simulate(_trace(COHORTS), [InstanceConfig(ConstantStep(), 64, 16, scheduler=sched)])
+    r = res.requests
+    assert r["first_token_time_s"].tolist() == pytest.approx([0.01, 0.01, 0.61, 0.61])
+    assert r["finish_time_s"].tolist() == pytest.approx([0.23, 0.24, 0.83, 0.84])
