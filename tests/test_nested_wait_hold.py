@@ -208,3 +208,12 @@ def test_max_wait_releases_a_stalled_nested_pipeline():
     r = res.requests
     assert r["first_token_time_s"].tolist() == pytest.approx([0.01, 0.01, 0.61, 0.61])
     assert r["finish_time_s"].tolist() == pytest.approx([0.23, 0.24, 0.83, 0.84])
+
+
+def test_a_name_knob_reaches_the_policy_through_an_instance_config():
+    """InstanceConfig(scheduler="wait", knobs={"name": ...}) builds through make_scheduler: the policy's own ``name``
+    knob must not collide with the registry name (it did: 'got multiple values for argument name')."""
+    trace = _two_type_trace(20.0, 30, seed=9)
+    cfg = InstanceConfig(RooflineStepTime("llama2-7b", "A100-80GB"), 2000, 16, "wait",
+                         {"mode": "no-wait", "name": "wait-no-wait"})
+    assert cfg.build_scheduler(trace).name == "wait-no-wait"
