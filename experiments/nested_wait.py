@@ -10,7 +10,8 @@ output tokens in the engine, whose prefill step samples the first token):
 * ``mix``      0.7 p512d20 + 0.3 p512d50; Nested WAIT with segments ending at 20 and 50 (unknown lengths),
   its no-wait ablation and a tuned grid of (n_1, n_2), WAIT with the two types known, vLLM, Sarathi.
 * ``p512d1000`` one type; eq. (11) has no solution (one prompt per stage needs 1.01e6 > 1.37e5 tokens), so WAIT
-  uses the calibration's fallback (per-stage cap 1, in-flight cap from the mean KV per prompt); WAIT-no-wait with
+  uses the calibration's fallback (per-stage cap 1, in-flight cap from the mean KV per prompt, and ``max_wait_s`` =
+  the expected cohort time 1/lambda: a pipeline stalled that long runs without the wait); WAIT-no-wait with
   that cap and with the zero-eviction "peak" cap, vLLM, Sarathi.
 
 Setup and baselines: :mod:`experiments.nested_wait_common`. Seeds: 10 per point (``--seeds``), 2 with ``--quick``.

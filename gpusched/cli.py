@@ -455,12 +455,26 @@ def _knobs_of(entry) -> str:
 
     try:
         obj = entry.build()
-    except Exception:  # noqa: BLE001 - a policy that needs its run to be built; listed without knobs
-        return "see its docstring"
+    except Exception:  # noqa: BLE001 - a policy that needs its run to be built: its factory's keywords
+        return _factory_knobs(entry)
     if not dataclasses.is_dataclass(obj):
-        return "see its docstring"
+        return _factory_knobs(entry)
     return ", ".join(f"{f.name}={getattr(obj, f.name)!r}" for f in dataclasses.fields(obj)
                      if f.init and f.name != "name" and not f.name.startswith("_")) or "none"
+
+
+def _factory_knobs(entry) -> str:
+    """``name=default`` of the keyword arguments of a factory ``factory(context, **knobs)`` (a policy that
+    calibrates itself on its run, so that no default object can be built to read them from)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(entry.factory).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return "see its docstring"
+    knobs = [f"{p.name}={p.default!r}" for p in params if p.default is not inspect.Parameter.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "name"]
+    return ", ".join(knobs) or "see its docstring"
 
 
 def _arguments(args: argparse.Namespace) -> dict:

@@ -151,6 +151,36 @@ def in_flight_cap(types: Sequence[PromptType], capacity_tokens: float, memory_pa
     return max(int(capacity_tokens // (per + memory_pad_tokens)), 1)
 
 
+def _int_list(name: str, value) -> tuple[int, ...] | None:
+    """A knob that is a list of integers, as Python gives it or as the command line does (``"3,2"``, ``3``)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return (int(value),)
+    if isinstance(value, str):
+        parts = [p for p in value.replace(",", " ").split() if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(f"{name} = {value!r}; give whole numbers separated by commas, e.g. {name}=3,2") from None
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} = {value!r}; give a list of whole numbers (on the command line: {name}=3,2)") from None
+
+
+def _max_wait(value, fallback: bool, cohort_s: float) -> float | None:
+    """The ``max_wait_s`` knob: ``"auto"`` = none when eq. (11)/(12) has a solution (the paper's regime), else the
+    expected time to collect a cohort at the calibrated rates (``cohort_s``); a number; or None/"none"."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "off")):
+        return None
+    if isinstance(value, str):
+        if value.lower() != "auto":
+            raise ConfigError(f"max_wait_s = {value!r}; use 'auto', 'none' or a number of seconds >= 0")
+        return cohort_s if fallback else None
+    return float(value)
+
+
 def _instance(context) -> tuple[object, float, int]:
     if context is None or context.trace is None or context.step_model is None or not context.num_kv_blocks:
         raise ConfigError("calibrating WAIT/Nested WAIT needs the run's trace, step model and KV capacity (a "
@@ -171,14 +201,18 @@ def _rate(df, rate_per_s) -> float:
 
 def calibrated_wait(context, thresholds: Sequence[int] | None = None, max_types: int = 8, mode: str = "paper",
                     max_in_flight: int | None = None, strict: bool = True, min_slack_s: float = 0.0,
-                    rate_per_s: float | None = None, name: str = "wait") -> WaitScheduler:
+                    rate_per_s: float | None = None, name: str = "wait", max_wait_s: float | str | None = "auto",
+                    drain: bool = True) -> WaitScheduler:
     """WAIT for the run in ``context`` (:class:`gpusched.registry.BuildContext`): types from the trace's lengths
     (known output lengths: the oracle), rates from its arrival rate (or ``rate_per_s``), ``(d0, d1)`` fitted to the
     instance's step model, and the least thresholds of eq. (11) with the block padding (``strict`` slack). When
     none is admissible (one prompt per stage already exceeds ``C``: long outputs) it falls back to the paper's
     experimental form: per-stage caps ``ceil(n*_j)`` with an in-flight cap filling ``C`` on average; the choice
-    and the reason are in ``scheduler.calibration``. The thresholds are dropped once the last request arrived.
+    and the reason are in ``scheduler.calibration``. ``max_wait_s``: see :mod:`.policy` (``"auto"``: only in the
+    fallback, the longest expected cohort time ``max_j n_j / lambda_j``). ``drain``: the thresholds are dropped
+    once the last request arrived (False: the paper's rule to the end; held requests are reported unfinished).
     ``name``: the scheduler's reported name."""
+    thresholds = _int_list("thresholds", thresholds)
     df, cap, bs = _instance(context)
     rate = _rate(df, rate_per_s)
     types, type_of = types_from_lengths(df["prompt_tokens"], df["output_tokens"], rate, max_types)
@@ -194,8 +228,12 @@ def calibrated_wait(context, thresholds: Sequence[int] | None = None, max_types:
             if max_in_flight is None:
                 max_in_flight = in_flight_cap(types, cap, bs - 1)
             info["rule"], info["reason"] = "fallback: ceil(n*) per stage + in-flight cap", str(err)
-    sched = WaitScheduler(types, thresholds, type_of, mode, max_in_flight, float(df["arrival_time_s"].max()), name)
-    sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight}
+    fallback = "reason" in info
+    wait_s = _max_wait(max_wait_s, fallback, max(nj / t.rate_per_s for nj, t in zip(thresholds, types)))
+    last = float(df["arrival_time_s"].max()) if drain else None
+    sched = WaitScheduler(types, thresholds, type_of, mode, max_in_flight, last, name, wait_s)
+    sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight,
+                         "max_wait_s": sched.max_wait_s}
     return sched
 
 
@@ -211,13 +249,20 @@ def calibrated_nested_wait(context, thresholds: Sequence[int] | None = None,
                            segment_ends: Sequence[int] | None = None, num_segments: int = 4, cuts: str = "quantile",
                            prefill: str | float = "mean", mode: str = "paper", max_in_flight: int | None = None,
                            horizon_s: float | None = None, delta: float | None = None, eta: float = 0.05,
-                           rate_per_s: float | None = None, name: str = "nested-wait") -> NestedWaitScheduler:
+                           rate_per_s: float | None = None, name: str = "nested-wait",
+                           max_wait_s: float | str | None = "auto", drain: bool = True) -> NestedWaitScheduler:
     """Nested WAIT for the run in ``context``: segments cut from the trace's output lengths (``cuts``,
     ``num_segments``, or ``segment_ends``), the segment-wise prefill statistic ``prefill`` (the appendix's
     ``"max"`` bound, or ``"mean"``), ``(d0, d1)`` fitted to the step model on the known-length pipeline of the same
     lengths, the least thresholds of (12) and, with ``horizon_s`` and ``delta``, the buffer of (14). When none fits
     ``C``: the experiments' form, ``n_1 = ceil(Lambda_1 DeltaT*)``, ``n_k = ceil(q_k n_(k-1))`` with
-    ``q_k = min(p_k + eta, 0.99)``, and an in-flight cap filling ``C`` on average (``scheduler.calibration``)."""
+    ``q_k = min(p_k + eta, 0.99)``, and an in-flight cap filling ``C`` on average (``scheduler.calibration``).
+    ``max_wait_s`` (``"auto"``: only in that fallback, ``n_1 / Lambda_1``) and ``drain``: as :func:`calibrated_wait`."""
+    thresholds = _int_list("thresholds", thresholds)
+    segment_ends = _int_list("segment_ends", segment_ends)
+    if (horizon_s is None) != (delta is None):
+        raise ConfigError(f"horizon_s = {horizon_s!r}, delta = {delta!r}: give both (zeta T in seconds and the "
+                          f"overflow probability) to size the safety buffer of eq. (14), or neither")
     df, cap, bs = _instance(context)
     rate = _rate(df, rate_per_s)
     ends = tuple(segment_ends) if segment_ends is not None else segment_ends_for(df["output_tokens"], num_segments,
@@ -243,6 +288,10 @@ def calibrated_nested_wait(context, thresholds: Sequence[int] | None = None,
             if max_in_flight is None:
                 max_in_flight = in_flight_cap(types, cap, bs - 1)
             info["rule"], info["reason"] = "fallback: experiments' ratio rule + in-flight cap", str(err)
-    sched = NestedWaitScheduler(design, thresholds, mode, max_in_flight, float(df["arrival_time_s"].max()), name)
-    sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight}
+    fallback = "reason" in info
+    wait_s = _max_wait(max_wait_s, fallback, _int_list("thresholds", thresholds)[0] / design.reach_rates_per_s[0])
+    last = float(df["arrival_time_s"].max()) if drain else None
+    sched = NestedWaitScheduler(design, thresholds, mode, max_in_flight, last, name, wait_s)
+    sched.calibration = {**info, "thresholds": sched.thresholds, "max_in_flight": sched.max_in_flight,
+                         "max_wait_s": sched.max_wait_s}
     return sched

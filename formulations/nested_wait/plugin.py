@@ -3,7 +3,8 @@
 ``wait`` and ``nested-wait`` calibrate themselves from the run's :class:`~gpusched.registry.BuildContext` (the trace's
 lengths and rate, the instance's step-time model and KV capacity): see :mod:`.calibrate`. Knobs are the keyword
 arguments of :func:`.calibrate.calibrated_wait` / :func:`.calibrate.calibrated_nested_wait` (e.g. ``thresholds``,
-``mode="no-wait"``, ``max_in_flight``, ``num_segments``).
+``mode="no-wait"``, ``max_in_flight``, ``num_segments``, ``max_wait_s``, ``drain``); ``gpusched policies`` lists them
+with their defaults. On the command line a list is text: ``--scheduler-knob thresholds=3,2``.
 """
 from gpusched import registry
 

@@ -20,16 +20,28 @@ From the paper's model to the engine
   resident is evicted (engine recompute preemption: KV dropped, prompt + generated tokens prefilled again at its
   next admission, generated tokens kept; the paper discards them too) and re-queued at the front of its queue.
   With ``M^pi <= C`` (and the block padding) neither happens (spec P1).
-* **Pausing.** A type (WAIT) or segment (Nested WAIT) that is not eligible does not advance and keeps its KV. The
-  engine's ``running`` list holds the resident requests in admission order, paused or not. The engines refuse an
-  empty plan while ``running`` is not empty (they cannot tell a deliberate pause from a stall), so when the
-  policy idles on purpose it parks the residents at the front of ``waiting`` until its next call (their KV stays
-  allocated), then takes them back.
+* **Pausing.** A type (WAIT) or segment (Nested WAIT) that is not eligible does not advance and keeps its KV: its
+  residents stay in the engine's ``running`` list (admission order, paused or not) and are simply left out of the
+  plan. When nothing is eligible the plan is empty with ``StepPlan.hold = True`` (the engines then wait, KV kept, for
+  the next arrival or finish, which is Algorithm 1/2's "wait": the thresholds can only become true at an arrival).
 * **The end of a trace.** Algorithm 1/2 wait for ``n`` arrivals; when arrivals stop, the last prompts would wait
-  forever (the authors' code drops them, spec §9). ``drain_after_s`` (the factories set it to the trace's last
-  arrival time) turns the thresholds into plain caps from then on, so the tail is served.
-* **Timers.** A scheduler is called only at arrivals and step ends; with ``mode="paper"`` at light load a paused
-  pipeline waits for the next arrival (the engines have no way for a scheduler to ask to be woken later).
+  forever (the authors' code drops them, spec §9). ``drain_after_s`` is the end-of-trace rule, a parameter: from that
+  time on the thresholds become plain caps, so the tail is served (the factories set it to the trace's last arrival
+  time). A policy idling before it asks the engine to wake it then (``StepPlan.wake_at_s = drain_after_s``), so the
+  drain starts on time even if nothing arrives or finishes. With ``drain_after_s=None`` the paper's rule is kept to
+  the end: the run ends with the held requests reported unfinished (``status`` "unfinished: ..."), never a hang;
+  :meth:`_StageScheduler.held` lists them.
+* **All selected residents evicted.** If LIFO eviction removes every request the step was about to run, the plan is
+  empty; the policy asks to be called again at the next representable instant (``wake_at_s``) to re-decide with
+  the freed KV, instead of waiting for an arrival that may never come.
+* **Light load: ``max_wait_s``** (not in Algorithms 1-2; default None = the algorithms as published). With thresholds
+  that round a fluid occupancy far below one prompt per stage up to 1, the paper's wait stops a whole pipeline
+  whenever its queue is empty, so at light load a request advances one stage per arrival. With ``max_wait_s``, a
+  type (WAIT) or the pipeline (Nested WAIT) that has had work but no eligible cohort for ``max_wait_s`` seconds
+  runs under its caps without the wait (``"no-wait"``) until it has no work left (queued or resident); the policy
+  asks to be woken when the time is up (``wake_at_s``). It plays the part of the paper's GPU implementation's
+  fallback to the native rule when lightly loaded [P appendix]; :mod:`.calibrate` sets it only when eq. (11)/(12)
+  has no solution.
 * **Modes.** ``"paper"``: the algorithms as published. ``"no-wait"``: the same caps without the accumulation wait
   (the paper's "WAIT-no-wait" ablation). ``max_in_flight``: the experiments' system-wide in-flight cap ``tl``
   [P §6] (not part of Algorithms 1-2), applied to admissions.
@@ -38,6 +50,7 @@ Requests are admitted with their whole prompt (no prefix caching: KV is allocate
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from itertools import islice
 from typing import Callable, Sequence
@@ -58,16 +71,19 @@ MODES = ("paper", "no-wait")
 
 class _StageScheduler:
     """Shared machinery: per-group waiting queues mirrored in the engine's ``waiting``, residents bucketed by
-    (group, stage), LIFO eviction, parking while idle. Subclasses implement :meth:`_select`."""
+    (group, stage), LIFO eviction, pauses (``hold``), the drain and ``max_wait_s`` timers. Subclasses implement
+    :meth:`_select`."""
 
     name: str
 
-    def __init__(self, num_groups: int, mode: str, max_in_flight: int | None, drain_after_s: float | None):
+    def __init__(self, num_groups: int, mode: str, max_in_flight: int | None, drain_after_s: float | None,
+                 max_wait_s: float | None = None):
         if mode not in MODES:
             raise ConfigError(f"mode = {mode!r}; use one of {MODES}")
         self.mode = mode
         self.max_in_flight = None if max_in_flight is None else _count("max_in_flight", max_in_flight, 1)
         self.drain_after_s = None if drain_after_s is None else _finite("drain_after_s", drain_after_s)
+        self.max_wait_s = None if max_wait_s is None else _finite("max_wait_s", max_wait_s)
         self.calibration: dict | None = None  # how a factory chose the thresholds (for reports)
         self._num_groups = num_groups
         self._reset(None)
@@ -78,23 +94,50 @@ class _StageScheduler:
         self._queues = [deque() for _ in range(self._num_groups)]
         self._group: dict[int, int] = {}  # seq.index -> group
         self._known = 0  # entries at the right of ``waiting`` already in the queues
-        self._parked = 0  # residents parked at the front of ``waiting`` while idle
+        self._running: list | None = None  # the engine's ``running`` (for :meth:`held`)
+        self._stalled_since: list[float | None] = [None] * self._num_groups  # work but no eligible cohort since
+        self._released = [False] * self._num_groups  # past max_wait_s: caps without the wait until eligible/empty
 
     # -- hooks --------------------------------------------------------------------------------------------
     def _classify(self, seq: SeqState) -> int:
         return 0
 
-    def _select(self, buckets: dict, wait: bool) -> tuple[list[int], list[SeqState]]:
+    def _select(self, buckets: dict, wait: bool, now_s: float) -> tuple[list[int], list[SeqState]]:
         """(admissions allowed per group, residents to run, oldest first per stage)."""
         raise NotImplementedError
+
+    def _release(self, g: int, stalled: bool, now_s: float, has_work: bool = True) -> bool:
+        """``max_wait_s`` for group ``g``: True if it runs without the wait now. ``stalled``: it has work but its
+        threshold rule lets nothing of it run; ``has_work``: it has requests queued or resident."""
+        if self._released[g]:  # released until the group has no work left (the light-load spell is over)
+            if not has_work:
+                self._released[g] = False
+            return self._released[g]
+        if not stalled:
+            self._stalled_since[g] = None
+            return False
+        if self.max_wait_s is None:
+            return False
+        since = self._stalled_since[g]
+        if since is None:
+            since = self._stalled_since[g] = now_s
+        if now_s >= since + self.max_wait_s:  # the very sum the wake-up time was (no rounding gap)
+            self._released[g], self._stalled_since[g] = True, None
+        return self._released[g]
+
+    def _next_release_s(self) -> float | None:
+        """When the earliest stalled group is released (None: no timer runs)."""
+        if self.max_wait_s is None:
+            return None
+        times = [t + self.max_wait_s for t, free in zip(self._stalled_since, self._released)
+                 if t is not None and not free]
+        return min(times) if times else None
 
     # -- the step -----------------------------------------------------------------------------------------
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
         if waiting is not self._waiting:
             self._reset(waiting)
-        for _ in range(self._parked):
-            running.append(waiting.popleft())
-        self._parked = 0
+        self._running = running
         group, queues = self._group, self._queues
         for i in range(len(waiting) - self._known, 0, -1):  # arrivals since the last call, oldest first
             seq = waiting[-i]
@@ -109,7 +152,7 @@ class _StageScheduler:
                 buckets[key] = [seq]
             else:
                 b.append(seq)
-        admit, selected = self._select(buckets, self.mode == "paper" and not draining)
+        admit, selected = self._select(buckets, self.mode == "paper" and not draining, now_s)
         plan = StepPlan()
         entries = plan.entries
         for seq in selected:
@@ -124,12 +167,21 @@ class _StageScheduler:
             plan.entries = [(s, n) for s, n in entries if id(s) not in gone]
         else:
             self._admit(admit, waiting, running, kv, plan, now_s)
-        if not plan.entries and running:  # idle on purpose: park the residents (KV kept) until the next call
-            waiting.extendleft(reversed(running))
-            self._parked = len(running)
-            running.clear()
-        self._known = len(waiting) - self._parked
+        if not plan.entries:
+            if plan.preempted:  # every request of the step was evicted: re-decide at once with the freed KV
+                plan.wake_at_s = math.nextafter(now_s, math.inf)
+            elif self.mode == "paper" and not draining:
+                # the thresholds turn into caps at the drain time, a stalled group at its release: even with no event
+                times = [t for t in (self.drain_after_s, self._next_release_s()) if t is not None and t > now_s]
+                plan.wake_at_s = min(times) if times else None
+            plan.hold = bool(running)  # Algorithm 1/2's wait: paused residents keep their KV
+        self._known = len(waiting)
         return plan
+
+    def held(self) -> list[SeqState]:
+        """The requests the last run left resident but not finished (paused below a threshold with their KV, when
+        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished."""
+        return list(self._running or ())  # the engine removes finished requests from ``running``
 
     def _admit(self, admit: list[int], waiting: deque, running: list, kv: BlockManager, plan: StepPlan,
                now_s: float) -> None:
@@ -181,16 +233,17 @@ class WaitScheduler(_StageScheduler):
     thresholds : ``n_j``, one integer >= 1 per type (e.g. :func:`.thresholds.choose_wait_thresholds`).
     type_of : ``f(seq) -> type index``; default: the type with ``prefill_tokens == prompt_tokens`` and
         ``decode_tokens == output_tokens - 1`` (a request of no type raises :class:`ConfigError`).
-    mode, max_in_flight, drain_after_s : see the module docstring.
+    mode, max_in_flight, drain_after_s, max_wait_s : see the module docstring.
     """
 
     def __init__(self, types: Sequence[PromptType], thresholds: Sequence[int],
                  type_of: Callable[[SeqState], int] | None = None, mode: str = "paper",
-                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "wait"):
+                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "wait",
+                 max_wait_s: float | None = None):
         self.types = _types(types)
         self.thresholds = _thresholds(thresholds, len(self.types))
         self.name = name
-        super().__init__(len(self.types), mode, max_in_flight, drain_after_s)
+        super().__init__(len(self.types), mode, max_in_flight, drain_after_s, max_wait_s)
         if type_of is None:
             index = {}
             for j, t in enumerate(self.types):
@@ -204,10 +257,14 @@ class WaitScheduler(_StageScheduler):
             raise ConfigError(f"type_of(request {seq.request_id!r}) = {j!r}; there are {len(self.types)} types")
         return j
 
-    def _select(self, buckets, wait):
+    def _select(self, buckets, wait, now_s):
         n, queues = self.thresholds, self._queues
         if wait:
             eligible = [len(q) >= nj for q, nj in zip(queues, n)]
+            resident = {j for j, _ in buckets}
+            for j, ok in enumerate(eligible):
+                work = len(queues[j]) > 0 or j in resident
+                eligible[j] = self._release(j, work and not ok, now_s, work) or ok
         else:
             eligible = [True] * len(n)
         admit = [min(nj, len(q)) if ok else 0 for q, nj, ok in zip(queues, n, eligible)]
@@ -242,11 +299,12 @@ class NestedWaitScheduler(_StageScheduler):
     ----------
     segment_ends : ``r_k`` in decode stages (``l' = output_tokens - 1`` units), or a :class:`~.segments.SegmentDesign`.
     thresholds : ``n_k``, one integer >= 1 per segment (e.g. :func:`.segments.choose_nested_thresholds`).
-    mode, max_in_flight, drain_after_s : see the module docstring.
+    mode, max_in_flight, drain_after_s, max_wait_s : see the module docstring.
     """
 
     def __init__(self, segment_ends: Sequence[int] | SegmentDesign, thresholds: Sequence[int], mode: str = "paper",
-                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "nested-wait"):
+                 max_in_flight: int | None = None, drain_after_s: float | None = None, name: str = "nested-wait",
+                 max_wait_s: float | None = None):
         if isinstance(segment_ends, SegmentDesign):
             self.design = segment_ends
         else:
@@ -254,19 +312,24 @@ class NestedWaitScheduler(_StageScheduler):
             self.design = SegmentDesign(ends, (0.0,) * (len(ends) - 1) + (1.0,), 1)  # rates unused by the policy
         self.thresholds = _thresholds(thresholds, self.design.num_segments)
         self.name = name
-        super().__init__(1, mode, max_in_flight, drain_after_s)
+        super().__init__(1, mode, max_in_flight, drain_after_s, max_wait_s)
         d = self.design
         self._segment_of = d.segment_of_stage
 
-    def _select(self, buckets, wait):
+    def _select(self, buckets, wait, now_s):
         n, d = self.thresholds, self.design
-        k = prefix_length(d, n, len(self._queues[0]), lambda s: len(buckets.get((0, s), ())), wait)
+        seg = self._segment_of
+        queued = len(self._queues[0])
+        k = prefix_length(d, n, queued, lambda s: len(buckets.get((0, s), ())), wait)
+        if wait:  # stalled: work in a paused segment (or in the entry queue when k = 0)
+            stalled = k < d.num_segments and ((k == 0 and queued > 0) or any(seg(s) >= k for _, s in buckets))
+            if self._release(0, stalled, now_s, queued > 0 or bool(buckets)):
+                k = d.num_segments
         if k == 0:
             return [0], []
         selected = []
-        seg = self._segment_of
         for (_, s), seqs in buckets.items():
             i = seg(s)
             if i < k:
                 selected.extend(seqs[:n[i]])
-        return [min(n[0], len(self._queues[0]))], selected
+        return [min(n[0], queued)], selected

@@ -352,7 +352,8 @@ for _name, _cls in SCHEDULERS.items():
                       "simulators.serving.schedulers")
 
 
-def make_scheduler(name: str, context: registry.BuildContext | None = None, **knobs):
+def make_scheduler(name: str, context: registry.BuildContext | None = None, /, **knobs):
     """Build a registered scheduler by name: the baselines above, or a paper's policy registered in
-    :mod:`gpusched.registry` (``gpusched policies`` lists them). ``context`` tells it the run it serves."""
+    :mod:`gpusched.registry` (``gpusched policies`` lists them). ``context`` tells it the run it serves.
+    ``name`` and ``context`` are positional so that a policy may take a knob called ``name``."""
     return registry.build("scheduler", name, context, **knobs)
