@@ -9,6 +9,8 @@ kind              the object implements                                   who as
 ``router``        :class:`gpusched.policy.Router`                         the serving engine, per arrival
 ``gate``          :class:`gpusched.policy.AdmissionGate`                  the serving engine, per arrival
 ``placement``     :class:`gpusched.policy.PrefillPlacement`               the session engine, per prefill
+``prefill-queue`` :class:`gpusched.policy.BatchScheduler` of a prefill     the session engine's prefill workers
+                  worker's queue (one prefill per step)
 ================  ======================================================  ===============================
 
 New kinds are plain strings; a paper that needs another decision (for example where an incremental
@@ -34,7 +36,7 @@ from typing import Any, Callable
 from gpusched.errors import ConfigError, UnknownNameError
 
 PLUGIN_GROUP = "gpusched.policies"
-KINDS = ("scheduler", "router", "gate", "placement")
+KINDS = ("scheduler", "router", "gate", "placement", "prefill-queue")
 
 
 @dataclass(frozen=True)

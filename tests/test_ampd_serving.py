@@ -211,7 +211,8 @@ def test_reorder_scheduler_is_t1():
 
 def test_registry_and_bad_inputs():
     assert {"ampd", "always-local", "always-remote"} <= set(registry.names("placement"))
-    assert "ampd-reorder" in registry.names("scheduler")
+    assert "ampd-reorder" in registry.names("prefill-queue")
+    assert "ampd-reorder" not in registry.names("scheduler")  # not a serving-engine batch scheduler
     with pytest.raises(ConfigError, match="session"):
         simulate_sessions(Trace(pd.DataFrame({"request_id": [0], "arrival_time_s": [0.0], "prompt_tokens": [10],
                                               "output_tokens": [2]})), PD, _Toy())

@@ -14,6 +14,6 @@ SOURCE = "He et al., arXiv 2602.14516 (shared/papers/ampd.md)"
 registry.register("placement", "ampd", lambda context, **knobs: AmpdPlacement(**{"seed": context.seed, **knobs}),
                   "AMPD Algorithm 1: slack rules, then the cheaper of local (Eq. 1) and each prefill worker (Eq. 2)",
                   SOURCE)
-registry.register("scheduler", "ampd-reorder", lambda context, **knobs: AmpdReorderScheduler(**knobs),
+registry.register("prefill-queue", "ampd-reorder", lambda context, **knobs: AmpdReorderScheduler(**knobs),
                   "AMPD Algorithm 2: TTFT-aware reordering of the first w queued prefills (w! orders, capped)",
                   SOURCE)

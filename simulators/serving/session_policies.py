@@ -88,7 +88,7 @@ registry.register("placement", "always-local", lambda context, **knobs: AlwaysLo
                   "every session prefill on the session's decode worker (co-located serving)", SOURCE)
 registry.register("placement", "always-remote", lambda context, **knobs: AlwaysRemote(**knobs),
                   "every session prefill on the least-queued prefill worker (Dynamo-like)", SOURCE)
-registry.register("scheduler", "session-fcfs", lambda context, **knobs: SessionFcfs(**knobs),
+registry.register("prefill-queue", "session-fcfs", lambda context, **knobs: SessionFcfs(**knobs),
                   "session engine prefill queue: first come first served", SOURCE)
-registry.register("scheduler", "session-inflight-first", lambda context, **knobs: InFlightFirst(**knobs),
+registry.register("prefill-queue", "session-inflight-first", lambda context, **knobs: InFlightFirst(**knobs),
                   "session engine prefill queue: in-flight sessions first (vLLM-Continuum)", SOURCE)

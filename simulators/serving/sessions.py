@@ -386,7 +386,7 @@ class _Run:
         for k, cfg in enumerate(workers):
             sched = cfg.scheduler
             if isinstance(sched, str):
-                sched = registry.build("scheduler", sched, BuildContext(trace=trace, seed=seed), **cfg.scheduler_knobs)
+                sched = registry.build("prefill-queue", sched, BuildContext(trace=trace, seed=seed), **cfg.scheduler_knobs)
             cls = _PrefillWorker if cfg.role == "prefill" else _DecodeWorker
             w = cls(self, k, cfg, sched)
             self.workers.append(w)
