@@ -57,6 +57,10 @@ class InstanceEngine:
         are identical to step-by-step mode (``fast=False``), which is kept for checking.
     kv_bytes_per_token, host_link_bytes_per_s : price swap preemption (KV bytes over the host link,
         added to the step that moves them).
+    on_prefill_done : on any role, called ``f(seq, now_s)`` when a sequence samples its first token and has
+        more to generate; if it answers True the sequence is handed off as on a prefill instance (it leaves
+        ``running``, keeps its KV until :meth:`release`, ``on_first_token`` is called), else it decodes here.
+        A cluster-level dispatcher decides there where each decode runs (``None``: today's behaviour).
 
     What a router reads of the instance (:attr:`live_view`) is kept up to date as the instance runs, in
     O(1) per change: the tokens still to process of its running and of its waiting sequences are two
@@ -69,8 +73,10 @@ class InstanceEngine:
                  on_first_token: Callable[[SeqState, float], None] | None = None,
                  on_finish: Callable[[SeqState, float], None] | None = None,
                  record_timeline: bool = True, check_invariants: bool = True, fast: bool = True,
-                 kv_bytes_per_token: int = 0, host_link_bytes_per_s: float = 0.0):
+                 kv_bytes_per_token: int = 0, host_link_bytes_per_s: float = 0.0,
+                 on_prefill_done: Callable[[SeqState, float], bool] | None = None):
         self.env = env
+        self.on_prefill_done = on_prefill_done
         self.index = index
         self.scheduler = scheduler
         self.step_model = step_model
@@ -435,7 +441,8 @@ class InstanceEngine:
                 if g >= seq.output_tokens:  # (a one-token output finishes on a prefill instance too)
                     seq.finish_time_s = now_s
                     finished.append(seq)
-                elif g == 1 and hand_off:
+                elif g == 1 and (hand_off or (self.on_prefill_done is not None
+                                              and self.on_prefill_done(seq, now_s))):
                     finished.append(seq)
             if tokens_of is not None:
                 if c > seq.prompt_tokens + g or g > seq.output_tokens:
