@@ -8,6 +8,7 @@ kind              the object implements                                   who as
 ``scheduler``     :class:`gpusched.policy.BatchScheduler`                 an instance of the serving engine
 ``router``        :class:`gpusched.policy.Router`                         the serving engine, per arrival
 ``gate``          :class:`gpusched.policy.AdmissionGate`                  the serving engine, per arrival
+``dispatcher``    :class:`gpusched.policy.ClusterDispatcher`              the dispatch engine, per arrival/slot
 ================  ======================================================  ===============================
 
 New kinds are plain strings; a paper that needs another decision (for example where an incremental
@@ -33,7 +34,7 @@ from typing import Any, Callable
 from gpusched.errors import ConfigError, UnknownNameError
 
 PLUGIN_GROUP = "gpusched.policies"
-KINDS = ("scheduler", "router", "gate")
+KINDS = ("scheduler", "router", "gate", "dispatcher")
 
 
 @dataclass(frozen=True)
