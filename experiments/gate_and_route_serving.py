@@ -131,6 +131,48 @@ def _metrics(req: pd.DataFrame, n: int, model, warm: float, T: float, lost: np.n
             "finished_share": float(fin[inwin].mean())}
 
 
+_SETUPS: dict = {}
+
+
+def _setup(fraction: float):
+    if fraction not in _SETUPS:  # the step model and the trace load once per process
+        _SETUPS[fraction] = azure_setup(fraction)
+    return _SETUPS[fraction]
+
+
+def real_cell(system: str, fraction: float, seed: int = 0) -> dict:
+    """One system of the real-trace comparison (a policy of :data:`POLICIES`, ``vllm-16``, ``vllm-256`` or
+    ``disaggregated``) on the first ``fraction`` of the compressed Azure trace: one row of :func:`_metrics`."""
+    trace, gpu, model, classify = _setup(fraction)
+    n, B = REAL["num_gpus"], REAL["max_decodes"]
+    T = float(trace.df.arrival_time_s.max())
+    warm = REAL["warmup_fraction"] * T
+    bundled = solve_fluid(model)
+    if system in POLICIES:
+        sol = solve_fluid(model, "separate" if system == "prioritize-and-route" else "bundled")
+        d = GateRouteDispatcher(make_policy(system, sol, n, seed=seed), model, classify, sol)
+        r = simulate_dispatch(trace, gpu, n, d, abandon_rate_per_s=d.abandon_rate_per_s, seed=seed)
+        row = _metrics(r.requests, n, model, warm, T)
+    else:
+        M = max(1, math.ceil(n * bundled.mixed_fraction - 1e-9))
+        knobs = {} if system == "vllm-256" else {"max_num_seqs": B}
+        if system == "disaggregated":
+            instances = ([InstanceConfig(gpu.step_model, gpu.num_kv_blocks, scheduler="vllm-v1", scheduler_knobs=knobs,
+                                         role="prefill", kv_bytes_per_token=gpu.kv_bytes_per_token)] * M
+                         + [InstanceConfig(gpu.step_model, gpu.num_kv_blocks, scheduler="vllm-v1", scheduler_knobs=knobs,
+                                           role="decode")] * (n - M))
+        elif system in ("vllm-16", "vllm-256"):
+            instances = [InstanceConfig(gpu.step_model, gpu.num_kv_blocks, scheduler="vllm-v1",
+                                        scheduler_knobs=knobs)] * n
+        else:
+            raise ConfigError(f"unknown system {system!r}; choose a policy of {POLICIES}, vllm-16, vllm-256 or "
+                              f"disaggregated")
+        r = simulate(trace, instances, router="least-outstanding-tokens", seed=seed, record_timeline=False)
+        lost = ((r.requests.scheduled_time_s - r.requests.arrival_time_s) > _patience_s(trace, REAL["theta"], seed)).to_numpy()
+        row = _metrics(r.requests, n, model, warm, T, lost)
+    return {**row, "R_star": bundled.revenue, "revenue_over_R_star": row["revenue_per_gpu_s"] / bundled.revenue}
+
+
 def real_part(scale: dict, seed: int = 0) -> tuple[pd.DataFrame, dict]:
     trace, gpu, model, classify = azure_setup(scale["real_fraction"])
     n, B = REAL["num_gpus"], REAL["max_decodes"]
