@@ -12,9 +12,8 @@ Parts:
   Eq. (1)-(3) fitted on the step model), patience ``Exp(theta)``: the paper's policies on the dispatch engine
   against vLLM-style colocated serving (``vllm-v1`` behind ``least-outstanding-tokens``; with ``max_num_seqs = B``
   and with vLLM's default 256) and a plain prefill/decode split (``M = ceil(n X*)`` prefill instances, the rest
-  decode, ``vllm-v1`` with ``max_num_seqs = B``). The existing engine has no abandonment: its rows count a
-  request as abandoned, and earn nothing for it, when its wait for a first schedule exceeds the same patience draw
-  the dispatch engine would give it -- an estimate: that engine still spent the capacity on it.
+  decode, ``vllm-v1`` with ``max_num_seqs = B``), with the same patience model (``simulate(...,
+  abandon_rate_per_s=theta)``: a request not scheduled within its ``Exp(theta)`` patience leaves).
 
 Run: ``python -m experiments.gate_and_route --parts serving real [--quick]`` (or this module directly).
 Writes ``serving.csv``, ``real.csv``, ``serving.png``, ``real.png`` and ``serving.md`` under ``--out``.
@@ -106,17 +105,8 @@ def azure_setup(fraction: float):
     return trace, gpu, model, classify
 
 
-def _patience_s(trace: Trace, theta: float, seed: int) -> np.ndarray:
-    """One ``Exp(theta)`` patience per request (for the engines without abandonment)."""
-    return np.random.default_rng(seed).standard_exponential(len(trace)) / theta
-
-
-def _metrics(req: pd.DataFrame, n: int, model, warm: float, T: float, lost: np.ndarray | None = None) -> dict:
-    """Revenue (bundled, per GPU-s over [warm, T)), throughput, latencies and abandonment of one run; ``lost``:
-    requests counted as abandoned (earn nothing) in an engine without abandonment."""
-    req = req.copy()
-    if lost is not None:
-        req.loc[lost, "status"] = "abandoned (patience, estimated)"
+def _metrics(req: pd.DataFrame, n: int, model, warm: float, T: float) -> dict:
+    """Revenue (bundled, per GPU-s over [warm, T)), throughput, latencies and abandonment of one run."""
     inwin = (req.arrival_time_s >= warm) & (req.arrival_time_s < T)
     fin = req.status == "finished"
     window_fin = fin & (req.finish_time_s >= warm) & (req.finish_time_s < T)
@@ -167,57 +157,37 @@ def real_cell(system: str, fraction: float, seed: int = 0) -> dict:
         else:
             raise ConfigError(f"unknown system {system!r}; choose a policy of {POLICIES}, vllm-16, vllm-256 or "
                               f"disaggregated")
-        r = simulate(trace, instances, router="least-outstanding-tokens", seed=seed, record_timeline=False)
-        lost = ((r.requests.scheduled_time_s - r.requests.arrival_time_s) > _patience_s(trace, REAL["theta"], seed)).to_numpy()
-        row = _metrics(r.requests, n, model, warm, T, lost)
+        r = simulate(trace, instances, router="least-outstanding-tokens", seed=seed, record_timeline=False,
+                     abandon_rate_per_s=REAL["theta"])
+        row = _metrics(r.requests, n, model, warm, T)
     return {**row, "R_star": bundled.revenue, "revenue_over_R_star": row["revenue_per_gpu_s"] / bundled.revenue}
 
 
+SYSTEMS = POLICIES + ("vllm-16", "vllm-256", "disaggregated")
+
+
 def real_part(scale: dict, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    trace, gpu, model, classify = azure_setup(scale["real_fraction"])
+    trace, gpu, model, classify = _setup(scale["real_fraction"])
     n, B = REAL["num_gpus"], REAL["max_decodes"]
-    T = float(trace.df.arrival_time_s.max())
-    warm = REAL["warmup_fraction"] * T
     bundled = solve_fluid(model)
-    info = {"requests": len(trace), "T_s": T, "R_star": bundled.revenue, "mixed_fraction": bundled.mixed_fraction,
+    M = max(1, math.ceil(n * bundled.mixed_fraction - 1e-9))
+    info = {"requests": len(trace), "T_s": float(trace.df.arrival_time_s.max()), "R_star": bundled.revenue,
+            "mixed_fraction": bundled.mixed_fraction,
             "classes": [(round(c.prompt_tokens), round(c.decode_tokens), round(c.arrival_rate, 3)) for c in model.classes],
             "tau_s": model.tau_mix_s, "gamma": model.gamma_tokens_per_s,
             "served_share_lp": (bundled.x * model.mu_prefill / model.arrival_rates).round(3).tolist(),
             "boundary_tokens": classify.boundaries}
+    labels = {"vllm-16": f"vllm-v1 colocated (max_num_seqs={B})", "vllm-256": "vllm-v1 colocated (max_num_seqs=256)",
+              "disaggregated": f"disaggregated {M}P+{n - M}D (max_num_seqs={B})"}
     rows = []
-    for policy in POLICIES:
-        sol = solve_fluid(model, "separate" if policy == "prioritize-and-route" else "bundled")
-        d = GateRouteDispatcher(make_policy(policy, sol, n, seed=seed), model, classify, sol)
+    for system in SYSTEMS:
         t0 = time.perf_counter()
-        r = simulate_dispatch(trace, gpu, n, d, abandon_rate_per_s=d.abandon_rate_per_s, seed=seed)
-        rows.append({"system": policy, "engine": "dispatch", "mixed_or_prefill_gpus": r.modes.count("mixed"),
-                     **_metrics(r.requests, n, model, warm, T), "wall_s": time.perf_counter() - t0})
-    patience = _patience_s(trace, REAL["theta"], seed)
-    M = max(1, math.ceil(n * bundled.mixed_fraction - 1e-9))
-    baselines = {
-        f"vllm-v1 colocated (max_num_seqs={B})": [InstanceConfig(gpu.step_model, gpu.num_kv_blocks,
-                                                                 scheduler="vllm-v1",
-                                                                 scheduler_knobs={"max_num_seqs": B})] * n,
-        "vllm-v1 colocated (max_num_seqs=256)": [InstanceConfig(gpu.step_model, gpu.num_kv_blocks,
-                                                                scheduler="vllm-v1")] * n,
-        f"disaggregated {M}P+{n - M}D (max_num_seqs={B})": (
-            [InstanceConfig(gpu.step_model, gpu.num_kv_blocks, scheduler="vllm-v1", scheduler_knobs={"max_num_seqs": B},
-                            role="prefill", kv_bytes_per_token=gpu.kv_bytes_per_token)] * M
-            + [InstanceConfig(gpu.step_model, gpu.num_kv_blocks, scheduler="vllm-v1",
-                              scheduler_knobs={"max_num_seqs": B}, role="decode")] * (n - M)),
-    }
-    for name, instances in baselines.items():
-        t0 = time.perf_counter()
-        r = simulate(trace, instances, router="least-outstanding-tokens", seed=seed, record_timeline=False)
-        req = r.requests
-        lost = ((req.scheduled_time_s - req.arrival_time_s) > patience).to_numpy()
-        rows.append({"system": name, "engine": r.engine, "mixed_or_prefill_gpus": M if "disagg" in name else 0,
-                     **_metrics(req, n, model, warm, T, lost),
-                     "revenue_no_abandonment": revenue_rate(req, n, model.price_prefill, model.price_decode, warm, T),
-                     "wall_s": time.perf_counter() - t0})
-    df = pd.DataFrame(rows)
-    df["revenue_over_R_star"] = df.revenue_per_gpu_s / bundled.revenue
-    return df, info
+        row = real_cell(system, scale["real_fraction"], seed)
+        rows.append({"system": labels.get(system, system),
+                     "engine": "dispatch" if system in POLICIES else "serving (run.simulate)",
+                     "mixed_or_prefill_gpus": M if system in POLICIES[:4] or system == "disaggregated" else 0,
+                     **row, "wall_s": time.perf_counter() - t0})
+    return pd.DataFrame(rows).drop(columns=["R_star"]), info
 
 
 # ------------------------------------------------------------------ output
@@ -293,8 +263,8 @@ def _markdown(serving, real, info, scale_name, wall) -> str:
                   f"{info['R_star']:.1f} per GPU-s, X* = {info['mixed_fraction']:.3f}, LP serves "
                   f"{info['served_share_lp']} of each class. Revenue over the window after a "
                   f"{REAL['warmup_fraction']:.0%} warm-up; latencies of finished requests that arrived in it. "
-                  "vLLM/disaggregated rows: existing engine, no abandonment; a request whose first schedule came "
-                  "after its patience draw is counted as abandoned (`revenue_no_abandonment` counts it).", "",
+                  "vLLM/disaggregated rows: the per-instance engine with the same Exp(theta) patience until a "
+                  "request's first schedule (there is no decode buffer to abandon from).", "",
                   _md(real.drop(columns=["wall_s"])), ""]
     return "\n".join(lines)
 

@@ -259,3 +259,24 @@ def test_registered_dispatcher_calibrates_from_trace():
     assert isinstance(d, ClusterDispatcher) and d.gpu_modes(4).count("solo") >= 1
     r = simulate_dispatch(trace, _gpu(step, kv_blocks=200_000, kv_bytes=147_456), 4, "fi-wsp", until_s=20.0)
     assert r.modes == ("shared",) * 4
+
+
+# ------------------------------------------------------------------ abandonment in the per-instance engine
+def test_simulate_abandonment_of_requests_never_scheduled():
+    """vllm-v1 with max_num_seqs = 1 on one instance: requests queue; with patience Exp(5/s) most leave before
+    their first schedule. Every request either finishes or abandons, abandoned ones were never scheduled, and
+    rate 0 gives the run without abandonment (the default path)."""
+    from simulators.serving.run import simulate
+
+    trace = _trace([(f"r{i}", 0.001 * i, 50, 20) for i in range(200)])
+    cfg = [InstanceConfig(ConstantStep(), 4000, scheduler="vllm-v1", scheduler_knobs={"max_num_seqs": 1})]
+    r = simulate(trace, cfg, abandon_rate_per_s=5.0, seed=0, mode="simpy").requests
+    assert set(r.status) == {"finished", "abandoned waiting for prefill"}
+    gone = r.status != "finished"
+    assert gone.sum() > 100 and r.scheduled_time_s[gone].isna().all()
+    fin = r[~gone]
+    assert (fin.finish_time_s.diff().dropna() > 0).all()  # one at a time, in order
+    base = simulate(trace, cfg, seed=0).requests
+    same = simulate(trace, cfg, abandon_rate_per_s=0.0, seed=0).requests
+    pd.testing.assert_frame_equal(base, same)
+    assert (base.status == "finished").all()

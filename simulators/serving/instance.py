@@ -130,6 +130,18 @@ class InstanceEngine:
             self._run.cut = True  # the step in flight is the run's last: the next one sees this request
             self.process.interrupt()
 
+    def withdraw(self, seq: SeqState) -> bool:
+        """Take ``seq`` out of this instance's queue if it waits here and was never scheduled (it abandons);
+        False (nothing changes) otherwise. O(queue length)."""
+        if seq.scheduled_time_s is not None or seq.index not in self._queued:
+            return False
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            return False
+        self._todo_waiting -= self._queued.pop(seq.index)
+        return True
+
     def outstanding_tokens(self) -> int:
         """Prompt tokens still to prefill plus output tokens still to generate, over the running and
         waiting sequences, as of the last step that ended before now (O(1))."""

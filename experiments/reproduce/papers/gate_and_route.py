@@ -138,7 +138,7 @@ register(Experiment(
 
 
 # ---- the Azure conversation trace --------------------------------------------------------------------------------
-SYSTEMS = serving.POLICIES + ("vllm-16", "vllm-256", "disaggregated")
+SYSTEMS = serving.SYSTEMS
 
 
 def azure_cells(quick: bool) -> list[dict]:
@@ -152,5 +152,5 @@ register(Experiment(
     about=("Azure LLM 2023 conversation trace compressed x16 in time, 8 H100 x Llama-3-8B (profiled step model), "
            "two classes by prompt length, B = 16, C = 512, patience Exp(0.1). vllm-16 / vllm-256: vllm-v1 behind "
            "least-outstanding-tokens with max_num_seqs 16 / 256; disaggregated: ceil(n X*) prefill instances, the "
-           "rest decode. The existing engine has no abandonment: a request first scheduled after its patience draw "
-           "is counted abandoned there. The paper has no real-trace experiment: no claim.")))
+           "rest decode, all with the same Exp(0.1) patience until a request's first schedule. The paper has no "
+           "real-trace experiment: no claim.")))
