@@ -153,6 +153,7 @@ class _RejectLong:
         return ("shared",) * num_gpus
 
     def on_arrival(self, request, view):
+        assert isinstance(view, DispatchView) and view.now_s == request.arrival_time_s
         return "prompt above 2000 tokens" if request.prompt_tokens > 2000 else 0
 
     def choose_prefill(self, view, gpu):
