@@ -71,3 +71,36 @@ def class_trace(model: FluidModel, num_gpus: int, horizon_s: float, seed: int = 
                                                         ignore_index=True)
     return Trace(df, name=f"gate-and-route-{model.num_classes}-classes", source="synthetic",
                  meta={"num_gpus": num_gpus, "horizon_s": horizon_s, "seed": seed, "output": output})
+
+
+def engine_prefill_times_s(model: FluidModel, step_model, context_tokens: int = 0) -> np.ndarray:
+    """Seconds a class-``i`` prefill of ``P_i`` tokens (rounded) takes on ``step_model`` in chunks of ``C`` beside
+    ``B - 1`` decodes at context ``context_tokens``: the engine's ``1 / mu_p,i`` ((I,) array). Chunking rounds up,
+    so it exceeds the fluid ``P_i tau / C`` when ``P_i`` is not a multiple of ``C`` (the last chunk is a step too)."""
+    B, C = model.max_decodes, model.chunk_tokens
+    out = []
+    for c in model.classes:
+        left, t = max(1, int(round(c.prompt_tokens))), 0.0
+        while left > 0:
+            chunk = min(C, left)
+            t += float(step_model.step_time_s([chunk], [context_tokens] * (B - 1)))
+            left -= chunk
+        out.append(t)
+    return np.array(out)
+
+
+def engine_timed_policy(solution, step_model, num_gpus: int, seed: int = 0, context_tokens: int = 0):
+    """Gate-and-Route whose plan counts prefill time as the engine spends it ([R], not the paper's rule): class
+    ``i``'s planned prefill occupancy is its LP throughput ``mu_p,i x_i*`` times the engine's prefill time
+    (:func:`engine_prefill_times_s`), ``M = ceil(n * sum)`` GPUs are mixed, and the occupancy gate targets those
+    occupancies. The fluid plan assumes ``P_i tau / C`` per prefill; on a chunked engine it under-provisions the
+    mixed pool once ``n`` is large enough for ``ceil`` to stop adding slack."""
+    from .gates import OccupancyGate
+    from .policies import static_plan
+    from .protocol import MIXED, SOLO, GateRoutePolicy
+    from .routers import GreedyRouter
+
+    model = solution.model
+    x_engine = solution.x * model.mu_prefill * engine_prefill_times_s(model, step_model, context_tokens)
+    return GateRoutePolicy("gate-and-route-engine-timed", static_plan(float(x_engine.sum()), num_gpus),
+                           OccupancyGate(x_engine, solution.q_prefill, num_gpus), GreedyRouter((SOLO, MIXED), seed))
