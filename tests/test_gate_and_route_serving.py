@@ -281,3 +281,22 @@ def test_simulate_abandonment_of_requests_never_scheduled():
     same = simulate(trace, cfg, abandon_rate_per_s=0.0, seed=0).requests
     pd.testing.assert_frame_equal(base, same)
     assert (base.status == "finished").all()
+
+
+def test_engine_prefill_times_by_hand():
+    """Eq. (1) with the paper's fit: c = 1/45.45 = 0.0220022 s, a = 6.2e-5 s/token, b0 = (c - 0.0174)/a = 74.229.
+    A 300-token prompt beside 15 decodes: a 256-chunk step (b' = 271: c + a (271 - b0) = 0.0342020 s) and a 44-chunk
+    step (b' = 59 < b0: c) -> 0.0562042 s, against the fluid 300 * 0.033272 / 256 = 0.0389906 s."""
+    from formulations.gate_and_route.workload import engine_prefill_times_s, engine_timed_policy
+
+    model = paper_instance()
+    t = engine_prefill_times_s(model, IterationLawStepTime(PAPER_QWEN3_8B_A100), context_tokens=0)
+    c = 1 / 45.45
+    b0 = (c - 0.0174) / 6.2e-5
+    assert t[0] == pytest.approx((c + 6.2e-5 * (271 - b0)) + c, rel=1e-12)
+    assert 1 / model.mu_prefill[0] == pytest.approx(300 * 0.033272 / 256)
+    sol = solve_fluid(model)
+    occupancy = float((sol.x * model.mu_prefill * t).sum())
+    policy = engine_timed_policy(sol, IterationLawStepTime(PAPER_QWEN3_8B_A100), 50)
+    assert policy.roles.count("mixed") == math.ceil(50 * occupancy) == 12  # plain plan: ceil(50 * 0.2132) = 11
+    assert make_policy("gate-and-route", sol, 50).roles.count("mixed") == 11
