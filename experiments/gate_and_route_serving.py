@@ -42,7 +42,7 @@ ENGINE_TIMED = "gate-and-route-engine-timed"  # [R] M and gate targets from the 
 POLICIES = ("gate-and-route", "prioritize-and-route", "sli-gate-and-route", "fg-sp", "gi-wsp", "gf-wsp", "fi-wsp")
 SCALES = {
     "full": dict(ns=(10, 20, 50), T=600.0, pol_n=20, pol_T=600.0, real_fraction=1.0),
-    "quick": dict(ns=(5, 10), T=120.0, pol_n=10, pol_T=80.0, real_fraction=0.12),
+    "quick": dict(ns=(5, 10), T=150.0, pol_n=10, pol_T=150.0, real_fraction=0.12),
 }
 QWEN3_8B_KV_BYTES = 147_456  # spec §3.3
 REAL = dict(num_gpus=8, max_decodes=16, chunk_tokens=512, time_compression=16.0, theta=0.1, warmup_fraction=0.2)
