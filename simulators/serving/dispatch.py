@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -303,7 +303,7 @@ class _DispatchRun:
             self._target[i] = None
             self._start_patience(seq)
         else:
-            self._reserve(g if target is None else target, seq)
+            self._reserve(target, seq)
             stays = target == g
             if stays:
                 self._status[i] = _DECODING

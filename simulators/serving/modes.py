@@ -20,7 +20,7 @@ from collections import deque
 
 from gpusched.errors import ConfigError, GpuschedError
 from gpusched.kvcache import BlockManager
-from gpusched.policy import GPU_MIXED, GPU_MODES, GPU_SHARED, GPU_SOLO, StepPlan
+from gpusched.policy import GPU_MIXED, GPU_MODES, GPU_SOLO, StepPlan
 
 __all__ = ["GpuModeScheduler", "ModeViolationError"]
 
