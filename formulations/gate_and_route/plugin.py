@@ -8,6 +8,7 @@ model, with ``max_decodes``, ``chunk_tokens``, ``abandon_rate_per_s``, ``num_cla
 ``prioritize-and-route``, with ``sli`` rows if given), ``seed`` (default: the run's), ``admit_unplanned``.
 """
 from gpusched import registry
+from gpusched.errors import ConfigError
 
 from .dispatcher import GateRouteDispatcher, PromptClassifier, fluid_model_from_trace
 from .fluid import solve_fluid
@@ -31,6 +32,9 @@ def _factory(name: str):
               **policy_knobs):
         n = context.num_instances
         if model is None:
+            if context.trace is None or context.step_model is None:
+                raise ConfigError(f"dispatcher {name!r} calibrates from the run's trace and step model; build it "
+                                  f"through simulate_dispatch, or pass model=FluidModel(...)")
             model, auto = fluid_model_from_trace(context.trace, context.step_model, n, max_decodes, chunk_tokens,
                                                  abandon_rate_per_s, num_classes, price_prefill, price_decode)
             classify = classify or auto
