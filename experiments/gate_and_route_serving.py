@@ -123,6 +123,8 @@ def _metrics(req: pd.DataFrame, n: int, model, warm: float, T: float) -> dict:
             "ttft_mean_s": float(req.ttft_s[ok].mean()), "ttft_p90_s": float(req.ttft_s[ok].quantile(0.9)),
             "tpot_mean_s": float(req.tpot_s[ok].mean()),
             "abandoned_share": float(req.status[inwin].str.startswith("abandoned").mean()),
+            # abandoned after their prefill was done: prefill work spent for nothing
+            "abandoned_after_prefill_share": float((req.status[inwin] == "abandoned in decode buffer").mean()),
             "finished_share": float(fin[inwin].mean())}
 
 
