@@ -14,7 +14,8 @@ Parts (spec §5):
   the SLI-aware Gate-and-Route simulated under TPOT caps.
 
 Every simulation row is written to ``runs.csv`` as it finishes; ``--resume`` keeps the rows of an earlier run that
-simulated exactly a job of this one (same instance, policy, n, seed, horizon, warm-up) and runs the rest. Run: ``python -m experiments.gate_and_route [--quick] [--grid] [--workers K] [--resume]``.
+simulated exactly a job of this one (same instance, policy, n, seed, horizon, warm-up) and runs the rest. Run: ``python -m experiments.gate_and_route [--quick] [--grid] [--workers K] [--resume]``; ``--parts serving real``
+runs the serving-engine parts instead (:mod:`experiments.gate_and_route_serving`).
 """
 from __future__ import annotations
 
@@ -494,7 +495,16 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="results/gate_and_route")
     ap.add_argument("--resume", action="store_true", help="keep the runs an interrupted run with the same settings "
                     "already wrote to --out")
+    ap.add_argument("--parts", nargs="+", default=["model"], choices=["model", "serving", "real"],
+                    help="model: the stochastic-model parts above (default); serving, real: the serving engine and "
+                         "the Azure trace (experiments.gate_and_route_serving)")
     a = ap.parse_args(argv)
+    engine_parts = [p for p in a.parts if p != "model"]
+    if engine_parts:
+        from experiments import gate_and_route_serving
+        print(gate_and_route_serving.run(a.out, engine_parts, a.quick)["markdown"])
+        if "model" not in a.parts:
+            return
     if a.workers < 1 or a.workers > (os.cpu_count() or 1) * 4:
         raise ConfigError(f"--workers {a.workers} must be between 1 and {(os.cpu_count() or 1) * 4}")
     run(a.out, quick=a.quick, grid=a.grid, workers=a.workers, resume=a.resume)

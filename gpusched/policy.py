@@ -333,3 +333,84 @@ class PrefillPlacement(Protocol):
 
     def place(self, task: SessionPrefillView, decode: SessionWorkerView,
               prefill_workers: Sequence[SessionWorkerView], now_s: float) -> int | None: ...
+
+
+# ------------------------------------------------------------------ cluster dispatch (central queue, GPU modes)
+GPU_MIXED, GPU_SOLO, GPU_SHARED = "mixed", "solo", "shared"
+GPU_MODES = (GPU_MIXED, GPU_SOLO, GPU_SHARED)
+
+
+@runtime_checkable
+class DispatchView(Protocol):
+    """What a :class:`ClusterDispatcher` reads of the cluster when it decides (read-only; the engine keeps it
+    current, O(1) per attribute, valid during the call).
+
+    Per queue ``k`` (the dispatcher's queue keys ``0 .. num_queues - 1``): ``waiting[k]`` requests held in the
+    central queue, ``prefilling[k]`` requests of the queue in prefill on some GPU, ``oldest_waiting_s[k]`` the
+    arrival time (s) of its oldest waiting request (``inf`` when none waits). Per GPU ``g``: ``modes[g]``.
+    """
+
+    now_s: float
+    num_gpus: int
+    modes: Sequence[str]
+    waiting: Sequence[int]
+    prefilling: Sequence[int]
+    oldest_waiting_s: Sequence[float]
+
+    def free_decode_gpus(self, mode: str) -> Sequence[int]:
+        """GPUs in ``mode`` with a free decode slot, in the engine's (deterministic) order."""
+        ...
+
+
+@runtime_checkable
+class ClusterDispatcher(Protocol):
+    """Cluster-level control of a pool of identical GPUs: admission, prefill placement, decode placement, modes.
+
+    Unlike a :class:`Router` (one instance per arrival) and an :class:`AdmissionGate` (yes/no at arrival), a
+    dispatcher holds requests in a **central queue** and decides *when* and *where* each prefills, and *where*
+    its decode runs (the prefill's GPU, another GPU after a KV transfer over the link, or a decode buffer).
+
+    **GPU modes** (:data:`GPU_MODES`), one per GPU from :meth:`gpu_modes`, fixed for a run; ``B`` is
+    ``max_decodes``, ``C`` is ``chunk_tokens``:
+
+    * ``"mixed"``: at most one prefill at a time, in chunks of ``C`` tokens per step, beside at most ``B - 1``
+      decodes (one slot stays reserved for a prefill);
+    * ``"solo"``: at most ``B`` decodes, never a prefill;
+    * ``"shared"``: ``B`` generic slots, at most one of which runs a prefill (in ``C``-token chunks).
+
+    A GPU steps with whatever it holds: a step with a prefill chunk is a mixed step, one without is decode-only.
+
+    **The engine asks**:
+
+    * at an arrival: :meth:`on_arrival` -- a queue key (the request waits there, FCFS within the queue) or a
+      string (rejected, with that reason); then, for each GPU that may start a prefill, lowest index first,
+      :meth:`choose_prefill` until it answers ``None``;
+    * when a GPU may start a prefill (an arrival, a prefill or a decode ended): :meth:`choose_prefill` -- a queue
+      key, whose oldest request prefills there, or ``None`` (the slot stays idle);
+    * when a prefill completes (first token sampled) on ``g``: :meth:`route_decode` -- a GPU with a free decode
+      slot (``g`` itself: the KV stays; another: the KV moves over the link first, the slot is held meanwhile)
+      or a buffer name (the request waits there, FCFS across buffers' requests; its KV is parked off the GPU);
+      with ``prefill_first`` the engine offers ``g`` a new prefill before it routes;
+    * when a decode slot frees on ``g``: :meth:`pull_decode` -- a buffer whose oldest request takes it, or
+      ``None``; repeated while ``g`` has a free slot and the buffer is not empty; then (or before, with
+      ``prefill_first``) ``g`` is offered a prefill.
+
+    Requests waiting in the central queue or in a decode buffer may abandon (the engine's patience model);
+    in service they never do.
+    """
+
+    name: str
+    num_queues: int
+    max_decodes: int
+    chunk_tokens: int
+    prefill_first: bool
+
+    def gpu_modes(self, num_gpus: int) -> Sequence[str]: ...
+
+    def on_arrival(self, request: SeqState, view: DispatchView) -> int | str: ...
+
+    def choose_prefill(self, view: DispatchView, gpu: int) -> int | None: ...
+
+    def route_decode(self, view: DispatchView, request: SeqState, queue: int, from_gpu: int) -> int | str: ...
+
+    def pull_decode(self, view: DispatchView, gpu: int) -> str | None: ...

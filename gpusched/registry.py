@@ -11,6 +11,7 @@ kind              the object implements                                   who as
 ``placement``     :class:`gpusched.policy.PrefillPlacement`               the session engine, per prefill
 ``prefill-queue`` :class:`gpusched.policy.BatchScheduler` of a prefill     the session engine's prefill workers
                   worker's queue (one prefill per step)
+``dispatcher``    :class:`gpusched.policy.ClusterDispatcher`              the dispatch engine, per arrival/slot
 ================  ======================================================  ===============================
 
 New kinds are plain strings; a paper that needs another decision (for example where an incremental
@@ -36,7 +37,7 @@ from typing import Any, Callable
 from gpusched.errors import ConfigError, UnknownNameError
 
 PLUGIN_GROUP = "gpusched.policies"
-KINDS = ("scheduler", "router", "gate", "placement", "prefill-queue")
+KINDS = ("scheduler", "router", "gate", "placement", "prefill-queue", "dispatcher")
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,10 @@ class InstanceEngine:
         are identical to step-by-step mode (``fast=False``), which is kept for checking.
     kv_bytes_per_token, host_link_bytes_per_s : price swap preemption (KV bytes over the host link,
         added to the step that moves them).
+    on_prefill_done : on any role, called ``f(seq, now_s)`` when a sequence samples its first token and has
+        more to generate; if it answers True the sequence is handed off as on a prefill instance (it leaves
+        ``running``, keeps its KV until :meth:`release`, ``on_first_token`` is called), else it decodes here.
+        A cluster-level dispatcher decides there where each decode runs (``None``: today's behaviour).
 
     What a router reads of the instance (:attr:`live_view`) is kept up to date as the instance runs, in
     O(1) per change: the tokens still to process of its running and of its waiting sequences are two
@@ -69,8 +73,10 @@ class InstanceEngine:
                  on_first_token: Callable[[SeqState, float], None] | None = None,
                  on_finish: Callable[[SeqState, float], None] | None = None,
                  record_timeline: bool = True, check_invariants: bool = True, fast: bool = True,
-                 kv_bytes_per_token: int = 0, host_link_bytes_per_s: float = 0.0):
+                 kv_bytes_per_token: int = 0, host_link_bytes_per_s: float = 0.0,
+                 on_prefill_done: Callable[[SeqState, float], bool] | None = None):
         self.env = env
+        self.on_prefill_done = on_prefill_done
         self.index = index
         self.scheduler = scheduler
         self.step_model = step_model
@@ -123,6 +129,18 @@ class InstanceEngine:
         elif self._run is not None and not self._run.cut and self.env.active_process is not self.process:
             self._run.cut = True  # the step in flight is the run's last: the next one sees this request
             self.process.interrupt()
+
+    def withdraw(self, seq: SeqState) -> bool:
+        """Take ``seq`` out of this instance's queue if it waits here and was never scheduled (it abandons);
+        False (nothing changes) otherwise. O(queue length)."""
+        if seq.scheduled_time_s is not None or seq.index not in self._queued:
+            return False
+        try:
+            self.waiting.remove(seq)
+        except ValueError:
+            return False
+        self._todo_waiting -= self._queued.pop(seq.index)
+        return True
 
     def outstanding_tokens(self) -> int:
         """Prompt tokens still to prefill plus output tokens still to generate, over the running and
@@ -435,7 +453,8 @@ class InstanceEngine:
                 if g >= seq.output_tokens:  # (a one-token output finishes on a prefill instance too)
                     seq.finish_time_s = now_s
                     finished.append(seq)
-                elif g == 1 and hand_off:
+                elif g == 1 and (hand_off or (self.on_prefill_done is not None
+                                              and self.on_prefill_done(seq, now_s))):
                     finished.append(seq)
             if tokens_of is not None:
                 if c > seq.prompt_tokens + g or g > seq.output_tokens:

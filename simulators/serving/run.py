@@ -9,8 +9,9 @@ before any instance starts the step that begins at t, so that step can already s
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,7 +87,8 @@ class InstanceConfig:
 def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Router = "round-robin",
              seed: int = 0, record_timeline: bool = True, check_invariants: bool = True,
              progress: bool = False, mode: str = "fast", decode_router: str | Router = "least-outstanding-tokens",
-             link: LinkSpec = DEFAULT_LINK, hash_own_blocks: bool | None = None) -> SimResult:
+             link: LinkSpec = DEFAULT_LINK, hash_own_blocks: bool | None = None,
+             abandon_rate_per_s: float | Callable[[SeqState], float] = 0.0) -> SimResult:
     """Serve ``trace`` on ``instances`` and return per-request and per-instance results.
 
     Parameters
@@ -116,6 +118,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     only the new tokens are prefilled. Prefix hashes of the trace (Mooncake) are reused the same way.
     Both need a scheduler with prefix caching (vLLM V1's default).
 
+    abandon_rate_per_s : a request still waiting for its first schedule when its patience runs out leaves
+        its instance's queue (status ``abandoned waiting for prefill``); patience ``Exp(rate)`` per request,
+        ``rate`` a number or ``f(request) -> rate`` (per second), drawn from ``seed``. 0 (default): nobody
+        abandons (and the compiled engine may run).
+
     Refuses, before running, a configuration that cannot serve the trace: a request whose KV exceeds
     the capacity of every instance that takes new requests (or, disaggregated, of every decode
     instance), a scheduler token budget smaller than one block, prefill instances without decode
@@ -131,14 +138,32 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     schedulers = [cfg.build_scheduler(trace, seed) for cfg in instances]
     _check_budgets(schedulers, instances)
     _check_whole_prefills(trace, schedulers)
-    if mode == "fast" and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:
+    abandons = callable(abandon_rate_per_s) or abandon_rate_per_s != 0
+    if mode == "fast" and not abandons and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
                                           hash_own_blocks, progress, schedulers[0])
     run = _ServingRun(trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
+    if abandons:
+        run.patience_s = _patience_draws(run.seqs, abandon_rate_per_s, seed)
     run.env.process(run.arrivals(progress))
     run.env.run()
-    return SimResult.from_run(trace, run.seqs, run.engines, engine="step" if mode == "step" else "simpy")
+    result = SimResult.from_run(trace, run.seqs, run.engines, engine="step" if mode == "step" else "simpy")
+    if run.abandoned:
+        result.requests.loc[sorted(run.abandoned), "status"] = "abandoned waiting for prefill"
+    return result
+
+
+def _patience_draws(seqs: list[SeqState], rate, seed: int) -> list[float]:
+    """One ``Exp(rate)`` patience (s) per request, ``inf`` where the rate is 0 (:func:`simulate`)."""
+    draws = np.random.default_rng(np.random.SeedSequence([seed, 0xAB])).standard_exponential(len(seqs))
+    out = []
+    for seq, e in zip(seqs, draws.tolist()):
+        r = float(rate(seq)) if callable(rate) else float(rate)
+        if not (math.isfinite(r) and r >= 0):
+            raise ConfigError(f"abandon rate {r!r} for request {seq.request_id!r} must be a finite number >= 0")
+        out.append(e / r if r > 0 else math.inf)
+    return out
 
 
 class _ServingRun:
@@ -178,6 +203,8 @@ class _ServingRun:
         if hash_own_blocks is None:
             hash_own_blocks = any(getattr(e.scheduler, "enable_prefix_caching", False) for e in self.engines)
         self.seqs, self.next_round = _sequences(trace, bs, hash_own_blocks)
+        self.patience_s: list[float] | None = None  # per request (simulate's abandon_rate_per_s), None: never
+        self.abandoned: set[int] = set()
 
     def arrivals(self, progress: bool):
         env = self.env
@@ -204,7 +231,16 @@ class _ServingRun:
         views = self._entry_views
         if seq.prompt_tokens + seq.output_tokens > self._entry_fits_all:
             views = _fitting(views, seq, self.block_size_tokens)
-        self.engines[self.router.route(seq, views, self.env.now)].submit(seq)
+        engine = self.engines[self.router.route(seq, views, self.env.now)]
+        engine.submit(seq)
+        if self.patience_s is not None and math.isfinite(self.patience_s[seq.index]):
+            timer = self.env.timeout(self.patience_s[seq.index])
+            timer.callbacks.append(lambda _ev, seq=seq, engine=engine: self._abandon(seq, engine))
+
+    def _abandon(self, seq: SeqState, engine: InstanceEngine) -> None:
+        """Patience over: leave the queue if still never scheduled there."""
+        if engine.withdraw(seq):
+            self.abandoned.add(seq.index)
 
     def _finished(self, seq: SeqState, now_s: float) -> None:
         """A request finished: release the next round of its session after its think time."""
