@@ -364,6 +364,16 @@ class BlockManager:
         """
         if seq_id in self._seqs:
             raise ConfigError(f"BlockManager: seq_id {seq_id!r} is already allocated; free it first or use extend()")
+        if not block_hashes and type(num_tokens) is int and num_tokens >= 0:
+            # no prefix hashes (the common case of most schedulers): every block is private and fresh; the
+            # general path below takes the same blocks, with empty hash bookkeeping
+            total = -(-num_tokens // self.block_size_tokens)
+            if total > self.num_blocks - self._private - len(self._ref):  # num_free_blocks
+                return None
+            self._make_room(total)
+            self._private += total
+            self._seqs[seq_id] = [num_tokens, total, (), 0]
+            return 0
         need, hit, hashes, total, resident = self._plan(num_tokens, block_hashes)
         if need > self.num_free_blocks:
             return None

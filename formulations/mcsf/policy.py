@@ -144,7 +144,8 @@ class McsfScheduler:
         memory = kv.num_blocks * bs
         m = len(running)
         run_S = [t + pad for t in tokens]  # everything is measured from now: P = 0, t' = steps ahead
-        if self._oracle():
+        oracle = self._oracle()
+        if oracle:
             run_E = _oracle_remaining(running, run_S, memory)
         else:
             run_E = [self._remaining(s, pad, memory) for s in running]
@@ -164,7 +165,10 @@ class McsfScheduler:
         if not cands:
             return plan
         cand_S = [s.num_tokens + pad for s in cands]
-        cand_K = [self._remaining(s, pad, memory) for s in cands]
+        if oracle and not self.fcfs:  # (their predictions were checked >= 1 when they were queued: _priority)
+            cand_K = _oracle_remaining(cands, cand_S, memory)
+        else:
+            cand_K = [self._remaining(s, pad, memory) for s in cands]
         if sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) <= memory:
             # A member's projected load S + t' peaks at its last step E, so this sum bounds the load at
             # every point: every prefix fits, and admit_prefix (which returns the longest that does, under
