@@ -165,7 +165,8 @@ class McsfScheduler:
         if not cands:
             return plan
         cand_S = [s.num_tokens + pad for s in cands]
-        if oracle and not self.fcfs:  # (their predictions were checked >= 1 when they were queued: _priority)
+        if oracle and not self.fcfs and type(self)._remaining is McsfScheduler._remaining:
+            # (their predictions were checked >= 1 when they were queued: _priority)
             cand_K = _oracle_remaining(cands, cand_S, memory)
         else:
             cand_K = [self._remaining(s, pad, memory) for s in cands]
@@ -262,15 +263,17 @@ class McsfScheduler:
         return True
 
 
-def _oracle_remaining(running: list, run_S: list, memory: int) -> list:
-    """:meth:`McsfScheduler._remaining` of every running sequence under the stock oracle (steps, >= 1):
-    ``max(min(max(õ - g, 1), memory - S), 1)`` with ``õ = seq.predicted_output_tokens``, or the true output
-    when it is None, and ``S`` the padded ``num_tokens`` of ``run_S``. The hot path of a loaded instance
-    (hundreds of running sequences, every step): one loop of comparisons instead of three builtin calls and
-    a property per sequence."""
+def _oracle_remaining(seqs: list, padded_tokens: list, memory: int) -> list:
+    """:meth:`McsfScheduler._remaining` of every sequence of ``seqs`` (running ones, or candidates) under the
+    stock oracle, in steps (>= 1): ``max(min(max(õ - g, 1), memory - S), 1)`` with
+    ``õ = seq.predicted_output_tokens``, or the true output when it is None, and ``S`` the matching padded
+    ``num_tokens`` (tokens) of ``padded_tokens``. The hot path of a loaded instance (hundreds of running
+    sequences, every step): one loop of comparisons instead of three builtin calls and a property per
+    sequence. It does not check ``õ >= 1`` (:meth:`McsfScheduler.predicted_output_tokens` does, when a
+    sequence is queued)."""
     out = []
     append = out.append
-    for seq, S in zip(running, run_S):
+    for seq, S in zip(seqs, padded_tokens):
         p = seq.predicted_output_tokens
         if p is None:
             p = seq.output_tokens
