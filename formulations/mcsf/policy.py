@@ -145,10 +145,9 @@ class McsfScheduler:
         m = len(running)
         run_S = [t + pad for t in tokens]  # everything is measured from now: P = 0, t' = steps ahead
         oracle = self._oracle()
-        if oracle:
-            run_E = _oracle_remaining(running, run_S, memory)
-        else:
-            run_E = [self._remaining(s, pad, memory) for s in running]
+        # the oracle's remaining steps are needed only if a candidate passes the cheap check below (under
+        # overload often none does); a callable's are asked every step, as it may check or count calls
+        run_E = None if oracle else [self._remaining(s, pad, memory) for s in running]
         order = self._queue_order(waiting)
         # cheap necessary condition first (the load after the next step must fit): bounds the candidates
         free = memory - sum(run_S) - m
@@ -164,6 +163,8 @@ class McsfScheduler:
             prefill += n
         if not cands:
             return plan
+        if run_E is None:
+            run_E = _oracle_remaining(running, run_S, memory)
         cand_S = [s.num_tokens + pad for s in cands]
         if oracle and not self.fcfs and type(self)._remaining is McsfScheduler._remaining:
             # (their predictions were checked >= 1 when they were queued: _priority)
