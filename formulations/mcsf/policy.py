@@ -125,19 +125,17 @@ class McsfScheduler:
     # -- the step ---------------------------------------------------------------------------------------
     def schedule(self, waiting, running: list, kv: BlockManager, now_s: float) -> StepPlan:
         plan = StepPlan()
-        budget = self.max_num_batched_tokens
-        # 1. running sequences continue (whole-prompt admission: each is a decode of one token)
-        i = 0
-        while i < len(running):
-            seq = running[i]
-            n = seq.num_tokens - seq.num_computed_tokens
-            if not kv.grow_to(seq.index, seq.num_tokens):
-                if not self._make_room(seq, seq.num_tokens - kv.tokens_of(seq.index), running, waiting, kv, plan):
-                    break
-                kv.extend(seq.index, seq.num_tokens - kv.tokens_of(seq.index))  # fits now (raises if not)
-            plan.entries.append((seq, n))
-            budget -= n
-            i += 1
+        # 1. running sequences continue (whole-prompt admission: each is a decode of one token). Their KV
+        # grows in one all-or-nothing call (the same blocks as one grow_to each, in order, when it succeeds);
+        # if it fails, one grow_to each finds where to preempt, as before.
+        tokens = [s.prompt_tokens + s.generated_tokens for s in running]  # num_tokens, inlined (hot path)
+        if kv.grow_each_to([s.index for s in running], tokens):
+            news = [t - s.num_computed_tokens for s, t in zip(running, tokens)]
+            plan.entries.extend(zip(running, news))
+            budget = self.max_num_batched_tokens - sum(news)
+        else:
+            budget = self._grow_one_by_one(waiting, running, kv, plan)
+            tokens = [s.num_tokens for s in running]
         if plan.preempted or not waiting:
             return plan
         # 2. the longest feasible prefix of the waiting queue in predicted-length order
@@ -145,13 +143,11 @@ class McsfScheduler:
         pad = bs - 1
         memory = kv.num_blocks * bs
         m = len(running)
-        run_S = [s.num_tokens + pad for s in running]  # everything is measured from now: P = 0, t' = steps ahead
-        if not self._oracle():
-            run_E = [self._remaining(s, pad, memory) for s in running]
-        else:  # _remaining inlined for the oracle (the hot path; running sequences passed its check as candidates)
-            run_E = [max(min(max(int(s.output_tokens if s.predicted_output_tokens is None
-                                     else s.predicted_output_tokens) - s.generated_tokens, 1), memory - S), 1)
-                     for s, S in zip(running, run_S)]
+        run_S = [t + pad for t in tokens]  # everything is measured from now: P = 0, t' = steps ahead
+        oracle = self._oracle()
+        # the oracle's remaining steps are needed only if a candidate passes the cheap check below (under
+        # overload often none does); a callable's are asked every step, as it may check or count calls
+        run_E = None if oracle else [self._remaining(s, pad, memory) for s in running]
         order = self._queue_order(waiting)
         # cheap necessary condition first (the load after the next step must fit): bounds the candidates
         free = memory - sum(run_S) - m
@@ -167,8 +163,14 @@ class McsfScheduler:
             prefill += n
         if not cands:
             return plan
+        if run_E is None:
+            run_E = _oracle_remaining(running, run_S, memory)
         cand_S = [s.num_tokens + pad for s in cands]
-        cand_K = [self._remaining(s, pad, memory) for s in cands]
+        if oracle and not self.fcfs and type(self)._remaining is McsfScheduler._remaining:
+            # (their predictions were checked >= 1 when they were queued: _priority)
+            cand_K = _oracle_remaining(cands, cand_S, memory)
+        else:
+            cand_K = [self._remaining(s, pad, memory) for s in cands]
         if sum(run_S) + sum(run_E) + sum(cand_S) + sum(cand_K) <= memory:
             # A member's projected load S + t' peaks at its last step E, so this sum bounds the load at
             # every point: every prefix fits, and admit_prefix (which returns the longest that does, under
@@ -191,6 +193,24 @@ class McsfScheduler:
             running.append(seq)
             plan.entries.append((seq, n))
         return plan
+
+    def _grow_one_by_one(self, waiting, running: list, kv: BlockManager, plan: StepPlan) -> int:
+        """Step 1 when the running sequences' KV does not all fit: grow them in order, preempting the newest
+        (:meth:`_make_room`) when one cannot grow; stop if a sequence is itself preempted. Returns the token
+        budget left."""
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(running):
+            seq = running[i]
+            n = seq.num_tokens - seq.num_computed_tokens
+            if not kv.grow_to(seq.index, seq.num_tokens):
+                if not self._make_room(seq, seq.num_tokens - kv.tokens_of(seq.index), running, waiting, kv, plan):
+                    break
+                kv.extend(seq.index, seq.num_tokens - kv.tokens_of(seq.index))  # fits now (raises if not)
+            plan.entries.append((seq, n))
+            budget -= n
+            i += 1
+        return budget
 
     def _priority(self, seq: SeqState) -> tuple:
         """The sort key of a waiting sequence: predicted output tokens (or arrival, ``fcfs``), then its row."""
@@ -242,3 +262,31 @@ class McsfScheduler:
             if victim is seq:
                 return False
         return True
+
+
+def _oracle_remaining(seqs: list, padded_tokens: list, memory: int) -> list:
+    """:meth:`McsfScheduler._remaining` of every sequence of ``seqs`` (running ones, or candidates) under the
+    stock oracle, in steps (>= 1): ``max(min(max(õ - g, 1), memory - S), 1)`` with
+    ``õ = seq.predicted_output_tokens``, or the true output when it is None, and ``S`` the matching padded
+    ``num_tokens`` (tokens) of ``padded_tokens``. The hot path of a loaded instance (hundreds of running
+    sequences, every step): one loop of comparisons instead of three builtin calls and a property per
+    sequence. It does not check ``õ >= 1`` (:meth:`McsfScheduler.predicted_output_tokens` does, when a
+    sequence is queued)."""
+    out = []
+    append = out.append
+    for seq, S in zip(seqs, padded_tokens):
+        p = seq.predicted_output_tokens
+        if p is None:
+            p = seq.output_tokens
+        if type(p) is not int:
+            p = int(p)
+        e = p - seq.generated_tokens
+        if e < 1:
+            e = 1
+        cap = memory - S  # the padded peak must fit (spec §1(g).10)
+        if e > cap:
+            e = cap
+        if e < 1:
+            e = 1
+        append(e)
+    return out

@@ -323,8 +323,9 @@ class StaticBatchScheduler:
                 if seq.scheduled_time_s is None:
                     seq.scheduled_time_s = now_s
                 running.append(seq)
-        for seq in running:
-            plan.entries.append((seq, seq.num_tokens - seq.num_computed_tokens))
+        # every member computes what it has left: its prompt (or the tokens it lacks) at formation, then
+        # one token per step (num_tokens inlined: the engine calls this at every arrival and finish)
+        plan.entries = [(seq, seq.prompt_tokens + seq.generated_tokens - seq.num_computed_tokens) for seq in running]
         return plan
 
 
