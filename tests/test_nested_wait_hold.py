@@ -4,7 +4,6 @@ through ``StepPlan.wake_at_s`` (spec §3-4, Algorithms 1-2). Expected times are 
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from formulations.nested_wait.fluid import PromptType
@@ -15,18 +14,11 @@ from gpusched.synthetic import synthetic_trace
 from gpusched.workload import Trace
 from simulators.serving import InstanceConfig, simulate
 
-STEP_S = 0.01
-
-
-class ConstantStep:
-    def step_time_s(self, prefill_lens=(), decode_contexts=(), prefill_cached=None, num_sampled=None):
-        return STEP_S
+from constant_step import STEP_S, ConstantStep, tiny_trace
 
 
 def _trace(rows) -> Trace:
-    df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
-    df.insert(0, "request_id", range(len(df)))
-    return Trace(df, name="hold")
+    return tiny_trace(rows, "hold")
 
 
 class Plans:

@@ -11,18 +11,11 @@ from simulators.serving import InstanceConfig, simulate
 from simulators.serving.instance import SimulationInvariantError
 from simulators.serving.schedulers import VllmV1Scheduler
 
-STEP_S = 0.01
-
-
-class ConstantStep:
-    def step_time_s(self, prefill_lens=(), decode_contexts=(), prefill_cached=None, num_sampled=None):
-        return STEP_S
+from constant_step import STEP_S, ConstantStep, tiny_trace
 
 
 def _trace(rows) -> Trace:
-    df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
-    df.insert(0, "request_id", range(len(df)))
-    return Trace(df, name="wakeups")
+    return tiny_trace(rows, "wakeups")
 
 
 class StartAt:

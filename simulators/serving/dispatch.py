@@ -46,7 +46,7 @@ from gpusched.registry import BuildContext
 from gpusched.workload import Trace
 from simulators.serving.instance import InstanceEngine, wait_until
 from simulators.serving.modes import GpuModeScheduler
-from simulators.serving.results import SimResult, TIMELINE_COLUMNS, requests_frame
+from simulators.serving.results import SimResult, sequences_frame, timeline_frame
 
 __all__ = ["simulate_dispatch", "DispatchResult", "DispatchViolationError", "revenue_rate"]
 
@@ -387,32 +387,15 @@ class _DispatchRun:
             if stuck:
                 raise DispatchViolationError(f"the run ended with {len(stuck)} request(s) in service ({stuck[0]}); "
                                              f"an engine bug")
-        frame = requests_frame({
-            "request_id": self.trace.df["request_id"].to_numpy(),
-            "arrival_time_s": [s.arrival_time_s for s in seqs],
-            "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
-            "first_token_time_s": [_nan(s.first_token_time_s) for s in seqs],
-            "finish_time_s": [_nan(s.finish_time_s) for s in seqs],
-            "prompt_tokens": [s.prompt_tokens for s in seqs],
-            "output_tokens": [s.output_tokens for s in seqs],
-            "instance": self._decode_gpu,
-            "num_preemptions": [0] * len(seqs),
-            "cached_tokens": [0] * len(seqs),
-            "status": reasons,
-        })
+        frame = sequences_frame(self.trace.df["request_id"].to_numpy(), seqs, instance=self._decode_gpu,
+                                num_preemptions=[0] * len(seqs), cached_tokens=[0] * len(seqs), status=reasons)
         frame["queue"] = self._queue
         frame["prefill_gpu"] = self._prefill_gpu
         frame["decode_gpu"] = self._decode_gpu
-        rows = [row for e in self.engines if e.timeline for row in e.timeline]
-        timeline = pd.DataFrame(rows, columns=TIMELINE_COLUMNS).sort_values(["time_s", "instance"], kind="stable",
-                                                                            ignore_index=True)
+        timeline = timeline_frame(self.engines)
         return DispatchResult(frame, timeline, [e.kv.num_blocks for e in self.engines],
                               sum(e.num_steps for e in self.engines), engine="dispatch", modes=self.modes,
                               dispatcher=self.dispatcher.name, until_s=until_s)
-
-
-def _nan(value):
-    return math.nan if value is None else value
 
 
 def revenue_rate(requests: pd.DataFrame, num_gpus: int, price_prefill: float, price_decode: float,

@@ -59,22 +59,8 @@ class SimResult:
 
     @classmethod
     def from_run(cls, trace, seqs, engines, engine: str = "simpy") -> "SimResult":
-        requests = requests_frame({
-            "request_id": trace.df["request_id"].to_numpy(),  # seqs are the trace's rows, in order
-            "arrival_time_s": [s.arrival_time_s for s in seqs],
-            "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
-            "first_token_time_s": [_nan(s.first_token_time_s) for s in seqs],
-            "finish_time_s": [_nan(s.finish_time_s) for s in seqs],
-            "prompt_tokens": [s.prompt_tokens for s in seqs],
-            "output_tokens": [s.output_tokens for s in seqs],
-            "instance": [-1 if s.instance is None else s.instance for s in seqs],
-            "num_preemptions": [s.num_preemptions for s in seqs],
-            "cached_tokens": [s.cached_tokens for s in seqs],
-            "status": [_status(s) for s in seqs],
-        })
-        timeline_rows = [row for e in engines if e.timeline for row in e.timeline]
-        timeline = pd.DataFrame(timeline_rows, columns=TIMELINE_COLUMNS).astype(_TIMELINE_DTYPES).sort_values(
-            ["time_s", "instance"], kind="stable", ignore_index=True)
+        requests = sequences_frame(trace.df["request_id"].to_numpy(), seqs)  # seqs are the trace's rows, in order
+        timeline = timeline_frame(engines)
         return cls(requests, timeline, [e.kv.num_blocks for e in engines], sum(e.num_steps for e in engines),
                    engine=engine)
 
@@ -215,6 +201,33 @@ def overload_report(requests: pd.DataFrame) -> OverloadReport:
     if unfinished:
         reasons.append(f"{unfinished:,} request(s) did not finish")
     return OverloadReport(w_mid, w_end, ttft, service, unfinished, tuple(reasons))
+
+
+def sequences_frame(request_ids, seqs, **columns) -> pd.DataFrame:
+    """The per-request table of an engine's sequences ``seqs`` (one per id of ``request_ids``, in order): their
+    times, lengths, instance, preemptions, cached tokens and status; an engine that tracks one of these
+    differently passes it in ``columns`` (a sequence per request), which replaces the derived one."""
+    derived = {
+        "request_id": request_ids,
+        "arrival_time_s": [s.arrival_time_s for s in seqs],
+        "scheduled_time_s": [_nan(s.scheduled_time_s) for s in seqs],
+        "first_token_time_s": [_nan(s.first_token_time_s) for s in seqs],
+        "finish_time_s": [_nan(s.finish_time_s) for s in seqs],
+        "prompt_tokens": [s.prompt_tokens for s in seqs],
+        "output_tokens": [s.output_tokens for s in seqs],
+        "instance": [-1 if s.instance is None else s.instance for s in seqs],
+        "num_preemptions": [s.num_preemptions for s in seqs],
+        "cached_tokens": [s.cached_tokens for s in seqs],
+        "status": [_status(s) for s in seqs],
+    }
+    return requests_frame({**derived, **columns})
+
+
+def timeline_frame(engines) -> pd.DataFrame:
+    """The engines' per-step timelines in one table, in time order (ties: instance), with fixed dtypes."""
+    rows = [row for e in engines if e.timeline for row in e.timeline]
+    return pd.DataFrame(rows, columns=TIMELINE_COLUMNS).astype(_TIMELINE_DTYPES).sort_values(
+        ["time_s", "instance"], kind="stable", ignore_index=True)
 
 
 def requests_frame(columns: dict) -> pd.DataFrame:
