@@ -24,8 +24,8 @@ first user, ``shared/papers/ampd.md`` §2.2).
   next queued task overlaps the current compute: a task starts at max(previous compute end, its read end)
   (spec §2.2 (c)): the scheduler picks that next task when the current compute starts, with ``now_s`` = the
   compute's end (its earliest start); a task queued after that pick waits for the next one;
-* **queues** -- every worker's prefill queue is ordered by a :class:`~gpusched.policy.BatchScheduler` that
-  returns exactly one task (a :class:`SeqState` with ``num_computed_tokens = h``, ``prompt_tokens = h + m``,
+* **queues** -- every worker's prefill queue is ordered by a :class:`~gpusched.policy.BatchScheduler` (registry
+  kind ``prefill-queue``) that returns exactly one task (a :class:`SeqState` with ``num_computed_tokens = h``, ``prompt_tokens = h + m``,
   ``arrival_time_s`` = enqueue time, and ``extra`` = ``{"session_id", "round", "postponed", "t_pre_s"}``, the
   last being the engine's prediction of its compute time on this worker). The engine owns the KV; ``kv`` is
   an empty block manager the scheduler must not allocate from;
@@ -67,7 +67,8 @@ class SessionWorker:
     """One worker. ``key``: its key in the cost model; ``role``: ``prefill`` or ``decode`` (a co-located vLLM
     replica is a decode worker whose prefills all run locally); ``kv_capacity_tokens``: KV it holds (decode
     workers; prefill workers hold a task's KV only while computing it); ``scheduler``: its prefill-queue order,
-    a registered scheduler name (built with ``scheduler_knobs``) or an object (one per worker if stateful)."""
+    a name registered under the kind ``prefill-queue`` (built with ``scheduler_knobs``) or an object (one per
+    worker if stateful)."""
 
     key: Hashable
     role: str
