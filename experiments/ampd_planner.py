@@ -16,7 +16,8 @@ of the middle three without ``--quick``):
 Tolerance (spec §5): the planner's #1 should be one of the paper's top 3 for the same (model, trace, N).
 
 Writes ``ampd_planner.csv`` (one row per cell and layout: planner rank and Z, paper rank, simulated attainment and
-rank) and ``ampd_planner.md`` under ``--out``. Run: ``python -m experiments.ampd_planner [--quick]``.
+rank) and ``ampd_planner.md`` under ``--out`` (``_ampd`` suffix with ``--placement ampd``, the pitfall-8 variant
+of the replica simulations). Run: ``python -m experiments.ampd_planner [--quick] [--placement ampd]``.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.ampd_planner_sim import SimulatedLatency, fits_on, plan_by_simulation
+from experiments.ampd_planner_sim import PLACEMENTS, SimulatedLatency, fits_on, plan_by_simulation
 from experiments.ampd_serving import Setup, _fmt, rates, run_cell
 from formulations.ampd import enumerate_layouts
 from formulations.ampd.simulated_costs import EstimatedCosts
@@ -45,12 +46,13 @@ def all_layouts(setup: Setup, num_gpus: int) -> list[tuple]:
     return [(p, d) for p in cands for d in cands if p[0] * p[1] + d[0] * d[1] <= num_gpus]
 
 
-def cell(model: str, workload: str, rate: float, plan_sessions: int, e2e_sessions: int, seed: int) -> pd.DataFrame:
+def cell(model: str, workload: str, rate: float, plan_sessions: int, e2e_sessions: int, seed: int,
+         placement: str = "always-remote") -> pd.DataFrame:
     """One (model, workload, rate): plan, then serve every layout; one row per layout."""
     setup = Setup(model)
     slo = setup.slo(workload)
-    costs = EstimatedCosts(SimulatedLatency(setup, workload, plan_sessions, seed), rate, slo,
-                           fits=lambda n: fits_on(setup, n))
+    est = SimulatedLatency(setup, workload, plan_sessions, seed, placement=placement, slo=slo)
+    costs = EstimatedCosts(est, rate, slo, fits=lambda n: fits_on(setup, n))
     plan = plan_by_simulation(model, workload, rate, NUM_GPUS, slo, TP_DEGREES, seed, top_k=3, costs=costs)
     ranking = enumerate_layouts(costs.prefill, costs.decode, NUM_GPUS, TP_DEGREES)   # memoised: no new runs
     plan_rank = {(l.prefill, l.decode): (i + 1, l.objective) for i, l in enumerate(ranking)}
@@ -101,25 +103,27 @@ def summarise(df: pd.DataFrame) -> dict:
                 layouts=len(df))
 
 
-def run(out: Path, quick: bool, seed: int = 0) -> str:
+def run(out: Path, quick: bool, seed: int = 0, placement: str = "always-remote") -> str:
     plan_sessions, e2e_sessions = (100, 120) if quick else (200, 400)
     frames = []
     for model in MODELS:
         for wl in WORKLOADS:
             grid = rates(model, wl, False)
             for rate in (grid[2:3] if quick else grid[1:4]):
-                frames.append(cell(model, wl, rate, plan_sessions, e2e_sessions, seed))
+                frames.append(cell(model, wl, rate, plan_sessions, e2e_sessions, seed, placement))
                 print(f"  {model} {wl} {rate:g}/s: planner #1 {frames[-1].sort_values('planner_rank').iloc[0].layout}"
                       f" in {frames[-1]['plan_wall_s'].iloc[0]:.1f} s")
     df = pd.concat(frames, ignore_index=True)
-    df.to_csv(out / "ampd_planner.csv", index=False)
+    tag = "" if placement == "always-remote" else f"_{placement}"
+    df.to_csv(out / f"ampd_planner{tag}.csv", index=False)
     cells = [(k, summarise(g)) for k, g in df.groupby(["model", "workload", "rate_per_s"], sort=False)]
     hits = sum(s["p1_in_paper"] for _, s in cells)
     sim_hits = sum(s["p1_in_sim_top3"] for _, s in cells)
     md = ["# AMPD (arXiv 2602.14516): the planner's top 3 vs the paper's and vs simulation (spec §5 Table C)", "",
-          f"`python -m experiments.ampd_planner{' --quick' if quick else ''}` -- 8 H20 (roofline), seed {seed}; "
+          f"`python -m experiments.ampd_planner{' --quick' if quick else ''}"
+          f"{'' if placement == 'always-remote' else ' --placement ' + placement}` -- 8 H20 (roofline), seed {seed}; "
           f"planner: one simulated replica per (phase, TP, replicas) with {plan_sessions} sessions at 1/k of the "
-          f"rate, always-remote, P95 over the SLO, MILP on HiGHS; simulation: AMPD served end to end on every "
+          f"rate, placement {placement}, P95 over the SLO, MILP on HiGHS; simulation: AMPD served end to end on every "
           f"layout within 8 GPUs with {e2e_sessions} sessions, ranked by per-session SLO attainment (then per-round"
           f"). SLOs and rates as in `experiments/ampd_serving.py`.", "",
           f"**Planner #1 among the paper's top 3 (the spec's tolerance): {hits} of {len(cells)} cells.** "
@@ -134,10 +138,12 @@ def run(out: Path, quick: bool, seed: int = 0) -> str:
                   f"{s['overlap_sim']} | {100 * s['p1_att']:.1f} % (#{s['p1_sim_rank']} of {s['layouts']}) vs "
                   f"{100 * s['best_att']:.1f} % ({s['ties_at_best']}) | {s['plan_wall_s']:.1f} ({s['sims']}) |")
     md += ["", "Z ties are broken by the cost sum (the non-binding phase), then GPUs, so among layouts sharing the "
-           "binding prefill pool the planner prefers the faster decode pool. The planner's costs charge the whole "
-           "prefill load to the prefill pool (always-remote) and no local prefills to the decode pool: AMPD's "
-           "router moves some prefills onto decode workers at serving time, which the per-phase costs do not see "
-           "(spec pitfall 8)."]
+           "binding prefill pool the planner prefers the faster decode pool."]
+    if placement == "always-remote":
+        md[-1] += (" The planner's costs charge the whole prefill load to the prefill pool (always-remote) and no "
+                   "local prefills to the decode pool: AMPD's router moves some prefills onto decode workers at "
+                   "serving time, which these per-phase costs do not see (spec pitfall 8; `--placement ampd` is the "
+                   "variant with the router on in the replica simulations).")
     return "\n".join(md)
 
 
@@ -146,12 +152,15 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="the middle rate only, fewer sessions (< 1 min)")
     ap.add_argument("--out", default="results/ampd")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--placement", default="always-remote", choices=PLACEMENTS,
+                    help="prefill placement inside the planner's replica simulations (ampd: spec pitfall 8)")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    (out / "ampd_planner.md").write_text(run(out, a.quick, a.seed) + "\n")
-    print(f"wrote {out}/ampd_planner.md and ampd_planner.csv in {time.perf_counter() - t0:.0f} s")
+    tag = "" if a.placement == "always-remote" else f"_{a.placement}"
+    (out / f"ampd_planner{tag}.md").write_text(run(out, a.quick, a.seed, a.placement) + "\n")
+    print(f"wrote {out}/ampd_planner{tag}.md and .csv in {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ memoises per (phase, n, k)). It lives in ``experiments/`` because formulations m
 * decode (n, k): one decode worker of degree n with its own KV capacity, one reference prefill worker (TP8),
   ``always-remote``. Cost = P95 over rounds with >= 2 output tokens of the round's mean inter-token gap /
   ITL_thres. Local prefills (which pause decoding) are not charged to the decode replica here;
+* ``placement="ampd"`` (a variant for pitfall 8, "run the simulator with routing enabled"): Algorithm 1 routes
+  each prefill between the replica/reference pair and Algorithm 2 orders both queues; the prefill replica then
+  sees only what the router sends it, and the decode replica is charged for the local prefills that pause it.
+  The reference worker's slack shapes that split, so this variant is a sensitivity check, not the default;
 * ``inf`` if the model does not fit on n GPUs, a round needs more KV than the decode replica holds, or a round
   is left unfinished.
 
@@ -34,13 +38,16 @@ import numpy as np
 
 from experiments.ampd_serving import MODEL, Setup, model_spec
 from formulations.ampd import PerfModel, Slo, agent_trace
+from formulations.ampd.serving import AmpdPlacement, AmpdReorderScheduler
 from formulations.ampd.planner import TP_DEGREES, DeploymentPlan
 from formulations.ampd.simulated_costs import EstimatedCosts, plan_by_estimates
 from formulations.ampd.testbed import NVLINK_H20
 from gpusched.errors import ConfigError, DoesNotFitError
 from simulators.serving.sessions import SessionWorker, simulate_sessions
 
-__all__ = ["SimulatedLatency", "plan_by_simulation", "fits_on"]
+__all__ = ["SimulatedLatency", "plan_by_simulation", "fits_on", "PLACEMENTS"]
+
+PLACEMENTS = ("always-remote", "ampd")
 
 
 def fits_on(setup: Setup, tp: int) -> bool:
@@ -55,13 +62,17 @@ def fits_on(setup: Setup, tp: int) -> bool:
 class SimulatedLatency:
     """``estimate(phase, tp, rate_per_s)`` -> P95 seconds of one replica, by one session-engine run (module
     docstring). ``num_sessions`` sessions of ``workload`` per run, trace ``seed``; ``reference_tp``: degrees
-    tried, largest first, for the other phase's reference worker. ``runs`` counts simulations."""
+    tried, largest first, for the other phase's reference worker; ``placement``: ``"always-remote"`` or
+    ``"ampd"`` (module docstring), ``slo`` its thresholds (default ``setup.slo(workload)``). ``runs`` counts
+    simulations."""
 
     setup: Setup
     workload: str
     num_sessions: int = 200
     seed: int = 0
     reference_tp: Sequence[int] = (8, 4, 2, 1)
+    placement: str = "always-remote"
+    slo: Slo | None = None
     runs: int = 0
     _steps: dict = field(default_factory=dict, repr=False)
 
@@ -69,6 +80,8 @@ class SimulatedLatency:
         if isinstance(self.num_sessions, bool) or not isinstance(self.num_sessions, int) or self.num_sessions < 20:
             raise ConfigError(f"SimulatedLatency: num_sessions must be an int >= 20 (a P95 of fewer is noise), "
                               f"got {self.num_sessions!r}")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"SimulatedLatency: placement must be one of {PLACEMENTS}, got {self.placement!r}")
         ref = [n for n in self.reference_tp if fits_on(self.setup, n)]
         if not ref:
             raise ConfigError(f"SimulatedLatency: {self.setup.model_name} fits on none of reference_tp "
@@ -93,8 +106,13 @@ class SimulatedLatency:
         workers = [SessionWorker("p0", "prefill"), SessionWorker("d0", "decode", kv)]
         perf = PerfModel.from_step_models({"p0": self._step(p_tp), "d0": self._step(d_tp)},
                                           model_spec(self.setup.model_name).kv_bytes_per_token(), link=NVLINK_H20)
-        res = simulate_sessions(trace, workers, perf, placement="always-remote", binder="most-free-kv",
-                                seed=self.seed)
+        placement = "always-remote"
+        if self.placement == "ampd":   # pitfall 8: Algorithms 1 and 2 on, against the reference worker
+            slo = self.slo if self.slo is not None else self.setup.slo(self.workload)
+            placement = AmpdPlacement(perf, slo, seed=self.seed)
+            for w in workers:
+                w.scheduler = AmpdReorderScheduler(slo.ttft_s)
+        res = simulate_sessions(trace, workers, perf, placement=placement, binder="most-free-kv", seed=self.seed)
         self.runs += 1
         r = res.rounds
         if r["finish_time_s"].isna().any():
@@ -112,17 +130,18 @@ class SimulatedLatency:
 def plan_by_simulation(model: str = MODEL, workload: str = "toolbench", rate_per_s: float = 0.75,
                        num_gpus: int = 8, slo: Slo | None = None, tp_degrees: Sequence[int] = TP_DEGREES,
                        seed: int = 0, num_sessions: int = 200, top_k: int = 3, method: str = "milp",
-                       costs: EstimatedCosts | None = None) -> DeploymentPlan:
+                       costs: EstimatedCosts | None = None, placement: str = "always-remote") -> DeploymentPlan:
     """AMPD's planner for ``model`` serving ``workload`` sessions at ``rate_per_s`` on ``num_gpus`` H20s: the
     plan (``.prefill``, ``.decode`` = (tp, replicas); ``.objective`` = Z; ``.alternatives`` = the ``top_k``
-    ranked layouts). ``slo``: default the serving experiment's (``Setup.slo``). ``costs``: an
+    ranked layouts). ``placement``: how the replica simulations place prefills (:class:`SimulatedLatency`).
+    ``slo``: default the serving experiment's (``Setup.slo``). ``costs``: an
     :class:`EstimatedCosts` to reuse (its simulations are memoised). ``plan.extra["plan_wall_s"]``: wall time
     of the whole planning (simulations + solves); ``extra["simulations"]``: engine runs made for this plan."""
     setup = Setup(model)
     slo = slo if slo is not None else setup.slo(workload)
     if costs is None:
-        costs = EstimatedCosts(SimulatedLatency(setup, workload, num_sessions, seed), rate_per_s, slo,
-                               fits=lambda n: fits_on(setup, n))
+        est = SimulatedLatency(setup, workload, num_sessions, seed, placement=placement, slo=slo)
+        costs = EstimatedCosts(est, rate_per_s, slo, fits=lambda n: fits_on(setup, n))
     runs0 = getattr(costs.estimate, "runs", 0)
     t0 = time.perf_counter()
     plan = plan_by_estimates(costs, rate_per_s, num_gpus, slo, tp_degrees, top_k=top_k, method=method)

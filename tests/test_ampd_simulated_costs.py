@@ -151,3 +151,22 @@ def test_simulated_latency_rejects_bad_input():
         SimulatedLatency(LLAMA, "toolbench", num_sessions=5)
     with pytest.raises(ConfigError, match="phase"):
         SimulatedLatency(LLAMA, "toolbench", num_sessions=20)("both", 4, 1.0)
+
+
+def test_routing_variant_is_deterministic():
+    """placement='ampd' (pitfall 8, Algorithm 1's seeded random order inside): same seed, same estimates."""
+    kw = dict(num_sessions=60, seed=1)
+    a = SimulatedLatency(LLAMA, "toolbench", placement="ampd", **kw)
+    b = SimulatedLatency(LLAMA, "toolbench", placement="ampd", **kw)
+    assert a("prefill", 2, 0.75) == b("prefill", 2, 0.75) and a("decode", 4, 0.75) == b("decode", 4, 0.75)
+    with pytest.raises(ConfigError, match="placement"):
+        SimulatedLatency(LLAMA, "toolbench", placement="random", num_sessions=20)
+
+
+def test_experiment_layout_space_by_hand():
+    """Llama-3.1-70B in 8 GPUs (TP1 does not fit): prefill and decode pools from {(2,1),(2,2),(2,3),(4,1)}
+    whose GPUs sum to <= 8, counted by hand: (2,1) with 4 partners, (2,2) with 3, (2,3) with 1, (4,1) with 3."""
+    from experiments.ampd_planner import all_layouts
+    lays = all_layouts(LLAMA, 8)
+    assert len(lays) == 11 and len(set(lays)) == 11
+    assert ((4, 1), (4, 1)) in lays and ((2, 3), (2, 1)) in lays and ((4, 1), (2, 3)) not in lays
