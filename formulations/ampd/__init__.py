@@ -9,6 +9,8 @@ TP/replica layout of both pools offline. Conventions and every [R] decision: ``s
 * :mod:`.routing` -- Algorithm 1 with Eq. (1)-(2): :func:`route_prefill`;
 * :mod:`.reorder` -- Algorithm 2 with Eq. (3)-(4) and the anti-starvation cap: :func:`reorder_window`;
 * :mod:`.planner` -- the usable reconstruction of Eq. (5) on HiGHS, enumeration, and the literal form;
+* :mod:`.simulated_costs` -- the planner's costs from a P95 estimator at a target rate, memoised per (phase, n, k)
+  (``experiments/ampd_planner_sim.py`` passes one that simulates a replica);
 * :mod:`.workloads` -- seeded multi-round session traces standing in for ToolBench, GAIA, HotpotQA, DuReader;
 * :mod:`.slo` -- per-session and per-round SLO attainment, hardware-scaled thresholds;
 * :mod:`.stats` -- the 10-second windowed TTFT/ITL averages; :mod:`.tasks` -- the task and worker snapshots;
@@ -33,3 +35,4 @@ from .slo import SessionAttainment, scaled_slo, session_attainment
 from .stats import STATS_WINDOW_S, WindowedMean
 from .queue_replay import replay_prefill_queue
 from .toy import ToyPlannerCosts, ToyRoutingCosts
+from .simulated_costs import EstimatedCosts, plan_by_estimates
