@@ -364,16 +364,6 @@ class BlockManager:
         """
         if seq_id in self._seqs:
             raise ConfigError(f"BlockManager: seq_id {seq_id!r} is already allocated; free it first or use extend()")
-        if not block_hashes and type(num_tokens) is int and num_tokens >= 0:
-            # no prefix hashes (the common case of most schedulers): every block is private and fresh; the
-            # general path below takes the same blocks, with empty hash bookkeeping
-            total = -(-num_tokens // self.block_size_tokens)
-            if total > self.num_blocks - self._private - len(self._ref):  # num_free_blocks
-                return None
-            self._make_room(total)
-            self._private += total
-            self._seqs[seq_id] = [num_tokens, total, (), 0]
-            return 0
         need, hit, hashes, total, resident = self._plan(num_tokens, block_hashes)
         if need > self.num_free_blocks:
             return None
@@ -474,9 +464,8 @@ class BlockManager:
         return True
 
     def grow_each_to(self, seq_ids, num_tokens_each) -> bool:
-        """:meth:`grow_to` every sequence of ``seq_ids`` to the matching entry of ``num_tokens_each`` (two
-        sequences of the same length), all or nothing: return False, changing nothing, if the blocks they
-        take together are not free.
+        """:meth:`grow_to` every sequence of ``seq_ids`` to the matching entry of ``num_tokens_each``, all
+        or nothing: return False, changing nothing, if the blocks they take together are not free.
 
         When it succeeds the same blocks end up taken and evicted as by one :meth:`grow_to` per sequence
         in order (each would succeed, since free blocks only shrink, and eviction takes the oldest
@@ -489,30 +478,22 @@ class BlockManager:
             for i in seq_ids:
                 self._get(i)
             raise
-        # Two plain passes (count, then apply) rather than one that queues its changes: engines and
-        # schedulers call this for every running sequence at every step, and a decode step takes a new
-        # block for only one sequence in block_size_tokens.
-        need = 0
+        grow, need = [], 0
         for rec, t in zip(recs, num_tokens_each):
             if t > rec[0]:
                 k = -(-t // bs) - rec[1] - rec[3]
                 if k > 0:
                     need += k
-        if need > self.num_blocks - self._private - len(self._ref):  # num_free_blocks
+                grow.append((rec, t, k))
+        if need > self.num_free_blocks:
             return False
+        for rec, t, k in grow:
+            if k > 0:
+                rec[1] += k
+            rec[0] = t
         if need:
-            for rec, t in zip(recs, num_tokens_each):
-                if t > rec[0]:
-                    k = -(-t // bs) - rec[1] - rec[3]
-                    if k > 0:
-                        rec[1] += k
-                    rec[0] = t
             self._make_room(need)
             self._private += need
-        else:
-            for rec, t in zip(recs, num_tokens_each):
-                if t > rec[0]:
-                    rec[0] = t
         return True
 
     def extend(self, seq_id, num_new_tokens: int = 1) -> None:
