@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -46,6 +45,7 @@ from gpusched.registry import BuildContext
 from gpusched.workload import Trace
 from simulators.serving.instance import InstanceEngine, wait_until
 from simulators.serving.modes import GpuModeScheduler
+from simulators.serving.patience import AbandonRate, abandon_rate_of
 from simulators.serving.results import SimResult, sequences_frame, timeline_frame
 
 __all__ = ["simulate_dispatch", "DispatchResult", "DispatchViolationError", "revenue_rate"]
@@ -81,7 +81,7 @@ class DispatchResult(SimResult):
 
 def simulate_dispatch(trace: Trace, gpu, num_gpus: int, dispatcher: str | ClusterDispatcher,
                       dispatcher_knobs: dict | None = None, link: LinkSpec = DEFAULT_LINK,
-                      abandon_rate_per_s: float | Callable[[SeqState], float] = 0.0, seed: int = 0,
+                      abandon_rate_per_s: AbandonRate = 0.0, seed: int = 0,
                       until_s: float | None = None, record_timeline: bool = False,
                       check_invariants: bool = True) -> DispatchResult:
     """Serve ``trace`` on ``num_gpus`` copies of ``gpu`` under ``dispatcher`` (module docstring).
@@ -163,7 +163,7 @@ class _DispatchRun:
         self._decode_gpu = [-1] * m
         self._spell = [0] * m  # waiting spell of each request: a patience clock of an older spell is stale
         self._target: dict[int, int | None] = {}  # request -> GPU (or None: a buffer) it leaves its prefill GPU for
-        self._abandon_rate = abandon_rate if callable(abandon_rate) else (lambda seq, r=float(abandon_rate): r)
+        self._abandon_rate = abandon_rate
         if not callable(abandon_rate) and not (math.isfinite(float(abandon_rate)) and float(abandon_rate) >= 0):
             raise ConfigError(f"abandon_rate_per_s = {abandon_rate!r} must be a finite number >= 0 or a function")
         self._exp = np.random.default_rng(np.random.SeedSequence(seed)).standard_exponential
@@ -235,7 +235,7 @@ class _DispatchRun:
     def _start_patience(self, seq: SeqState) -> None:
         i = seq.index
         self._spell[i] += 1
-        rate = float(self._abandon_rate(seq))
+        rate = abandon_rate_of(self._abandon_rate, seq)
         if rate > 0:
             ev = self.env.timeout(float(self._exp()) / rate)
             ev.callbacks.append(lambda _ev, seq=seq, spell=self._spell[i]: self._abandon(seq, spell))

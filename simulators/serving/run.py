@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from gpusched.registry import BuildContext
 from gpusched.workload import Trace
 from simulators.compiled import driver as compiled
 from simulators.serving.instance import InstanceEngine, wait_until
+from simulators.serving.patience import AbandonRate, abandon_rate_of
 from simulators.serving.prefix import SessionBlockHashes, TraceBlockHashes
 from simulators.serving.results import SimResult
 from simulators.serving.routers import make_router
@@ -88,7 +89,7 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
              seed: int = 0, record_timeline: bool = True, check_invariants: bool = True,
              progress: bool = False, mode: str = "fast", decode_router: str | Router = "least-outstanding-tokens",
              link: LinkSpec = DEFAULT_LINK, hash_own_blocks: bool | None = None,
-             abandon_rate_per_s: float | Callable[[SeqState], float] = 0.0) -> SimResult:
+             abandon_rate_per_s: AbandonRate = 0.0) -> SimResult:
     """Serve ``trace`` on ``instances`` and return per-request and per-instance results.
 
     Parameters
@@ -154,16 +155,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     return result
 
 
-def _patience_draws(seqs: list[SeqState], rate, seed: int) -> list[float]:
+def _patience_draws(seqs: list[SeqState], rate: AbandonRate, seed: int) -> list[float]:
     """One ``Exp(rate)`` patience (s) per request, ``inf`` where the rate is 0 (:func:`simulate`)."""
     draws = np.random.default_rng(np.random.SeedSequence([seed, 0xAB])).standard_exponential(len(seqs))
-    out = []
-    for seq, e in zip(seqs, draws.tolist()):
-        r = float(rate(seq)) if callable(rate) else float(rate)
-        if not (math.isfinite(r) and r >= 0):
-            raise ConfigError(f"abandon rate {r!r} for request {seq.request_id!r} must be a finite number >= 0")
-        out.append(e / r if r > 0 else math.inf)
-    return out
+    rates = [abandon_rate_of(rate, seq) for seq in seqs]
+    return [e / r if r > 0 else math.inf for e, r in zip(draws.tolist(), rates)]
 
 
 class _ServingRun:
