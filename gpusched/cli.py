@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import os
 import re
 import sys
@@ -466,8 +467,6 @@ def _knobs_of(entry) -> str:
 def _factory_knobs(entry) -> str:
     """``name=default`` of the keyword arguments of a factory ``factory(context, **knobs)`` (a policy that
     calibrates itself on its run, so that no default object can be built to read them from)."""
-    import inspect
-
     try:
         params = list(inspect.signature(entry.factory).parameters.values())[1:]
     except (TypeError, ValueError):
