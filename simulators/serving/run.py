@@ -140,9 +140,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     _check_budgets(schedulers, instances)
     _check_whole_prefills(trace, schedulers)
     abandons = callable(abandon_rate_per_s) or abandon_rate_per_s != 0
-    if mode == "fast" and not abandons and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:
+    if mode == "fast" and not abandons and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers,
+                                                                         decode_router=decode_router, link=link) is None:
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
-                                          hash_own_blocks, progress, schedulers[0])
+                                          hash_own_blocks, progress, schedulers[0], decode_router=decode_router,
+                                          link=link)
     run = _ServingRun(trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     if abandons:
