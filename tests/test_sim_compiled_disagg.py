@@ -81,6 +81,15 @@ def test_preemption_on_the_decode_instance_with_swap_and_a_slow_link(h100):
     assert res.requests["num_preemptions"].sum() > 0
 
 
+def test_a_prefill_instance_full_of_kv_in_transfer_waits_for_the_releases(h100):
+    """Small prefill KV and a slow link: the prefill instance runs out of KV held for hand-offs, idles
+    with requests waiting, and is woken by a transfer's end (InstanceEngine.release)."""
+    res = _same_as_step_mode(_azure(200, 4.0), _pair(h100, prefill_blocks=300), link=LinkSpec(2e9, 0.02))
+    prefill = res.timeline[res.timeline["instance"] == 0]
+    # after some step ends nothing runs there while requests wait: the KV is held for hand-offs
+    assert ((prefill["running"] == 0) & (prefill["waiting"] > 0)).any()
+
+
 def test_a_link_with_latency_delays_the_decode_by_the_transfer(h100):
     """A first decode step cannot start before the hand-off's transfer ends: prompt x KV bytes / bandwidth
     + latency after the first token (LinkSpec.transfer_time_s, checked here by hand on every request)."""
@@ -106,6 +115,9 @@ def test_instant_transfers_and_lockstep_prefill_instances_tie_as_on_simpy(h100):
     for link in (LinkSpec(1e30, 0.0), LinkSpec(50e9, 1e-5)):
         for decode_router in ("least-outstanding-tokens", "kv-aware"):
             _same_as_step_mode(trace, _pair(h100, 2, 2, decode_blocks=900), link=link, decode_router=decode_router)
+        # one decode instance: two transfers end together, and the first wakes it; the second still
+        # comes before that wake-up (it was scheduled earlier), so the decode's first step has both
+        _same_as_step_mode(trace, _pair(h100, 2, 1, decode_blocks=1500), link=link)
 
 
 def test_one_token_outputs_finish_on_the_prefill_instance(h100):
