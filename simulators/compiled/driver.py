@@ -1,4 +1,5 @@
-"""A compiled engine for the configurations sweeps use most: colocated instances of the baseline schedulers.
+"""A compiled engine for the configurations sweeps use most: colocated or prefill/decode-disaggregated
+instances of the baseline schedulers.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
 returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled.kernel`, compiled
@@ -15,14 +16,21 @@ configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
 block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
-engine), behind any router of :mod:`simulators.serving.routers` given by name; the ``vllm-v1``
+engine), behind any router of :mod:`simulators.serving.routers` given by name; prefill/decode
+disaggregation (any number of ``prefill`` and ``decode`` instances, colocated ones beside them allowed,
+a decode router of :mod:`simulators.serving.routers` given by name, a :class:`~gpusched.hardware.LinkSpec`
+link: the hand-off after the first token, the KV held on the prefill instance until its transfer ends,
+one-token outputs finishing there, as ``_ServingRun._transfer`` does; a round-robin or random decode
+router only when every decode instance holds every request); the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
 full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
 profiled step-time model in the H100 op-table format; traces without sessions, with or without
 prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
 with prefix caching a request without ids has its own block hashes, so that a preempted request
 finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
-its step prices cannot be tabulated ahead), prefill/decode disaggregation, sessions.
+its step prices cannot be tabulated ahead), sessions, abandonment, policies and router objects, a
+round-robin or random decode router offered only some decode instances (instances of unequal KV and a
+request that only the larger hold).
 """
 from __future__ import annotations
 
@@ -65,6 +73,8 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
                         "hold (the router's answers depend on which it is offered)")
         if type(link) is not LinkSpec:
             return "it prices hand-offs with a gpusched.hardware.LinkSpec"
+        if any(not isinstance(cfg.kv_bytes_per_token, (int, np.integer)) for cfg in instances if cfg.role == "prefill"):
+            return "a prefill instance whose kv_bytes_per_token is not an integer"
     first = instances[0]
     if schedulers is None:
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]

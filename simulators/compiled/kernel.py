@@ -1,7 +1,9 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
-behind a router, with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
+behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
+prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
+._retire and .release), with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
