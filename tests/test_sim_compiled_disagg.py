@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gpusched.hardware import LinkSpec
 from gpusched.perf import ProfiledStepTime
@@ -181,3 +183,27 @@ def test_what_it_does_not_cover_in_a_disaggregated_cluster(h100):
     # it still runs in fast mode, on the SimPy engine
     fast = simulate(trace, unequal, mode="fast", decode_router="round-robin")
     assert fast.engine == "simpy"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(1, 300), st.integers(1, 40)), min_size=1, max_size=25),
+       blocks=st.integers(24, 80), budget=st.sampled_from([16, 48, 256, 2048]), max_seqs=st.integers(1, 8),
+       caching=st.booleans(), prefill=st.integers(1, 2), decode=st.integers(1, 2),
+       latency_s=st.sampled_from([0.0, 1e-5, 0.01]), bandwidth=st.sampled_from([1e9, 50e9, 1e30]),
+       decode_router=st.sampled_from(ROUTERS), scheduler=st.sampled_from(["vllm-v1", "vllm-v1 swap", "vllm-v0",
+                                                                          "sarathi"]))
+def test_random_small_disaggregated_runs_equal_step_mode(h100, rows, blocks, budget, max_seqs, caching, prefill,
+                                                         decode, latency_s, bandwidth, decode_router, scheduler):
+    df = pd.DataFrame(sorted(rows), columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
+    df.insert(0, "request_id", range(len(df)))
+    longest = int((df["prompt_tokens"] + df["output_tokens"]).max())
+    blocks = max(blocks, -(-longest // 16))
+    knobs = {"vllm-v1": dict(max_num_batched_tokens=budget, max_num_seqs=max_seqs, enable_prefix_caching=caching,
+                             preemption="swap" if scheduler.endswith("swap") else "recompute"),
+             "vllm-v0": dict(max_num_batched_tokens=max(budget, longest), max_num_seqs=max_seqs,
+                             enable_prefix_caching=caching),
+             "sarathi": dict(token_budget=budget, max_num_seqs=max_seqs, enable_prefix_caching=caching)}
+    instances = _pair(h100, prefill, decode, scheduler.split()[0], knobs[scheduler.split()[0]], prefill_blocks=blocks,
+                      decode_blocks=blocks, host_link_bytes_per_s=25e9)
+    _same_as_step_mode(Trace(df, name="random"), instances, decode_router=decode_router,
+                       link=LinkSpec(bandwidth, latency_s))
