@@ -133,6 +133,19 @@ def test_one_token_outputs_finish_on_the_prefill_instance(h100):
     assert r.loc[~one, "instance"].isin([2, 3]).all()
 
 
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_the_one_token_regression_rows_equal_step_mode(h100, scheduler):
+    """tests/test_sim_defects.py's one-token rows (there on the SimPy engine) on the compiled engine."""
+    rows = [(0.0, 100, 1), (0.0, 40, 5), (0.002, 30, 1), (0.004, 60, 1), (0.01, 20, 7)]
+    df = pd.DataFrame(rows, columns=["arrival_time_s", "prompt_tokens", "output_tokens"])
+    df.insert(0, "request_id", range(len(df)))
+    r = _same_as_step_mode(Trace(df, name="one-token"), _pair(h100, scheduler=scheduler, prefill_blocks=64,
+                                                              decode_blocks=64)).requests
+    one = r["output_tokens"] == 1
+    assert (r.loc[one, "instance"] == 0).all() and (r.loc[~one, "instance"] == 1).all()
+    assert (r.loc[one, "finish_time_s"] == r.loc[one, "first_token_time_s"]).all()
+
+
 @pytest.mark.parametrize("knobs, decode_blocks", [({}, 3000), ({}, 1000), ({"enable_prefix_caching": False}, 2000)])
 def test_shared_prefix_ids_equal_step_mode(h100, knobs, decode_blocks):
     """Mooncake's prefix ids: requests share the blocks their ids name, on each side of the hand-off."""
