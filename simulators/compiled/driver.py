@@ -191,7 +191,7 @@ def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs
     ``b // ratio``), else with ``hashed`` its own blocks. Returns ``hinfo`` (per request: hashes, offset of
     its ids' codes in ``hcode`` or -1, offset of its own slots), ``hcode`` and the number of slots (own
     slots, then the shared ones of each instance); fills the kernel's ratio and slot-count parameters,
-    and appends to ``ip`` each instance's offset into the own slots (a second copy for decode instances:
+    and fills ``ip[NUM_IP + k]``, instance k's offset into the own slots (a second copy for decode instances:
     a handed-off request's blocks are held by the decode instance's block manager apart from the prefill
     instance's)."""
     n = len(prompt)
