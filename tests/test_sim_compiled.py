@@ -150,9 +150,16 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
     one = [InstanceConfig(_h100(), 2000, 16, "vllm-v1")]
     assert unsupported_reason(trace, one, "round-robin", None) is None
     assert unsupported_reason(trace, one * 3, "kv-aware", None) is None
+    step = one[0].step_model  # disaggregated (tests/test_sim_compiled_disagg.py checks its results)
+    pair = [InstanceConfig(step, 2000, 16, "vllm-v1", role="prefill", kv_bytes_per_token=1),
+            InstanceConfig(step, 2000, 16, "vllm-v1", role="decode")]
+    assert unsupported_reason(trace, pair, "round-robin", None) is None
     other = {
-        "disaggregated": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="prefill", kv_bytes_per_token=1),
-                                  InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="decode")], "round-robin", None),
+        "disaggregated, a decode router object": (trace, pair, "round-robin", None, None, object()),
+        "disaggregated, different step models": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="prefill",
+                                                                         kv_bytes_per_token=1),
+                                                          InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="decode")],
+                                                 "round-robin", None),
         "different step models": (trace, one + [InstanceConfig(_h100(), 2000, 16, "vllm-v1")], "round-robin", None),
         "different knobs": (trace, one + [InstanceConfig(one[0].step_model, 2000, 16, "vllm-v1",
                                                          {"max_num_seqs": 8})], "round-robin", None),

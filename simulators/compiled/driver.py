@@ -1,4 +1,5 @@
-"""A compiled engine for the configurations sweeps use most: colocated instances of the baseline schedulers.
+"""A compiled engine for the configurations sweeps use most: colocated or prefill/decode-disaggregated
+instances of the baseline schedulers.
 
 :func:`simulators.serving.simulate` in ``mode="fast"`` runs a trace here when :func:`unsupported_reason`
 returns None, and on the SimPy engine otherwise. The loop (:mod:`simulators.compiled.kernel`, compiled
@@ -15,20 +16,29 @@ configurations want an order of magnitude more (``gpusched bench`` prints both).
 
 Covered: any number of ``colocated`` instances with the same scheduler settings, step-time model and
 block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
-engine), behind any router of :mod:`simulators.serving.routers` given by name; the ``vllm-v1``
+engine), behind any router of :mod:`simulators.serving.routers` given by name; prefill/decode
+disaggregation (any number of ``prefill`` and ``decode`` instances, colocated ones beside them allowed,
+a decode router of :mod:`simulators.serving.routers` given by name, a :class:`~gpusched.hardware.LinkSpec`
+link: the hand-off after the first token, the KV held on the prefill instance until its transfer ends,
+one-token outputs finishing there, as ``_ServingRun._transfer`` does; a round-robin or random decode
+router only when every decode instance holds every request); the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
 full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
 profiled step-time model in the H100 op-table format; traces without sessions, with or without
 prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
 with prefix caching a request without ids has its own block hashes, so that a preempted request
 finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
-its step prices cannot be tabulated ahead), prefill/decode disaggregation, sessions.
+its step prices cannot be tabulated ahead), sessions, abandonment, policies and router objects, a
+round-robin or random decode router offered only some decode instances (instances of unequal KV and a
+request that only the larger hold).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
+from gpusched.cluster import DEFAULT_LINK, ROLES  # ROLES by kernel code (kernel.ROLE_*)
+from gpusched.hardware import LinkSpec
 from gpusched.perf import ProfiledStepTime, _dtype_bytes
 from gpusched.policy import InstanceView
 from gpusched.workload import Trace
@@ -45,13 +55,26 @@ PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar up
 MAX_SHARED_SLOTS = 40_000_000  # engine blocks named by trace prefix ids, over all instances (~21 bytes each)
 
 
-def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None) -> str | None:
+def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None,
+                       decode_router="least-outstanding-tokens", link=DEFAULT_LINK) -> str | None:
     """Why the compiled engine cannot run this configuration, or None if it can. ``schedulers``: the
-    instances' schedulers if the caller has built them already (built here otherwise)."""
-    if any(cfg.role != "colocated" for cfg in instances):
-        return "it runs colocated instances"
+    instances' schedulers if the caller has built them already (built here otherwise). ``decode_router``
+    and ``link``: as :func:`simulators.serving.simulate` takes them (read when there are decode instances)."""
     if not isinstance(router, str) or router.lower() not in ROUTERS:
         return "it runs the routers of simulators.serving.routers given by name"
+    decode = [cfg for cfg in instances if cfg.role == "decode"]
+    if decode:
+        if not isinstance(decode_router, str) or decode_router.lower() not in ROUTERS:
+            return "it runs the decode routers of simulators.serving.routers given by name"
+        if type(make_router(decode_router)) not in (LeastOutstandingTokensRouter, KvAwareRouter):
+            smallest = min(cfg.kv_capacity_tokens for cfg in decode)
+            if int((trace.df["prompt_tokens"] + trace.df["output_tokens"]).to_numpy().max(initial=0)) > smallest:
+                return ("a round-robin or random decode router, and a request that only some decode instances "
+                        "hold (the router's answers depend on which it is offered)")
+        if type(link) is not LinkSpec:
+            return "it prices hand-offs with a gpusched.hardware.LinkSpec"
+        if any(not isinstance(cfg.kv_bytes_per_token, (int, np.integer)) for cfg in instances if cfg.role == "prefill"):
+            return "a prefill instance whose kv_bytes_per_token is not an integer"
     first = instances[0]
     if schedulers is None:
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]
@@ -90,10 +113,12 @@ def arrival_event_times(arrival_time_s) -> np.ndarray:
 def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed: int = 0,
                       record_timeline: bool = True, check_invariants: bool = True,
                       hash_own_blocks: bool | None = None, progress: bool = False,
-                      scheduler=None) -> SimResult:
+                      scheduler=None, decode_router: str = "least-outstanding-tokens",
+                      link: LinkSpec = DEFAULT_LINK) -> SimResult:
     """Run ``trace`` on the compiled engine (callers check :func:`unsupported_reason` first); with
     ``progress``, a progress bar over the arrivals (the loop returns every 1 % of them to update it).
-    ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise)."""
+    ``scheduler``: the instances' common scheduler if the caller has built it (built here otherwise).
+    ``decode_router``, ``link``: the hand-offs of a disaggregated cluster (:func:`simulators.serving.simulate`)."""
     from simulators.compiled import kernel as K  # numba loads (and compiles once) only when needed
 
     first = instances[0]
@@ -106,8 +131,12 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     bs = first.block_size_tokens
     blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
     ip, fp, tables = _pricing(first.step_model, scheduler)
-    hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, len(blocks))
-    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output)
+    ip = np.append(ip, np.zeros(len(instances), np.int64))  # [NUM_IP + k]: instance k's own-slot offset
+    roles = np.array([ROLES.index(cfg.role) for cfg in instances], np.int64)  # kernel.ROLE_*
+    hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, roles)
+    ip[K.P_ROUTER], route = _routes(K, make_router(router, seed=seed), blocks, bs, prompt + output, roles)
+    ip[K.P_DROUTER], droute = _decode_routes(K, make_router(decode_router, seed=seed), blocks, roles, len(df))
+    kvb = np.array([cfg.kv_bytes_per_token for cfg in instances], np.int64)
     ip[K.P_BS] = bs
     ip[K.P_SCHED] = COMPILED_SCHEDULERS.index(type(scheduler))
     ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), scheduler.max_num_seqs
@@ -116,12 +145,12 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
         ip[K.P_CHUNKED], ip[K.P_LIMIT] = scheduler.enable_chunked_prefill, scheduler.long_prefill_token_threshold
         ip[K.P_RESERVE], ip[K.P_SWAP] = scheduler.reserve_full_prompt, scheduler.preemption == "swap"
     ip[K.P_KV_BYTES] = first.kv_bytes_per_token
-    fp = np.append(fp, float(first.host_link_bytes_per_s))  # F_HOST_LINK
+    fp = np.append(fp, [float(first.host_link_bytes_per_s), link.latency_s, link.bandwidth_bytes_per_s])  # F_HOST_LINK..
     ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
     state = K.new_state(len(df), len(blocks), nslots, scheduler.max_num_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
-    inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, ip, fp, *tables)
+    inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, roles, kvb, droute, ip, fp, *tables)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -156,13 +185,17 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
 
 
 def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs: int, hashed: bool,
-                 ninst: int) -> tuple[np.ndarray, np.ndarray, int]:
+                 roles: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Each request's block hashes as the kernel's slots (as :func:`simulators.serving.run._sequences`
     gives them): the trace's prefix ids where a request has them (engine block ``b`` in trace block
     ``b // ratio``), else with ``hashed`` its own blocks. Returns ``hinfo`` (per request: hashes, offset of
     its ids' codes in ``hcode`` or -1, offset of its own slots), ``hcode`` and the number of slots (own
-    slots, then the shared ones of each instance); fills the kernel's ratio and slot-count parameters."""
+    slots, then the shared ones of each instance); fills the kernel's ratio and slot-count parameters,
+    and fills ``ip[NUM_IP + k]``, instance k's offset into the own slots (a second copy for decode instances:
+    a handed-off request's blocks are held by the decode instance's block manager apart from the prefill
+    instance's)."""
     n = len(prompt)
+    ninst = len(roles)
     hinfo = np.zeros((n, 3), np.int64)
     hinfo[:, 1] = -1
     ids = trace.df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in trace.df else [None] * n
@@ -180,25 +213,44 @@ def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs
     own_slots = np.where(own, hinfo[:, 0], 0)
     hinfo[:, 2] = np.cumsum(own_slots) - own_slots
     shared = (int(hcode.max()) + 1) * ratio if has_ids.any() else 0
-    ip[K.P_RATIO], ip[K.P_NOWN], ip[K.P_NSHARED] = ratio, int(own_slots.sum()), shared
-    return hinfo, hcode.astype(np.int64), int(own_slots.sum()) + ninst * shared
+    nown = int(own_slots.sum())
+    copies = 2 if (roles == K.ROLE_DECODE).any() else 1
+    ip[K.P_RATIO], ip[K.P_NOWN], ip[K.P_NSHARED] = ratio, copies * nown, shared
+    ip[K.NUM_IP:] = np.where(roles == K.ROLE_DECODE, nown, 0)
+    return hinfo, hcode.astype(np.int64), copies * nown + ninst * shared
 
 
-def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: np.ndarray) -> tuple[int, np.ndarray]:
+def _routes(K, router, blocks: np.ndarray, block_size_tokens: int, need_tokens: np.ndarray,
+            roles: np.ndarray) -> tuple[int, np.ndarray]:
     """The kernel's router code, and each request's instance when the router does not look at the
     instances (round-robin and random: asked here, in arrival order, exactly as the SimPy engine asks,
-    offered the instances whose KV holds the request)."""
+    offered the instances whose KV holds the request; the router itself leaves out decode instances)."""
     n = len(need_tokens)
     if isinstance(router, LeastOutstandingTokensRouter):
         return K.ROUTE_LEAST_OUTSTANDING, np.zeros(n, np.int64)
     if isinstance(router, KvAwareRouter):
         return K.ROUTE_KV_AWARE, np.zeros(n, np.int64)
-    views = tuple(InstanceView(k, "colocated", 0, 0, 0, 0, int(b)) for k, b in enumerate(blocks))
+    views = tuple(InstanceView(k, ROLES[role], 0, 0, 0, 0, int(b)) for k, (b, role) in enumerate(zip(blocks, roles)))
     fits_all = int(blocks.min()) * block_size_tokens
     return K.ROUTE_GIVEN, np.array(
         [router.route(None, views if need <= fits_all else
                       tuple(v for v in views if v.kv_total_blocks * block_size_tokens >= need), 0.0)
          for need in need_tokens.tolist()], np.int64)
+
+
+def _decode_routes(K, router, blocks: np.ndarray, roles: np.ndarray, n: int) -> tuple[int, np.ndarray]:
+    """The kernel's decode-router code, and the decode instance of the first ``n`` hand-offs when the
+    router does not look at the instances (asked here in hand-off order, as ``_ServingRun._transfer`` asks,
+    offered every decode instance: :func:`unsupported_reason` makes sure each holds every request)."""
+    if isinstance(router, LeastOutstandingTokensRouter):
+        return K.ROUTE_LEAST_OUTSTANDING, np.zeros(1, np.int64)
+    if isinstance(router, KvAwareRouter):
+        return K.ROUTE_KV_AWARE, np.zeros(1, np.int64)
+    views = tuple(InstanceView(k, "decode", 0, 0, 0, 0, int(b))
+                  for k, (b, role) in enumerate(zip(blocks, roles)) if ROLES[role] == "decode")
+    if not views:
+        return K.ROUTE_GIVEN, np.zeros(1, np.int64)
+    return K.ROUTE_GIVEN, np.array([router.route(None, views, 0.0) for _ in range(n)], np.int64)
 
 
 def _budget(scheduler) -> int:

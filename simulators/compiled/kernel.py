@@ -1,7 +1,9 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
-behind a router, with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
+behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
+prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
+._retire and .release), with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
@@ -14,7 +16,7 @@ allocated). Block hashes are slots: ``hinfo[r] = (hashes, code offset, own slot 
 with its own hashes (code offset -1) names its block ``b`` by the slot ``own offset + b``; a request with
 trace prefix ids names it by the id's code (``hcode[code offset + b // ratio]``) and ``b % ratio``, one
 slot per instance, after the own slots: the same slot for every request that shares the block (see
-:func:`_slot`). ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1:
+:func:`_slot`; a disaggregated cluster has two copies of the own slots, prefill side and decode side). ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1:
 cached, unreferenced: in its instance's LRU list, oldest at the head; the list of instance ``k`` is
 linked through ``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
 hashed blocks in use, cached blocks] of instance ``k``.
@@ -31,14 +33,16 @@ OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
 # integer parameters, by position in ``ip``
 (P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_LAYERS, P_LM_HEAD,
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED,
- P_SCHED, P_SWAP, P_KV_BYTES) = range(23)
-NUM_IP = 23
+ P_SCHED, P_SWAP, P_KV_BYTES, P_DROUTER) = range(24)
+NUM_IP = 24
 # schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler
 SCHED_V1, SCHED_V0, SCHED_SARATHI = range(3)
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp``
-F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK = range(5)
+F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK, F_LINK_LATENCY, F_LINK_BW = range(7)
+# instance roles (``role[k]``), as simulators.serving.run.ROLES
+ROLE_COLOCATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
 
 
@@ -193,10 +197,12 @@ def _make_room(nblocks, slot_ref, prev, nxt, head, kvs, n):
 @njit(cache=True, inline="always")
 def _slot(ip, hinfo, hcode, r, b, k):
     """The slot of block ``b`` of request ``r`` on instance ``k``: its own, or the shared one of its trace id
-    (serving.prefix: engine block ``b`` lies in trace block ``b // ratio``)."""
+    (serving.prefix: engine block ``b`` lies in trace block ``b // ratio``). A request's own slots come in
+    two copies when the cluster is disaggregated: on its prefill (or colocated) instance and on its decode
+    instance (``ip[NUM_IP + k]``: the copy's offset), as the two block managers hold it apart."""
     off = hinfo[r, 1]
     if off < 0:
-        return hinfo[r, 2] + b
+        return hinfo[r, 2] + b + ip[NUM_IP + k]
     ratio = ip[P_RATIO]
     return ip[P_NOWN] + k * ip[P_NSHARED] + hcode[off + b // ratio] * ratio + b % ratio
 
@@ -383,6 +389,84 @@ def _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n):
     return ne + 1
 
 
+# ---------------------------------------------------------------- routing (simulators.serving.routers)
+@njit(cache=True)
+def _pick(rule, to_decode, need, role, blocks, bs, kvs, running, nrun, waiting, wh, nwait, prompt, output, comp):
+    """The instance a state-reading router picks: ``_ServingRun._dispatch`` (``to_decode`` False: among the
+    instances that take new requests, routers._candidates) or ``_ServingRun._transfer`` (among the decode
+    instances), each offered only if its KV holds ``need`` tokens (run._fitting); then
+    InstanceEngine.live_view as the router reads it and the rule of routers.LeastOutstandingTokensRouter
+    (``rule`` = ROUTE_LEAST_OUTSTANDING: fewest tokens to do, then lowest index) or routers.KvAwareRouter
+    (lowest KV utilisation, then fewest waiting, then lowest index)."""
+    ring = waiting.shape[1]
+    k = -1
+    best_a = 0.0
+    best_b = 0
+    for j in range(blocks.shape[0]):
+        if (role[j] == ROLE_DECODE) != to_decode or blocks[j] * bs < need:
+            continue
+        if rule == ROUTE_LEAST_OUTSTANDING:
+            a = 0.0
+            b = 0
+            for q in range(nrun[j]):
+                x = running[j, q]
+                b += prompt[x] + output[x] - comp[x]
+            for q in range(nwait[j]):
+                x = waiting[j, (wh[j] + q) % ring]
+                b += prompt[x] + output[x] - comp[x]
+        else:
+            a = (kvs[j, _PRIV] + kvs[j, _HELD]) / blocks[j]
+            b = nwait[j]
+        if k < 0 or a < best_a or (a == best_a and b < best_b):
+            k = j
+            best_a = a
+            best_b = b
+    return k
+
+
+# ---------------------------------------------------------------- KV transfers in flight (a heap)
+@njit(cache=True, inline="always")
+def _before(t1, q1, t2, q2):
+    """SimPy's event order: by time, then by scheduling order (both NORMAL priority)."""
+    return t1 < t2 or (t1 == t2 and q1 < q2)
+
+
+@njit(cache=True)
+def _xfer_push(xt, xq, xr, xs, n, t, q, r, src):
+    """Add the transfer of request ``r`` from instance ``src``, ending at ``t`` (scheduled ``q``-th);
+    returns the new count."""
+    i = n
+    while i > 0:
+        p = (i - 1) // 2
+        if _before(xt[p], xq[p], t, q):
+            break
+        xt[i], xq[i], xr[i], xs[i] = xt[p], xq[p], xr[p], xs[p]
+        i = p
+    xt[i], xq[i], xr[i], xs[i] = t, q, r, src
+    return n + 1
+
+
+@njit(cache=True)
+def _xfer_pop(xt, xq, xr, xs, n):
+    """Remove the first transfer (the heap's root); returns the new count."""
+    n -= 1
+    t, q, r, src = xt[n], xq[n], xr[n], xs[n]
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and _before(xt[c + 1], xq[c + 1], xt[c], xq[c]):
+            c += 1
+        if _before(t, q, xt[c], xq[c]):
+            break
+        xt[i], xq[i], xr[i], xs[i] = xt[c], xq[c], xr[c], xs[c]
+        i = c
+    if n > 0:
+        xt[i], xq[i], xr[i], xs[i] = t, q, r, src
+    return n
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -393,8 +477,12 @@ def new_state(nreq, ninst, nslots, max_seqs):
     instance: KV counts, the running list, the waiting ring (head ``wh[k]``, ``nwait[k]`` entries), the
     plan of the step in flight and its exact end, the SimPy time of its next event (a step end if
     ``busy[k]``, else a wake-up; ``inf`` when idle) and its clock (exact end of its last step).
-    Per request also: swapped out (swap preemption), the plan that preempted it last. ``counters`` =
-    [next arrival, steps done, plans made].
+    Per request also: swapped out (swap preemption), the plan that preempted it last. Per instance also:
+    the SimPy scheduling number of its next event (``event_q``: ties at equal times go by it) and whether
+    that event is the first half of a wait (``mid``: :func:`simulators.serving.instance.wait_until` waits
+    in two events from far back; the step end is then ``step_end``). The KV transfers in flight, a heap
+    by (end time, scheduling number): ``xt``, ``xq``, request ``xr``, source instance ``xs``. ``counters`` =
+    [next arrival, steps done, plans made, events scheduled, transfers in flight, decode routes asked].
     """
     ring = max(nreq, 1)
     prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
@@ -409,12 +497,15 @@ def new_state(nreq, ninst, nslots, max_seqs):
             np.empty((ninst, ring), np.int64), np.zeros(ninst, np.int64), np.zeros(ninst, np.int64),
             np.empty((ninst, max_seqs), np.int64), np.empty((ninst, max_seqs), np.int64), np.zeros(ninst, np.int64),
             np.zeros(ninst), np.full(ninst, np.inf), np.zeros(ninst, np.bool_), np.zeros(ninst),
-            np.zeros(nreq, np.int8), np.full(nreq, -1, np.int64), np.zeros(3, np.int64))
+            np.zeros(nreq, np.int8), np.full(nreq, -1, np.int64),
+            np.zeros(ninst, np.int64), np.zeros(ninst, np.bool_),
+            np.empty(nreq), np.empty(nreq, np.int64), np.empty(nreq, np.int64), np.empty(nreq, np.int64),
+            np.zeros(6, np.int64))
 
 
 @njit(cache=True)
-def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, ip, fp,
-        tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz):
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, role, kvb,
+        droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
@@ -424,19 +515,26 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
     engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
-    ``k``'s KV blocks. ``code`` is :data:`OK`, :data:`PAUSED` or the broken invariant (``culprit``: the
+    ``k``'s KV blocks, ``role[k]`` its role (ROLE_*), ``kvb[k]`` its KV bytes per token (what a hand-off
+    from it moves); ``droute[m]``: the decode instance of the ``m``-th hand-off when the decode router
+    (``ip[P_DROUTER]``) does not look at the instances. ``code`` is :data:`OK`, :data:`PAUSED` or the broken invariant (``culprit``: the
     request, or -1). ``timeline`` (grown and returned as needed) gets one row per step: time, instance,
     KV blocks in use, running, waiting, batch tokens, batch sequences (the SimPy engine's step-mode
     rows, in event order).
 
-    Events run in the SimPy engine's order: an arrival before a step that ends at the same time (it is
-    URGENT there); an idle instance that receives a request schedules at that arrival's time, after
-    every arrival at that time. Instances interact only through the router, which sees each one as it
-    stood after its last step end before the arrival.
+    Events run in the SimPy engine's order. An arrival comes before every other event at its time (it
+    is URGENT there). The other events are NORMAL ones, taken by (time, scheduling number): a step end
+    (or the first half of its wait, see :func:`new_state`), an idle instance's wake-up (InstanceEngine
+    ._wake: scheduled when a request is submitted to it or, on a prefill instance, when a transfer
+    releases KV there) and a KV transfer's end (``_ServingRun._transfer``'s timeout, scheduled when its
+    process starts: after the step end that handed the request off has scheduled that instance's next
+    step, in the order of the step's plan). Numbers are taken in the order SimPy schedules these events.
+    Instances interact only through the routers and the transfers: a router sees each instance as it
+    stood after its last event before the arrival or the transfer's end.
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
      slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
-     clock, swapped, marked, counters) = state
+     clock, swapped, marked, event_q, mid, xt, xq, xr, xs, counters) = state
     nreq = prompt.shape[0]
     ninst = blocks.shape[0]
     nslots = prev.shape[0] - ninst
@@ -453,64 +551,104 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
     next_arrival, steps = counters[0], counters[1]
+    eid, nx, ndroutes = counters[3], counters[4], counters[5]
+    drouter = ip[P_DROUTER]
+    hand = np.empty(max_seqs, np.int64)  # requests a prefill instance's step end hands off
+    # one instance that takes new requests (or one decode instance): every router picks it
+    entries = 0
+    decoders = 0
+    for j in range(ninst):
+        if role[j] == ROLE_DECODE:
+            decoders += 1
+        else:
+            entries += 1
     while True:
         k = -1
         t = np.inf
+        tq = 0
         for j in range(ninst):
-            if event_s[j] < t:
-                t = event_s[j]
+            e = event_s[j]
+            if e < t or (e == t and k >= 0 and event_q[j] < tq):
+                t = e
+                tq = event_q[j]
                 k = j
+        xfer = nx > 0 and _before(xt[0], xq[0], t, tq) if k >= 0 else nx > 0
+        if xfer:
+            t = xt[0]
         if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
             if next_arrival >= until_arrival:
                 counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
+                counters[3], counters[4], counters[5] = eid, nx, ndroutes
                 return PAUSED, -1, timeline
             # ---- an arrival: _ServingRun._dispatch
             r = next_arrival
             next_arrival += 1
             if router == ROUTE_GIVEN:
                 k = route[r]
-            else:  # InstanceEngine.live_view as the router sees it, then the router's rule
-                k = -1
-                best_a = 0.0
-                best_b = 0
+            elif entries == 1:
                 for j in range(ninst):
-                    if blocks[j] * bs < prompt[r] + output[r]:
-                        continue  # routing offers only the instances whose KV holds the request
-                    if router == ROUTE_LEAST_OUTSTANDING:
-                        a = 0.0
-                        b = 0
-                        for q in range(nrun[j]):
-                            x = running[j, q]
-                            b += prompt[x] + output[x] - comp[x]
-                        for q in range(nwait[j]):
-                            x = waiting[j, (wh[j] + q) % ring]
-                            b += prompt[x] + output[x] - comp[x]
-                    else:
-                        a = (kvs[j, _PRIV] + kvs[j, _HELD]) / blocks[j]
-                        b = nwait[j]
-                    if k < 0 or a < best_a or (a == best_a and b < best_b):
+                    if role[j] != ROLE_DECODE:
                         k = j
-                        best_a = a
-                        best_b = b
+            else:
+                k = _pick(router, False, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
+                          nwait, prompt, output, comp)
             instance[r] = k
             waiting[k, (wh[k] + nwait[k]) % ring] = r
             nwait[k] += 1
-            if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (after the arrivals then)
+            if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (InstanceEngine.submit)
                 event_s[k] = arrival_event_s[r]
+                event_q[k] = eid
+                eid += 1
+            continue
+        if xfer:
+            # ---- a KV transfer ends: _ServingRun._transfer
+            r, src = xr[0], xs[0]
+            nx = _xfer_pop(xt, xq, xr, xs, nx)
+            _free(ip, hinfo, hcode, slot_ref, prev, nxt, nslots + src, kvs[src], kv_tok, kv_priv, kv_hashed, r,
+                  src)  # InstanceEngine.release: the source frees the KV, and wakes if idle
+            if event_s[src] == np.inf:
+                event_s[src] = t
+                event_q[src] = eid
+                eid += 1
+            if drouter == ROUTE_GIVEN:
+                k = droute[ndroutes]
+                ndroutes += 1
+            elif decoders == 1:
+                for j in range(ninst):
+                    if role[j] == ROLE_DECODE:
+                        k = j
+            else:
+                k = _pick(drouter, True, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
+                          nwait, prompt, output, comp)
+            instance[r] = k  # InstanceEngine.submit on the decode instance
+            waiting[k, (wh[k] + nwait[k]) % ring] = r
+            nwait[k] += 1
+            if event_s[k] == np.inf:
+                event_s[k] = t
+                event_q[k] = eid
+                eid += 1
             continue
         if k < 0:
-            break  # no arrival left, every instance idle
+            break  # no arrival left, no transfer in flight, every instance idle
+        if mid[k]:  # the first half of a wait from far back (wait_until): the second is scheduled now
+            mid[k] = False
+            event_s[k] = t + _pmax(step_end[k] - t, 0.0)
+            event_q[k] = eid
+            eid += 1
+            continue
         now = event_s[k]
         nblocks = blocks[k]
         head = nslots + k
         kv = kvs[k]
+        prefill = role[k] == ROLE_PREFILL
+        nhand = 0
         if busy[k]:
             # ---- the step in flight ends: InstanceEngine._complete and _retire
             end = step_end[k]
             clock[k] = end
             steps += 1
             ne = nent[k]
-            nfin = 0
+            nfin = 0  # sequences leaving ``running``: finished, or handed off (a prefill instance)
             tokens = 0
             for e in range(ne):
                 r = ent_r[k, e]
@@ -524,9 +662,13 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     gen[r] = g
                     if g == 1:
                         first_s[r] = end
-                    if g >= output[r]:
+                    if g >= output[r]:  # (a one-token output finishes on a prefill instance too)
                         finish_s[r] = end
                         done[e] = True
+                        nfin += 1
+                    elif g == 1 and prefill:  # handed off: leaves running, keeps its KV until released
+                        hand[nhand] = r
+                        nhand += 1
                         nfin += 1
                 if check:
                     if c > prompt[r] + g or g > output[r]:
@@ -537,7 +679,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 keep = 0
                 for q in range(nrun[k]):
                     r = running[k, q]
-                    if np.isnan(finish_s[r]):
+                    if np.isnan(finish_s[r]) and not (prefill and gen[r] > 0):  # (running prefills have none)
                         running[k, keep] = r
                         keep += 1
                 nrun[k] = keep
@@ -562,7 +704,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 row[5] = tokens
                 row[6] = ne
         else:
-            clock[k] = now  # woken by an arrival: InstanceEngine takes the SimPy time as its clock
+            clock[k] = now  # woken (a request, a release): InstanceEngine takes the SimPy time as its clock
         # ---- the next plan: the scheduler's schedule
         ne = 0
         preempted = False
@@ -685,37 +827,51 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 return STALLED, running[k, 0], timeline
             busy[k] = False
             event_s[k] = np.inf  # idle until a request arrives
-            continue
-        # ---- the step's duration: InstanceEngine._compute_time_s
-        npf = 0
-        nd = 0
-        dec_sum = 0
-        sampled = 0
-        tokens = 0
-        for e in range(ne):
-            r, n = ent_r[k, e], ent_n[k, e]
-            c, g = comp[r], gen[r]
-            tokens += n
-            if n == 1 and g > 0 and c == prompt[r] + g - 1:
-                dec_sum += c
-                nd += 1
-                sampled += 1
-            else:
-                plens[npf] = n
-                pcached[npf] = c
-                npf += 1
-                if c + n >= prompt[r] + g:
-                    sampled += 1
-        if npf == 0:
-            dt = _decode_time(ip, fp, dec_base, da, db, dz, nd, dec_sum)
         else:
-            dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
-                            tokens, plens, pcached, npf, nd, dec_sum, sampled)
-        if swap_tokens:  # InstanceEngine._step_time_s: the KV moved over the host link, then the compute
-            dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
-        end = clock[k] + dt
-        step_end[k] = end
-        event_s[k] = _pmax(now, end)  # (serving.instance.wait_until: SimPy's clock reaches the exact end)
-        busy[k] = True
+            # ---- the step's duration: InstanceEngine._compute_time_s
+            npf = 0
+            nd = 0
+            dec_sum = 0
+            sampled = 0
+            tokens = 0
+            for e in range(ne):
+                r, n = ent_r[k, e], ent_n[k, e]
+                c, g = comp[r], gen[r]
+                tokens += n
+                if n == 1 and g > 0 and c == prompt[r] + g - 1:
+                    dec_sum += c
+                    nd += 1
+                    sampled += 1
+                else:
+                    plens[npf] = n
+                    pcached[npf] = c
+                    npf += 1
+                    if c + n >= prompt[r] + g:
+                        sampled += 1
+            if npf == 0:
+                dt = _decode_time(ip, fp, dec_base, da, db, dz, nd, dec_sum)
+            else:
+                dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
+                                tokens, plens, pcached, npf, nd, dec_sum, sampled)
+            if swap_tokens:  # InstanceEngine._step_time_s: the KV moved over the host link, then the compute
+                dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
+            end = clock[k] + dt
+            step_end[k] = end
+            if 0 < now < end / 2:  # serving.instance.wait_until from far back: two events
+                mid[k] = True
+                event_s[k] = now + (0.75 * end - now)
+            else:  # (SimPy's clock reaches the exact end)
+                event_s[k] = _pmax(now, end)
+            event_q[k] = eid
+            eid += 1
+            busy[k] = True
+        # the hand-offs of the step that ended: each transfer's process starts after this event (SimPy
+        # URGENT Initialize events), so its timeout is scheduled after this instance's next step end
+        for i in range(nhand):
+            r = hand[i]
+            dt = fp[F_LINK_LATENCY] + comp[r] * kvb[k] / fp[F_LINK_BW]  # LinkSpec.transfer_time_s
+            nx = _xfer_push(xt, xq, xr, xs, nx, now + dt, eid, r, k)
+            eid += 1
     counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
+    counters[3], counters[4], counters[5] = eid, nx, ndroutes
     return OK, -1, timeline

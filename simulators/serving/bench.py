@@ -118,8 +118,10 @@ def _instances(trace: Trace, scheduler: str, knobs: dict, disaggregated: bool):
     sequences gets a token budget that holds the trace's longest request (vLLM requires
     ``max_num_batched_tokens >= max_model_len`` without chunked prefill)."""
     roles = ("prefill", "decode") if disaggregated else ("colocated",)
-    instances = [build_instances("llama3-8b", profile="h100", scheduler=scheduler, scheduler_knobs=knobs,
-                                 role=role)[0] for role in roles]
+    instances = []
+    for role in roles:  # one step model for both roles (the compiled engine runs instances that share it)
+        instances += build_instances("llama3-8b", profile="h100", scheduler=scheduler, scheduler_knobs=knobs,
+                                     role=role, step_model=instances[0].step_model if instances else None)
     if getattr(instances[0].build_scheduler(trace), "whole_sequence_budget", None) is not None:
         longest = int((trace.df["prompt_tokens"] + trace.df["output_tokens"]).max())
         for cfg in instances:

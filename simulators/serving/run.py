@@ -100,7 +100,7 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
         which the prefill instance still holds the KV.
     mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
         decode steps in a few events; ``fast`` (default) runs the compiled engine of
-        :mod:`simulators.compiled` when it covers the configuration (colocated ``vllm-v1``, ``vllm-v0`` or
+        :mod:`simulators.compiled` when it covers the configuration (colocated or disaggregated ``vllm-v1``, ``vllm-v0`` or
         ``sarathi`` instances with an H100-format profile behind a router given by name, without
         sessions; :func:`simulators.compiled.driver.unsupported_reason` says why not) and ``simpy``
         otherwise. All three give identical per-request results (``result.engine`` says which ran).
@@ -140,9 +140,11 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     _check_budgets(schedulers, instances)
     _check_whole_prefills(trace, schedulers)
     abandons = callable(abandon_rate_per_s) or abandon_rate_per_s != 0
-    if mode == "fast" and not abandons and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers) is None:
+    if mode == "fast" and not abandons and compiled.unsupported_reason(trace, instances, router, hash_own_blocks, schedulers,
+                                                                         decode_router=decode_router, link=link) is None:
         return compiled.simulate_compiled(trace, instances, router, seed, record_timeline, check_invariants,
-                                          hash_own_blocks, progress, schedulers[0])
+                                          hash_own_blocks, progress, schedulers[0], decode_router=decode_router,
+                                          link=link)
     run = _ServingRun(trace, instances, schedulers, router, decode_router, link, seed, record_timeline,
                       check_invariants, mode != "step", hash_own_blocks)
     if abandons:
