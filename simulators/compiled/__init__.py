@@ -1,6 +1,7 @@
 """The compiled serving engine: a numba transcription of the SimPy engine's step mode on flat arrays.
 
-It covers colocated vLLM V1-like instances on an H100-format profile behind a named router, and gives
+It covers colocated instances of the vLLM V1-like, vLLM V0, Sarathi-Serve and static-batching schedulers on
+an H100-format profile behind a named router (not prefill/decode disaggregation, not sessions), and gives
 per-request and per-step results identical to :func:`simulators.serving.simulate` in ``step`` mode,
 bit for bit. :func:`simulators.serving.simulate` uses it in ``fast`` mode when
 :func:`~simulators.compiled.driver.unsupported_reason` returns None; policies do not plug in here (a

@@ -17,12 +17,22 @@ Covered: any number of ``colocated`` instances with the same scheduler settings,
 block size (KV capacities may differ: a request is routed among those that hold it, as on the SimPy
 engine), behind any router of :mod:`simulators.serving.routers` given by name; the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
-full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
-profiled step-time model in the H100 op-table format; traces without sessions, with or without
-prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
-with prefix caching a request without ids has its own block hashes, so that a preempted request
-finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
-its step prices cannot be tabulated ahead), prefill/decode disaggregation, sessions.
+full-prompt reservation, recompute or swap preemption), ``vllm-v0``, ``sarathi`` and ``static`` (any
+knobs); a profiled step-time model in the H100 op-table format; traces without sessions, with or
+without prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy
+engine; with prefix caching a request without ids has its own block hashes, so that a preempted request
+finds what was not evicted; static batching allocates without hashes and never probes the cache, so
+the ids only name the blocks a finished request leaves cached). Not covered: prefill/decode
+disaggregation, sessions.
+
+Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)
+are tabulated up to the scheduler's token budget (:func:`_tabulate`); a static batch's prefill has no
+budget (up to ``max_batch_size`` whole prompts), so the kernel computes the terms of a larger count
+itself (:func:`simulators.compiled.kernel._token_terms`, the model's float operations in its order: the
+same bits). Tabulating instead up to the largest batch prefill the trace allows (the ``max_batch_size``
+longest prompts, at most the KV capacity) was measured and rejected: on the bundled Azure trace with
+the bench's defaults that bound is 214,412 tokens at about 7 µs a count, 1.5 s of tabulation for a run
+that takes 0.1 s, while the kernel computes the terms once per batch (four interpolations).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
-behind a router, with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
+behind a router, with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like with
+recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
