@@ -711,7 +711,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 ent_n[k, ne] = n
                 ne += 1
                 budget -= n
-        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC:  # admissions, FCFS, chunked to the budget left
+        # admissions, FCFS, chunked to the budget left
+        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC:
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
                 hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
