@@ -154,6 +154,7 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
     pair = [InstanceConfig(step, 2000, 16, "vllm-v1", role="prefill", kv_bytes_per_token=1),
             InstanceConfig(step, 2000, 16, "vllm-v1", role="decode")]
     assert unsupported_reason(trace, pair, "round-robin", None) is None
+    assert unsupported_reason(trace, [InstanceConfig(_h100(), 2000, 16, "static")], "round-robin", None) is None
     other = {
         "disaggregated, a decode router object": (trace, pair, "round-robin", None, None, object()),
         "disaggregated, different step models": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="prefill",
@@ -163,7 +164,9 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
         "different step models": (trace, one + [InstanceConfig(_h100(), 2000, 16, "vllm-v1")], "round-robin", None),
         "different knobs": (trace, one + [InstanceConfig(one[0].step_model, 2000, 16, "vllm-v1",
                                                          {"max_num_seqs": 8})], "round-robin", None),
-        "static": (trace, [InstanceConfig(_h100(), 2000, 16, "static")], "round-robin", None),
+        "different static batch sizes": (trace, [InstanceConfig(one[0].step_model, 2000, 16, "static"),
+                                                 InstanceConfig(one[0].step_model, 2000, 16, "static",
+                                                                {"max_batch_size": 8})], "round-robin", None),
         "swap without a host link": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", {"preemption": "swap"})],
                                      "round-robin", None),
         "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),

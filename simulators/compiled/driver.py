@@ -23,14 +23,23 @@ link: the hand-off after the first token, the KV held on the prefill instance un
 one-token outputs finishing there, as ``_ServingRun._transfer`` does; a round-robin or random decode
 router only when every decode instance holds every request); the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
-full-prompt reservation, recompute or swap preemption), ``vllm-v0`` and ``sarathi`` (any knobs); a
-profiled step-time model in the H100 op-table format; traces without sessions, with or without
-prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine;
-with prefix caching a request without ids has its own block hashes, so that a preempted request
-finds what was not evicted). Not covered: static batching (a batch's prefill has no token budget, so
-its step prices cannot be tabulated ahead), sessions, abandonment, policies and router objects, a
-round-robin or random decode router offered only some decode instances (instances of unequal KV and a
-request that only the larger hold).
+full-prompt reservation, recompute or swap preemption), ``vllm-v0``, ``sarathi`` and ``static`` (any
+knobs); a profiled step-time model in the H100 op-table format; traces without sessions, with or
+without prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy
+engine; with prefix caching a request without ids has its own block hashes, so that a preempted request
+finds what was not evicted; static batching allocates without hashes and never probes the cache, so
+the ids only name the blocks a finished request leaves cached). Not covered: sessions, abandonment,
+policies and router objects, a round-robin or random decode router offered only some decode instances
+(instances of unequal KV and a request that only the larger hold).
+
+Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)
+are tabulated up to the scheduler's token budget (:func:`_tabulate`); a static batch's prefill has no
+budget (up to ``max_batch_size`` whole prompts), so the kernel computes the terms of a larger count
+itself (:func:`simulators.compiled.kernel._token_terms`, the model's float operations in its order: the
+same bits). Tabulating instead up to the largest batch prefill the trace allows (the ``max_batch_size``
+longest prompts, at most the KV capacity) was measured and rejected: on the bundled Azure trace with
+the bench's defaults that bound is 214,412 tokens at about 7 µs a count, 1.5 s of tabulation for a run
+that takes 0.1 s, while the kernel computes the terms once per batch (four interpolations).
 """
 from __future__ import annotations
 
@@ -45,9 +54,10 @@ from gpusched.workload import Trace
 from simulators.serving.instance import SimulationInvariantError
 from simulators.serving.results import TIMELINE_COLUMNS, SimResult, requests_frame
 from simulators.serving.routers import ROUTERS, KvAwareRouter, LeastOutstandingTokensRouter, make_router
-from simulators.serving.schedulers import SarathiScheduler, VllmV0Scheduler, VllmV1Scheduler
+from simulators.serving.schedulers import SarathiScheduler, StaticBatchScheduler, VllmV0Scheduler, VllmV1Scheduler
 
-COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler)  # by kernel code (kernel.SCHED_*)
+# by kernel code (kernel.SCHED_*)
+COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler, StaticBatchScheduler)
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
@@ -80,7 +90,7 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]
     scheduler = schedulers[0]
     if type(scheduler) not in COMPILED_SCHEDULERS:
-        return "it runs the vllm-v1, vllm-v0 and sarathi schedulers"
+        return "it runs the vllm-v1, vllm-v0, sarathi and static schedulers"
     if any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
     if getattr(scheduler, "preemption", "recompute") == "swap":
@@ -124,7 +134,8 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     first = instances[0]
     if scheduler is None:
         scheduler = first.build_scheduler(trace, seed)
-    hashed = scheduler.enable_prefix_caching if hash_own_blocks is None else bool(hash_own_blocks)
+    probe = getattr(scheduler, "enable_prefix_caching", False)  # (static batching has no prefix cache)
+    hashed = probe if hash_own_blocks is None else bool(hash_own_blocks)
     df = trace.df
     prompt = df["prompt_tokens"].to_numpy(np.int64)
     output = df["output_tokens"].to_numpy(np.int64)
@@ -139,16 +150,18 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     kvb = np.array([cfg.kv_bytes_per_token for cfg in instances], np.int64)
     ip[K.P_BS] = bs
     ip[K.P_SCHED] = COMPILED_SCHEDULERS.index(type(scheduler))
-    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), scheduler.max_num_seqs
-    ip[K.P_PROBE] = scheduler.enable_prefix_caching
+    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), _max_seqs(scheduler)
+    ip[K.P_PROBE] = probe
     if isinstance(scheduler, VllmV1Scheduler):
         ip[K.P_CHUNKED], ip[K.P_LIMIT] = scheduler.enable_chunked_prefill, scheduler.long_prefill_token_threshold
         ip[K.P_RESERVE], ip[K.P_SWAP] = scheduler.reserve_full_prompt, scheduler.preemption == "swap"
     ip[K.P_KV_BYTES] = first.kv_bytes_per_token
-    fp = np.append(fp, [float(first.host_link_bytes_per_s), link.latency_s, link.bandwidth_bytes_per_s])  # F_HOST_LINK..
+    fp = fp.copy()
+    fp[[K.F_HOST_LINK, K.F_LINK_LATENCY, K.F_LINK_BW]] = (first.host_link_bytes_per_s, link.latency_s,
+                                                         link.bandwidth_bytes_per_s)
     ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    state = K.new_state(len(df), len(blocks), nslots, scheduler.max_num_seqs)
+    state = K.new_state(len(df), len(blocks), nslots, _max_seqs(scheduler))
     timeline = np.empty((1024 if record_timeline else 0, 7))
     inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, roles, kvb, droute, ip, fp, *tables)
     bar = None
@@ -254,8 +267,16 @@ def _decode_routes(K, router, blocks: np.ndarray, roles: np.ndarray, n: int) -> 
 
 
 def _budget(scheduler) -> int:
-    """The scheduler's token budget of one step."""
+    """The scheduler's token budget of one step; static batching has none: its decode steps hold a token
+    per member (its batch prefills are priced beyond the tables, see :func:`_pricing`)."""
+    if isinstance(scheduler, StaticBatchScheduler):
+        return scheduler.max_batch_size
     return scheduler.token_budget if isinstance(scheduler, SarathiScheduler) else scheduler.max_num_batched_tokens
+
+
+def _max_seqs(scheduler) -> int:
+    """The most sequences the scheduler runs at once."""
+    return scheduler.max_batch_size if isinstance(scheduler, StaticBatchScheduler) else scheduler.max_num_seqs
 
 
 def _pricing(model: ProfiledStepTime, scheduler):
@@ -267,7 +288,7 @@ def _pricing(model: ProfiledStepTime, scheduler):
     """
     cache = model.__dict__.setdefault("_compiled_pricing", {})
     # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence
-    key = (max(_budget(scheduler), scheduler.max_num_seqs), scheduler.max_num_seqs)
+    key = (max(_budget(scheduler), _max_seqs(scheduler)), _max_seqs(scheduler))
     if key not in cache:
         cache[key] = _tabulate(model, *key)
     ip, fp, tables = cache[key]
@@ -282,10 +303,17 @@ def _tabulate(model: ProfiledStepTime, max_tokens: int, max_seqs: int):
     ip[K.P_LAYERS], ip[K.P_LM_HEAD] = m.num_layers, model.include_lm_head
     ip[K.P_HIDDEN], ip[K.P_VOCAB] = m.hidden_size, m.vocab_size // model.tp
     ip[K.P_DTYPE_BYTES] = _dtype_bytes(model.dtype)
-    fp = np.array([model.launch_overhead_s, model.kernel_floor_s, float(model.gpu.dense_bf16_flops_per_s),
-                   model.elementwise_bandwidth_bytes_per_s], dtype=float)
+    fp = np.zeros(K.NUM_FP)
+    fp[[K.F_LAUNCH, K.F_FLOOR, K.F_FLOPS, K.F_BW]] = (model.launch_overhead_s, model.kernel_floor_s,
+                                                     float(model.gpu.dense_bf16_flops_per_s),
+                                                     model.elementwise_bandwidth_bytes_per_s)
     terms = [(0.0, 0.0, None)] + [model._token_terms_s(n) for n in range(1, max_tokens + 1)]
     ip[K.P_HAS_COMM] = terms[-1][2] is not None
+    if ip[K.P_HAS_COMM]:  # as ProfiledStepTime._token_terms_s and perf._ring_allreduce_s compute them
+        link = model.gpu.nvlink_bandwidth_bytes_per_s
+        fp[K.F_AR_LINK] = link / 2 if link else model.gpu.pcie_bandwidth_bytes_per_s
+        fp[K.F_AR_FACTOR] = 2.0 * (model.tp - 1) / model.tp
+        fp[K.F_AR_LATENCY] = model.allreduce_latency_s
     tok_lin = np.array([t[0] for t in terms])
     tok_elem = np.array([t[1] for t in terms])
     tok_comm = np.array([t[2] or 0.0 for t in terms])
@@ -294,9 +322,18 @@ def _tabulate(model: ProfiledStepTime, max_tokens: int, max_seqs: int):
     ip[K.P_HAS_CHUNKED] = chunked is not None
     if chunked is None:  # a placeholder the kernel never reads
         chunked = decode
+    # what the kernel needs to compute _token_terms_s beyond the tables: the linear ops' grids (padded to
+    # one length), the elementwise kernels' bytes per token
+    ops = model._ops
+    op_len = np.array([len(op.x) for op in ops], np.int64)
+    op_x = np.zeros((len(ops), int(op_len.max())))
+    op_y = np.zeros_like(op_x)
+    for j, op in enumerate(ops):
+        op_x[j, : op_len[j]], op_y[j, : op_len[j]] = op.x, op.y
+    elem_bytes = np.array(model._elem, np.int64)
     tables = (tok_lin, tok_elem, tok_comm, dec_base, np.array(prefill.x), np.array(prefill.y),
               np.array(decode.a), np.array(decode.b), np.array(decode.z), np.array(chunked.a),
-              np.array(chunked.b), np.array(chunked.z))
+              np.array(chunked.b), np.array(chunked.z), op_x, op_y, op_len, elem_bytes)
     return ip, fp, tables
 
 

@@ -3,7 +3,8 @@
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
 behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
 prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
-._retire and .release), with the vLLM V1-like scheduler (recompute preemption), the paged block manager with
+._retire and .release), with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like
+with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
@@ -16,9 +17,10 @@ allocated). Block hashes are slots: ``hinfo[r] = (hashes, code offset, own slot 
 with its own hashes (code offset -1) names its block ``b`` by the slot ``own offset + b``; a request with
 trace prefix ids names it by the id's code (``hcode[code offset + b // ratio]``) and ``b % ratio``, one
 slot per instance, after the own slots: the same slot for every request that shares the block (see
-:func:`_slot`; a disaggregated cluster has two copies of the own slots, prefill side and decode side). ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1:
-cached, unreferenced: in its instance's LRU list, oldest at the head; the list of instance ``k`` is
-linked through ``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
+:func:`_slot`; a disaggregated cluster has two copies of the own slots, prefill side and decode side).
+``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1: cached, unreferenced:
+in its instance's LRU list, oldest at the head; the list of instance ``k`` is linked through
+``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
 hashed blocks in use, cached blocks] of instance ``k``.
 """
 from __future__ import annotations
@@ -35,12 +37,16 @@ OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED,
  P_SCHED, P_SWAP, P_KV_BYTES, P_DROUTER) = range(24)
 NUM_IP = 24
-# schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler
-SCHED_V1, SCHED_V0, SCHED_SARATHI = range(3)
+# schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler,
+# StaticBatchScheduler
+SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC = range(4)
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
-# float parameters, by position in ``fp``
-F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK, F_LINK_LATENCY, F_LINK_BW = range(7)
+# float parameters, by position in ``fp`` (F_AR_*: one TP all-reduce, perf._ring_allreduce_s: its latency, its
+# factor 2 (tp - 1) / tp, the link's bytes per second; F_LINK_*: the prefill -> decode link)
+(F_LAUNCH, F_FLOOR, F_FLOPS, F_BW, F_HOST_LINK, F_AR_LATENCY, F_AR_FACTOR, F_AR_LINK, F_LINK_LATENCY,
+ F_LINK_BW) = range(10)
+NUM_FP = 10
 # instance roles (``role[k]``), as simulators.serving.run.ROLES
 ROLE_COLOCATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
@@ -116,11 +122,38 @@ def _decode_time(ip, fp, dec_base, da, db, dz, batch, context_sum):
 
 
 @njit(cache=True)
-def _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
+def _token_terms(ip, fp, tok_lin, tok_elem, tok_comm, op_x, op_y, op_len, elem_bytes, n):
+    """ProfiledStepTime._token_terms_s(n): per-layer seconds of the linear layers, the elementwise kernels
+    and the TP all-reduces (0.0 without them) of a step of ``n`` tokens. Read from the tables up to their
+    size (every step of a scheduler with a token budget); beyond it (a static batch's prefill, which has
+    no budget) computed here, with the model's float operations in its order: ``sum`` from 0 over the
+    linear ops' ``_g(Grid1D(n))``, ``sum`` from 0 of ``max(n * bytes / bw, floor)``, and
+    ``2 * (latency + 2 (tp - 1) / tp * bytes / link)`` (the factor is computed in Python as there)."""
+    if n < tok_lin.shape[0]:
+        return tok_lin[n], tok_elem[n], tok_comm[n]
+    v = float(n)
+    linear = 0.0
+    for j in range(op_len.shape[0]):
+        m = op_len[j]
+        linear += _g(fp, _grid1(op_x[j, :m], op_y[j, :m], v))
+    elementwise = 0.0
+    for j in range(elem_bytes.shape[0]):
+        elementwise += _pmax(n * elem_bytes[j] / fp[F_BW], fp[F_FLOOR])
+    comm = 0.0
+    if ip[P_HAS_COMM]:
+        nbytes = n * ip[P_HIDDEN] * ip[P_DTYPE_BYTES]
+        if nbytes > 0:
+            comm = 2 * (fp[F_AR_LATENCY] + fp[F_AR_FACTOR] * nbytes / fp[F_AR_LINK])
+    return linear, elementwise, comm
+
+
+@njit(cache=True)
+def _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len, elem_bytes,
                n, plens, pcached, npf, nd, dec_sum, num_sampled):
     """ProfiledStepTime.step_time_s (H100 format) of a step with prefill chunks and decodes."""
     mean_ctx = dec_sum / nd if nd else 0.0
-    layer = tok_lin[n]
+    linear, elementwise, comm = _token_terms(ip, fp, tok_lin, tok_elem, tok_comm, op_x, op_y, op_len, elem_bytes, n)
+    layer = linear
     c_tot = 0
     p_tot = 0
     w = 0.0
@@ -141,9 +174,9 @@ def _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, 
     layer += attn
     if nd:
         layer += _g(fp, _grid2(da, db, dz, float(nd), mean_ctx))
-    layer += tok_elem[n]
+    layer += elementwise
     if ip[P_HAS_COMM]:
-        layer += tok_comm[n]
+        layer += comm
     t = ip[P_LAYERS] * layer
     if ip[P_LM_HEAD] and num_sampled:
         k, nout, b = ip[P_HIDDEN], ip[P_VOCAB], ip[P_DTYPE_BYTES]
@@ -505,7 +538,8 @@ def new_state(nreq, ninst, nslots, max_seqs):
 
 @njit(cache=True)
 def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, role, kvb,
-        droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz):
+        droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len,
+        elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
@@ -517,10 +551,10 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
     ``k``'s KV blocks, ``role[k]`` its role (ROLE_*), ``kvb[k]`` its KV bytes per token (what a hand-off
     from it moves); ``droute[m]``: the decode instance of the ``m``-th hand-off when the decode router
-    (``ip[P_DROUTER]``) does not look at the instances. ``code`` is :data:`OK`, :data:`PAUSED` or the broken invariant (``culprit``: the
-    request, or -1). ``timeline`` (grown and returned as needed) gets one row per step: time, instance,
-    KV blocks in use, running, waiting, batch tokens, batch sequences (the SimPy engine's step-mode
-    rows, in event order).
+    (``ip[P_DROUTER]``) does not look at the instances. ``code`` is :data:`OK`, :data:`PAUSED` or the broken
+    invariant (``culprit``: the request, or -1). ``timeline`` (grown and returned as needed) gets one row
+    per step: time, instance, KV blocks in use, running, waiting, batch tokens, batch sequences (the SimPy
+    engine's step-mode rows, in event order).
 
     Events run in the SimPy engine's order. An arrival comes before every other event at its time (it
     is URGENT there). The other events are NORMAL ones, taken by (time, scheduling number): a step end
@@ -734,8 +768,33 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     break
                 ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
                 budget -= n
+        elif sched == SCHED_STATIC:  # StaticBatchScheduler.schedule
+            if nrun[k] == 0:  # a batch forms only when none runs: FCFS while KV for prompt + output is free
+                while nwait[k] > 0 and nrun[k] < max_seqs:
+                    r = waiting[k, wh[k]]
+                    tokens = prompt[r] + output[r]
+                    need = -(-tokens // bs)  # BlockManager.can_allocate/allocate without hashes: all private
+                    if need > nblocks - kv[_PRIV] - kv[_HELD]:  # (cached blocks count as free: evictable)
+                        break
+                    _make_room(nblocks, slot_ref, prev, nxt, head, kv, need)
+                    kv[_PRIV] += need
+                    kv_tok[r] = tokens
+                    kv_priv[r] = need
+                    kv_hashed[r] = 0
+                    if np.isnan(sched_s[r]):
+                        sched_s[r] = clock[k]
+                    running[k, nrun[k]] = r
+                    nrun[k] += 1
+                    wh[k] = (wh[k] + 1) % ring
+                    nwait[k] -= 1
+            for q in range(nrun[k]):  # every member computes what it lacks: its prompt, then a token a step
+                r = running[k, q]
+                ent_r[k, ne] = r
+                ent_n[k, ne] = prompt[r] + gen[r] - comp[r]
+                ne += 1
         # running sequences (VllmV1Scheduler: each gets what is left, up to the budget; vLLM V0 and Sarathi
-        # decodes: one token), preempting the newest when KV cannot grow (_grow_or_preempt)
+        # decodes: one token; static batching: none, its plan is made), preempting the newest when KV cannot
+        # grow (_grow_or_preempt)
         q = 0
         v0_decodes = sched == SCHED_V0 and ne == 0  # vLLM V0 decodes only in a step without prefills
         while True:
@@ -797,7 +856,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 ent_n[k, ne] = n
                 ne += 1
                 budget -= n
-        if not preempted and sched != SCHED_V0:  # admissions, FCFS, chunked to the budget left
+        # admissions, FCFS, chunked to the budget left
+        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC:
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
                 hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
@@ -851,8 +911,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             if npf == 0:
                 dt = _decode_time(ip, fp, dec_base, da, db, dz, nd, dec_sum)
             else:
-                dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz,
-                                tokens, plens, pcached, npf, nd, dec_sum, sampled)
+                dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz, op_x, op_y,
+                                op_len, elem_bytes, tokens, plens, pcached, npf, nd, dec_sum, sampled)
             if swap_tokens:  # InstanceEngine._step_time_s: the KV moved over the host link, then the compute
                 dt = swap_tokens * ip[P_KV_BYTES] / fp[F_HOST_LINK] + dt
             end = clock[k] + dt
