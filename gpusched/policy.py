@@ -140,12 +140,39 @@ class BatchScheduler(Protocol):
     ``kv`` may hold blocks of sequences that are in neither list: on the prefill instance of a
     prefill/decode pair, a sequence being handed over keeps its KV until the transfer ends. Check what
     is free (``kv.num_free_blocks``, ``kv.allocate_if_free``) rather than infer it from ``running``.
+
+    A scheduler may also define ``compiled_rule() -> CompiledRule | None``: the rule, among those the
+    compiled serving engine carries, that makes exactly its decisions with its present settings (None:
+    none does, e.g. with a prediction callable). See :class:`CompiledRule`.
     """
 
     name: str
 
     def schedule(self, waiting: list[SeqState], running: list[SeqState], kv: BlockManager,
                  now_s: float) -> StepPlan: ...
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """A batch scheduler's decisions as a rule of the compiled serving engine (:mod:`simulators.compiled`).
+
+    The compiled engine is a numba transcription of the SimPy engine's step mode. Besides the baseline
+    schedulers it carries transcriptions of a few policies' rules, each followed bit for bit against the
+    Python policy that stays its source (the equality tests are the referee). A policy opts in by
+    returning one from ``compiled_rule()`` when its settings are ones the transcription covers; the
+    engine never imports the policy.
+
+    name : the transcribed rule: ``"mc-sf"`` (``formulations.mcsf.McsfScheduler``: every running sequence
+        continues, then the longest prefix of the queue in priority order that passes the
+        future-feasibility check starts, its prompt whole).
+    token_budget : tokens of one step (the policy's ``max_num_batched_tokens``).
+    priority : queue order: ``"output"`` (the true output tokens, shortest first: the oracle prediction),
+        or ``"arrival"``; ties by trace row.
+    """
+
+    name: str
+    token_budget: int
+    priority: str = "output"
 
 
 @dataclass(frozen=True)

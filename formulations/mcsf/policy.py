@@ -49,7 +49,7 @@ import numpy as np
 
 from gpusched.errors import ConfigError, GpuschedError
 from gpusched.kvcache import BlockManager
-from gpusched.policy import SeqState, StepPlan
+from gpusched.policy import CompiledRule, SeqState, StepPlan
 
 from .engine import admit_prefix
 
@@ -105,6 +105,15 @@ class McsfScheduler:
                               f"callable seq -> predicted output tokens")
         if self.on_kv_shortage not in ("preempt", "raise"):
             raise ConfigError(f"McsfScheduler.on_kv_shortage = {self.on_kv_shortage!r}; use 'preempt' or 'raise'")
+
+    def compiled_rule(self) -> CompiledRule | None:
+        """This rule on the compiled serving engine (:class:`gpusched.policy.CompiledRule`), or None where its
+        transcription does not cover the settings: a prediction callable, ``on_kv_shortage="raise"``, or a
+        subclass (which may change any step). The stock oracle is the true output there, as here (the engines
+        do not set ``seq.predicted_output_tokens``)."""
+        if type(self) is not McsfScheduler or callable(self.prediction) or self.on_kv_shortage != "preempt":
+            return None
+        return CompiledRule("mc-sf", self.max_num_batched_tokens, "arrival" if self.fcfs else "output")
 
     # -- predictions ------------------------------------------------------------------------------------
     def predicted_output_tokens(self, seq: SeqState) -> int:

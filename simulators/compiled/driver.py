@@ -58,6 +58,8 @@ from simulators.serving.schedulers import SarathiScheduler, StaticBatchScheduler
 
 # by kernel code (kernel.SCHED_*)
 COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler, StaticBatchScheduler)
+COMPILED_RULES = ("mc-sf",)  # the policies' rules it carries (gpusched.policy.CompiledRule), kernel.SCHED_MCSF on
+EAGER_DECODE_BASES = 1024  # decode-step bases tabulated ahead; larger batches' are computed when first needed
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
@@ -89,10 +91,16 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if schedulers is None:
         schedulers = [cfg.build_scheduler(trace) for cfg in instances]
     scheduler = schedulers[0]
-    if type(scheduler) not in COMPILED_SCHEDULERS:
-        return "it runs the vllm-v1, vllm-v0, sarathi and static schedulers"
+    rule = compiled_rule(scheduler)
+    if type(scheduler) not in COMPILED_SCHEDULERS and rule is None:
+        return ("it runs the vllm-v1, vllm-v0, sarathi and static schedulers and the policies' rules of "
+                f"gpusched.policy.CompiledRule {COMPILED_RULES}")
     if any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
+    if rule is not None:
+        reason = _rule_unsupported(rule, trace, instances, hash_own_blocks)
+        if reason is not None:
+            return reason
     if getattr(scheduler, "preemption", "recompute") == "swap":
         link = {(cfg.kv_bytes_per_token, cfg.host_link_bytes_per_s) for cfg in instances}
         if len(link) > 1 or min(link)[0] <= 0 or min(link)[1] <= 0:
@@ -112,6 +120,40 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
         if codes * (trace.prefix_block_tokens or 0) // first.block_size_tokens * len(instances) > MAX_SHARED_SLOTS:
             return f"more than {MAX_SHARED_SLOTS:,} shared prefix blocks (instances x trace blocks)"
     return None
+
+
+def compiled_rule(scheduler):
+    """The :class:`gpusched.policy.CompiledRule` a scheduler declares for its settings, or None."""
+    declare = getattr(scheduler, "compiled_rule", None)
+    return declare() if callable(declare) else None
+
+
+def _rule_unsupported(rule, trace: Trace, instances, hash_own_blocks) -> str | None:
+    if rule.name not in COMPILED_RULES or rule.priority not in ("output", "arrival"):
+        return f"it carries the rules {COMPILED_RULES} (not {rule.name!r} by {rule.priority!r})"
+    if any(cfg.role != "colocated" for cfg in instances):
+        return (f"{rule.name}'s check counts only the running sequences' KV, not what a prefill instance holds "
+                "for transfers: it runs colocated instances here")
+    df = trace.df
+    if hash_own_blocks or ("prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any()):
+        return f"{rule.name} allocates KV without block hashes: it runs traces without prefix-block ids here"
+    if len(df) and int(df["output_tokens"].max()) * (len(df) + 1) >= 1 << 62:
+        return "queue keys (output tokens x requests) would overflow 62 bits"
+    return None
+
+
+def _priority_keys(rule, df: pd.DataFrame, output: np.ndarray) -> np.ndarray:
+    """Each request's queue key under ``rule`` (unique, smaller first), as the policy sorts its queue:
+    ``(output tokens, row)`` or ``(arrival time, row)``; zeros when the rule has no queue order."""
+    n = len(df)
+    if rule is None:
+        return np.zeros(n, np.int64)
+    rows = np.arange(n, dtype=np.int64)
+    if rule.priority == "output":
+        return output * n + rows
+    keys = np.empty(n, np.int64)
+    keys[np.lexsort((rows, df["arrival_time_s"].to_numpy(float)))] = rows
+    return keys
 
 
 def arrival_event_times(arrival_time_s) -> np.ndarray:
@@ -141,7 +183,9 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     output = df["output_tokens"].to_numpy(np.int64)
     bs = first.block_size_tokens
     blocks = np.array([cfg.num_kv_blocks for cfg in instances], np.int64)
-    ip, fp, tables = _pricing(first.step_model, scheduler)
+    rule = compiled_rule(scheduler)
+    max_seqs = _max_seqs(scheduler, blocks)
+    ip, fp, tables = _pricing(first.step_model, scheduler, max_seqs)
     ip = np.append(ip, np.zeros(len(instances), np.int64))  # [NUM_IP + k]: instance k's own-slot offset
     roles = np.array([ROLES.index(cfg.role) for cfg in instances], np.int64)  # kernel.ROLE_*
     hinfo, hcode, nslots = _block_slots(K, ip, trace, prompt, output, bs, hashed, roles)
@@ -149,8 +193,8 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     ip[K.P_DROUTER], droute = _decode_routes(K, make_router(decode_router, seed=seed), blocks, roles, len(df))
     kvb = np.array([cfg.kv_bytes_per_token for cfg in instances], np.int64)
     ip[K.P_BS] = bs
-    ip[K.P_SCHED] = COMPILED_SCHEDULERS.index(type(scheduler))
-    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), _max_seqs(scheduler)
+    ip[K.P_SCHED] = K.SCHED_MCSF if rule is not None else COMPILED_SCHEDULERS.index(type(scheduler))
+    ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), max_seqs
     ip[K.P_PROBE] = probe
     if isinstance(scheduler, VllmV1Scheduler):
         ip[K.P_CHUNKED], ip[K.P_LIMIT] = scheduler.enable_chunked_prefill, scheduler.long_prefill_token_threshold
@@ -161,9 +205,10 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
                                                          link.bandwidth_bytes_per_s)
     ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
     arrivals = arrival_event_times(df["arrival_time_s"].tolist())
-    state = K.new_state(len(df), len(blocks), nslots, _max_seqs(scheduler))
+    state = K.new_state(len(df), len(blocks), nslots, max_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
-    inputs = (arrivals, route, prompt, output, hinfo, hcode, blocks, roles, kvb, droute, ip, fp, *tables)
+    inputs = (arrivals, route, prompt, output, _priority_keys(rule, df, output), hinfo, hcode, blocks, roles, kvb,
+              droute, ip, fp, *tables)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -269,26 +314,34 @@ def _decode_routes(K, router, blocks: np.ndarray, roles: np.ndarray, n: int) -> 
 def _budget(scheduler) -> int:
     """The scheduler's token budget of one step; static batching has none: its decode steps hold a token
     per member (its batch prefills are priced beyond the tables, see :func:`_pricing`)."""
+    rule = compiled_rule(scheduler)
+    if rule is not None:
+        return rule.token_budget
     if isinstance(scheduler, StaticBatchScheduler):
         return scheduler.max_batch_size
     return scheduler.token_budget if isinstance(scheduler, SarathiScheduler) else scheduler.max_num_batched_tokens
 
 
-def _max_seqs(scheduler) -> int:
-    """The most sequences the scheduler runs at once."""
+def _max_seqs(scheduler, blocks: np.ndarray) -> int:
+    """The most sequences the scheduler runs at once (a policy's rule has no cap: a running sequence holds
+    a KV block at least)."""
+    if compiled_rule(scheduler) is not None:
+        return int(blocks.max())
     return scheduler.max_batch_size if isinstance(scheduler, StaticBatchScheduler) else scheduler.max_num_seqs
 
 
-def _pricing(model: ProfiledStepTime, scheduler):
+def _pricing(model: ProfiledStepTime, scheduler, max_seqs: int):
     """The kernel's integer and float parameters and tables: the step-time terms that depend only on the
     token count or on the batch size, computed by the model itself (so they are its values to the bit).
 
-    Kept on the model per (token budget, sequence cap), as the model keeps its own per-size terms: a sweep
-    reuses one model across many runs, and tabulating takes 0.3-0.4 s, longer than a run of the bench trace.
+    Kept on the model per (tokens, sequences), as the model keeps its own per-size terms: a sweep reuses
+    one model across many runs, and tabulating takes 0.3-0.4 s, longer than a run of the bench trace.
     """
     cache = model.__dict__.setdefault("_compiled_pricing", {})
-    # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence
-    key = (max(_budget(scheduler), _max_seqs(scheduler)), _max_seqs(scheduler))
+    # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence; MC-SF's
+    # steps of more decodes than its budget (thousands of sequences) are priced beyond the tables
+    tokens = _budget(scheduler) if compiled_rule(scheduler) is not None else max(_budget(scheduler), max_seqs)
+    key = (tokens, max_seqs)
     if key not in cache:
         cache[key] = _tabulate(model, *key)
     ip, fp, tables = cache[key]
@@ -317,7 +370,8 @@ def _tabulate(model: ProfiledStepTime, max_tokens: int, max_seqs: int):
     tok_lin = np.array([t[0] for t in terms])
     tok_elem = np.array([t[1] for t in terms])
     tok_comm = np.array([t[2] or 0.0 for t in terms])
-    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, max_seqs + 1)])
+    eager = min(max_seqs, EAGER_DECODE_BASES)  # each costs O(b): the kernel computes larger ones when needed
+    dec_base = np.array([0.0] + [model._decode_base_s(b) for b in range(1, eager + 1)] + [np.nan] * (max_seqs - eager))
     prefill, decode, chunked = model.grids["prefill"], model.grids["decode"], model.grids["chunked"]
     ip[K.P_HAS_CHUNKED] = chunked is not None
     if chunked is None:  # a placeholder the kernel never reads
@@ -342,5 +396,7 @@ def _raise_for(K, code: int, culprit: int, df: pd.DataFrame) -> None:
     what = {K.KV_OVER_CAPACITY: "more KV blocks in use than the capacity",
             K.ACCOUNTING: "token accounting broken",
             K.KV_SHORT: "more tokens computed than the KV slots it holds",
-            K.STALLED: "nothing scheduled while sequences hold KV (the instance would stall forever)"}[code]
+            K.STALLED: "nothing scheduled while sequences hold KV (the instance would stall forever)",
+            K.MCSF_SHORT: "MC-SF ran out of KV blocks, which its check rules out under the oracle's predictions "
+                          "(spec P1); please report it, and run mode='simpy' meanwhile"}[code]
     raise SimulationInvariantError(f"compiled engine, {who}: {what}")

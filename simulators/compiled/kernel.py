@@ -31,15 +31,15 @@ import numpy as np
 from numba import njit
 
 # kernel exit codes (see simulators.compiled.driver._raise_for)
-OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED = 0, 1, 2, 3, 4, 5
+OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED, MCSF_SHORT = 0, 1, 2, 3, 4, 5, 6
 # integer parameters, by position in ``ip``
 (P_ROUTER, P_BS, P_BUDGET, P_MAX_SEQS, P_CHUNKED, P_PROBE, P_LIMIT, P_RESERVE, P_LAYERS, P_LM_HEAD,
  P_HIDDEN, P_VOCAB, P_DTYPE_BYTES, P_HAS_CHUNKED, P_HAS_COMM, P_TIMELINE, P_CHECK, P_RATIO, P_NOWN, P_NSHARED,
  P_SCHED, P_SWAP, P_KV_BYTES, P_DROUTER) = range(24)
 NUM_IP = 24
 # schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler,
-# StaticBatchScheduler
-SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC = range(4)
+# StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf)
+SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC, SCHED_MCSF = range(5)
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp`` (F_AR_*: one TP all-reduce, perf._ring_allreduce_s: its latency, its
@@ -500,6 +500,231 @@ def _xfer_pop(xt, xq, xr, xs, n):
     return n
 
 
+# ---------------------------------------------------------------- MC-SF (formulations.mcsf.policy.McsfScheduler)
+@njit(cache=True)
+def _heap_push(waiting, nwait, k, r, key):
+    """Put request ``r`` in instance ``k``'s queue, which MC-SF keeps as a binary heap on ``key`` (unique per
+    request) in the queue's storage from position 0: its smallest first, as the Python policy's sorted
+    ``_order``; routers read the queue as a set."""
+    i = nwait[k]
+    nwait[k] = i + 1
+    kr = key[r]
+    while i > 0:
+        parent = (i - 1) // 2
+        p = waiting[k, parent]
+        if key[p] <= kr:
+            break
+        waiting[k, i] = p
+        i = parent
+    waiting[k, i] = r
+
+
+@njit(cache=True)
+def _heap_pop(waiting, nwait, k, key):
+    """Take the request with the smallest key out of instance ``k``'s queue (see :func:`_heap_push`)."""
+    top = waiting[k, 0]
+    n = nwait[k] - 1
+    nwait[k] = n
+    if n == 0:
+        return top
+    last = waiting[k, n]
+    kl = key[last]
+    i = 0
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and key[waiting[k, child + 1]] < key[waiting[k, child]]:
+            child += 1
+        if key[waiting[k, child]] >= kl:
+            break
+        waiting[k, i] = waiting[k, child]
+        i = child
+    waiting[k, i] = last
+    return top
+
+
+@njit(cache=True)
+def _remaining_steps(pred, gen, padded, memory):
+    """McsfScheduler._remaining under the stock oracle (_oracle_remaining): predicted steps left, >= 1, capped
+    so that the padded peak fits ``memory``."""
+    e = pred - gen
+    if e < 1:
+        e = 1
+    cap = memory - padded
+    if e > cap:
+        e = cap
+    return e if e >= 1 else 1
+
+
+@njit(cache=True)
+def _prefix_fits(end, w, rank, first, cand_end, m, memory):
+    """formulations.mcsf.engine.admit_prefix's ``fits(m)``: the running requests and the first ``m``
+    candidates fit at every completion point up to the last of those candidates' ends."""
+    n = end.shape[0]
+    last = cand_end[0]
+    for i in range(1, m):
+        if cand_end[i] > last:
+            last = cand_end[i]
+    still_w = np.empty(n, np.int64)  # sums over members ending at or after each point
+    still_n = np.empty(n, np.int64)
+    sw = 0
+    sn = 0
+    for i in range(n - 1, -1, -1):
+        if rank[i] < m:
+            sw += w[i]
+            sn += 1
+        still_w[i] = sw
+        still_n[i] = sn
+    peak = -(1 << 62)
+    for i in range(n):
+        if rank[i] < m and end[i] <= last:
+            load = still_w[first[i]] + end[i] * still_n[first[i]]
+            if load > peak:
+                peak = load
+    return peak <= memory
+
+
+@njit(cache=True)
+def _admit_prefix(run_S, run_E, nrun, cand_S, cand_K, ncand, memory):
+    """formulations.mcsf.engine.admit_prefix with ``now_it = 0`` and every running request live (its
+    predicted end ``E >= 1``): the length of the longest prefix of the candidates that passes MC-SF's
+    future-feasibility check, found by bisection below the bound read off the load at ``t + 1``. Integer
+    arithmetic only, so it is that function's answer exactly."""
+    n = nrun + ncand
+    end = np.empty(n, np.int64)
+    w = np.empty(n, np.int64)
+    rank = np.empty(n, np.int64)
+    for i in range(nrun):
+        end[i] = run_E[i]
+        w[i] = run_S[i]
+        rank[i] = -1
+    for i in range(ncand):
+        end[nrun + i] = cand_K[i]
+        w[nrun + i] = cand_S[i]
+        rank[nrun + i] = i
+    order = np.argsort(end, kind="mergesort")  # stable, as the Python's
+    end, w, rank = end[order], w[order], rank[order]
+    first = np.searchsorted(end, end)  # side "left"
+    run_w = 0
+    for i in range(nrun):
+        run_w += run_S[i]
+    room = memory - (run_w + nrun)
+    csum = np.empty(ncand, np.int64)
+    acc = 0
+    for i in range(ncand):
+        acc += cand_S[i] + 1
+        csum[i] = acc
+    good = 0
+    bad = np.searchsorted(csum, room, side="right") + 1
+    cand_end = cand_K[:ncand]
+    if bad > 1 and _prefix_fits(end, w, rank, first, cand_end, bad - 1, memory):
+        return bad - 1
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if _prefix_fits(end, w, rank, first, cand_end, mid, memory):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+@njit(cache=True)
+def _schedule_mcsf(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, gen,
+                   prompt, output, key, sched_s, now, running, nrun, waiting, nwait, ent_r, ent_n, k, budget0,
+                   scratch):
+    """McsfScheduler.schedule with the oracle's predictions (the true outputs): fills the plan of instance
+    ``k`` and returns its entries, or ``-1 - r`` if KV ran short for request ``r`` (see below: it cannot under
+    the oracle). ``scratch``: (5, n) int64 work rows."""
+    bs = ip[P_BS]
+    m = nrun[k]
+    ne = 0
+    # 1. every running sequence continues (its num_tokens' KV, all or nothing: BlockManager.grow_each_to)
+    need = 0
+    for q in range(m):
+        r = running[k, q]
+        t = prompt[r] + gen[r]
+        if t > kv_tok[r]:
+            b = -(-t // bs) - kv_priv[r] - kv_hashed[r]
+            if b > 0:
+                need += b
+    if need > nblocks - kv[_PRIV] - kv[_HELD]:
+        # The Python rule then grows them one by one, preempting the newest. Under the oracle it cannot happen
+        # (spec P1): a capped request projects the whole memory at its capped end, so nothing that outlives it
+        # is admitted with it, and alone it fits. So here it is a broken invariant, not a branch to transcribe.
+        return -1 - running[k, 0]
+    budget = budget0
+    for q in range(m):
+        r = running[k, q]
+        t = prompt[r] + gen[r]
+        if t <= (kv_priv[r] + kv_hashed[r]) * bs:  # no new block (inline: a call costs more than the step)
+            if t > kv_tok[r]:
+                kv_tok[r] = t
+        else:
+            _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, t)
+        ent_r[k, ne] = r
+        ent_n[k, ne] = t - comp[r]
+        budget -= t - comp[r]
+        ne += 1
+    if nwait[k] == 0:
+        return ne
+    # 2. the longest feasible prefix of the queue in priority order
+    pad = bs - 1
+    memory = nblocks * bs
+    run_S, run_E, cand_S, cand_K, cands = scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]
+    sum_S = 0
+    for q in range(m):
+        r = running[k, q]
+        run_S[q] = prompt[r] + gen[r] + pad
+        sum_S += run_S[q]
+    free = memory - sum_S - m
+    ncand = 0
+    prefill = 0
+    while nwait[k] > 0:  # the cheap necessary condition first: bounds the candidates
+        r = _heap_pop(waiting, nwait, k, key)
+        t = prompt[r] + gen[r]
+        n = t - comp[r]
+        oversized_alone = prefill == 0 and n > budget0
+        if free < t + pad + 1 or (n > budget - prefill and not oversized_alone):
+            _heap_push(waiting, nwait, k, r, key)
+            break
+        cands[ncand] = r
+        cand_S[ncand] = t + pad
+        ncand += 1
+        free -= t + pad + 1
+        prefill += n
+    if ncand == 0:
+        return ne
+    total = sum_S
+    for q in range(m):
+        r = running[k, q]
+        run_E[q] = _remaining_steps(output[r], gen[r], run_S[q], memory)
+        total += run_E[q]
+    for q in range(ncand):
+        cand_K[q] = _remaining_steps(output[cands[q]], gen[cands[q]], cand_S[q], memory)
+        total += cand_S[q] + cand_K[q]
+    if total <= memory:  # every prefix fits (see McsfScheduler.schedule)
+        admitted = ncand
+    else:
+        admitted = _admit_prefix(run_S, run_E, m, cand_S, cand_K, ncand, memory)
+    for q in range(admitted, ncand):  # back in the queue
+        _heap_push(waiting, nwait, k, cands[q], key)
+    for q in range(admitted):  # kv.allocate of the whole prompt (it fits: the check is sufficient)
+        r = cands[q]
+        n = prompt[r] + gen[r] - comp[r]
+        if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
+                                 kv_hashed, r, k, comp[r] + n):
+            return -1 - r  # (as above: the check is sufficient, so this is a broken invariant)
+        if np.isnan(sched_s[r]):
+            sched_s[r] = now
+        running[k, nrun[k]] = r
+        nrun[k] += 1
+        ent_r[k, ne] = r
+        ent_n[k, ne] = n
+        ne += 1
+    return ne
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -537,7 +762,7 @@ def new_state(nreq, ninst, nslots, max_seqs):
 
 
 @njit(cache=True)
-def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, role, kvb,
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, hinfo, hcode, blocks, role, kvb,
         droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len,
         elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
@@ -545,7 +770,9 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     be called again with the same state: callers show progress this way); return ``(code, culprit,
     timeline)``.
 
-    ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring).
+    ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring). ``key``: each
+    request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``dec_base``
+    entries that are NaN are computed when first needed (``ProfiledStepTime._decode_base_s``).
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
     engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
@@ -582,6 +809,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     sched, swap, probe = ip[P_SCHED], ip[P_SWAP] != 0, ip[P_PROBE] != 0
     plan_id = counters[2]
     done = np.zeros(max_seqs, np.bool_)
+    scratch = np.empty((5, max_seqs if sched == SCHED_MCSF else 0), np.int64)  # MC-SF's work rows
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
     next_arrival, steps = counters[0], counters[1]
@@ -627,8 +855,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 k = _pick(router, False, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
                           nwait, prompt, output, comp)
             instance[r] = k
-            waiting[k, (wh[k] + nwait[k]) % ring] = r
-            nwait[k] += 1
+            if sched == SCHED_MCSF:
+                _heap_push(waiting, nwait, k, r, key)
+            else:
+                waiting[k, (wh[k] + nwait[k]) % ring] = r
+                nwait[k] += 1
             if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (InstanceEngine.submit)
                 event_s[k] = arrival_event_s[r]
                 event_q[k] = eid
@@ -768,6 +999,12 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     break
                 ne = _run_head(running, nrun, waiting, wh, nwait, ent_r, ent_n, k, ne, n)
                 budget -= n
+        elif sched == SCHED_MCSF:  # McsfScheduler.schedule
+            ne = _schedule_mcsf(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed,
+                                comp, gen, prompt, output, key, sched_s, clock[k], running, nrun, waiting, nwait,
+                                ent_r, ent_n, k, budget0, scratch)
+            if ne < 0:
+                return MCSF_SHORT, -1 - ne, timeline
         elif sched == SCHED_STATIC:  # StaticBatchScheduler.schedule
             if nrun[k] == 0:  # a batch forms only when none runs: FCFS while KV for prompt + output is free
                 while nwait[k] > 0 and nrun[k] < max_seqs:
@@ -857,7 +1094,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 ne += 1
                 budget -= n
         # admissions, FCFS, chunked to the budget left
-        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC:
+        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC and sched != SCHED_MCSF:
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
                 hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
@@ -909,6 +1146,10 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                     if c + n >= prompt[r] + g:
                         sampled += 1
             if npf == 0:
+                if np.isnan(dec_base[nd]):  # ProfiledStepTime._decode_base_s: the step without its decode attention
+                    total = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz, op_x, op_y,
+                                       op_len, elem_bytes, nd, plens, pcached, 0, nd, 0, nd)
+                    dec_base[nd] = total - ip[P_LAYERS] * _g(fp, _grid2(da, db, dz, float(nd), 0.0))
                 dt = _decode_time(ip, fp, dec_base, da, db, dz, nd, dec_sum)
             else:
                 dt = _step_time(ip, fp, tok_lin, tok_elem, tok_comm, px, py, da, db, dz, ca, cb, cz, op_x, op_y,
