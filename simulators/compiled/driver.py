@@ -8,7 +8,8 @@ arrays: the same scheduler rules, block manager and step prices, float operation
 and arrivals seen at the same SimPy times, so its per-request results and timeline are identical to
 ``mode="step"`` (``tests/test_sim_compiled.py``; the Python schedulers stay the rules' source, the
 kernel follows them). It does not replace the SimPy engine: every other configuration, and every
-policy plugged in through :mod:`gpusched.policy`, runs there.
+policy plugged in through :mod:`gpusched.policy` other than by a :class:`~gpusched.policy.CompiledRule`,
+runs there.
 
 Why it exists: the Python engine spends tens of µs per event (schedule, price, account), so it serves
 thousands of requests per wall-second on the bundled Azure trace; sweeps over thousands of
@@ -28,8 +29,11 @@ knobs); a profiled step-time model in the H100 op-table format; traces without s
 without prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy
 engine; with prefix caching a request without ids has its own block hashes, so that a preempted request
 finds what was not evicted; static batching allocates without hashes and never probes the cache, so
-the ids only name the blocks a finished request leaves cached). Not covered: sessions, abandonment,
-policies and router objects, a round-robin or random decode router offered only some decode instances
+the ids only name the blocks a finished request leaves cached); MC-SF
+(``formulations.mcsf.McsfScheduler`` with the oracle's predictions, by output length or FCFS, on
+colocated instances, traces without prefix-block ids: its ``compiled_rule``; its preemption on a KV
+shortage is not transcribed, since under the oracle it cannot happen, and the kernel reports it as a
+broken invariant if it did). Not covered: sessions, abandonment, other policies and router objects, a round-robin or random decode router offered only some decode instances
 (instances of unequal KV and a request that only the larger hold).
 
 Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)
