@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gpusched.cluster import DEFAULT_LINK
 from gpusched.errors import ConfigError
 from gpusched.perf import ProfiledStepTime, RooflineStepTime
 from gpusched.workload import Trace, load_trace
@@ -25,7 +26,10 @@ def _h100(model="llama3-8b", tp=1):
 
 
 def _assert_same_as_step_mode(trace, instances, **kw):
-    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), kw.get("hash_own_blocks")) is None
+    """The compiled engine runs it (``simulate``'s keywords ``kw``), and gives step mode's results."""
+    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), kw.get("hash_own_blocks"),
+                              decode_router=kw.get("decode_router", "least-outstanding-tokens"),
+                              link=kw.get("link", DEFAULT_LINK)) is None
     fast = simulate(trace, instances, mode="fast", **kw)
     assert fast.engine == "compiled"
     step = simulate(trace, instances, mode="step", **kw)

@@ -16,6 +16,7 @@ from gpusched.hardware import LinkSpec
 from gpusched.perf import ProfiledStepTime
 from gpusched.workload import Trace, load_trace
 from simulators.compiled.driver import unsupported_reason
+from test_sim_compiled import _assert_same_as_step_mode
 from simulators.serving import InstanceConfig, simulate
 
 KV_BYTES = 131072  # Llama-3-8B, bf16: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
@@ -35,16 +36,8 @@ def _pair(step, prefill=1, decode=1, scheduler="vllm-v1", knobs=None, prefill_bl
 
 
 def _same_as_step_mode(trace, instances, **kw):
-    """The compiled engine runs it, and gives step mode's results (as tests/test_sim_compiled.py asks)."""
-    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), kw.get("hash_own_blocks"),
-                              decode_router=kw.get("decode_router", "least-outstanding-tokens"),
-                              **({"link": kw["link"]} if "link" in kw else {})) is None
-    fast = simulate(trace, instances, mode="fast", **kw)
-    assert fast.engine == "compiled"
-    step = simulate(trace, instances, mode="step", **kw)
-    pd.testing.assert_frame_equal(fast.requests, step.requests)
-    pd.testing.assert_frame_equal(fast.timeline, step.timeline)
-    assert fast.num_steps == step.num_steps and fast.kv_blocks == step.kv_blocks
+    """The compiled engine runs it, gives step mode's results, and every request finishes."""
+    fast = _assert_same_as_step_mode(trace, instances, **kw)
     assert fast.num_unfinished == 0
     return fast
 

@@ -13,26 +13,11 @@ import pandas as pd
 import pytest
 
 from formulations.mcsf import McsfScheduler
-from gpusched.perf import ProfiledStepTime
 from gpusched.workload import Trace, load_trace
 from simulators.compiled import driver
 from simulators.compiled.driver import unsupported_reason
 from simulators.serving import InstanceConfig, simulate
-
-
-def _h100():
-    return ProfiledStepTime.from_profile_dir("h100", model="llama3-8b")  # a new model: its own price tables
-
-
-def _same_as_step_mode(trace, instances, **kw):
-    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), None) is None
-    fast = simulate(trace, instances, mode="fast", **kw)
-    assert fast.engine == "compiled"
-    step = simulate(trace, instances, mode="step", **kw)
-    pd.testing.assert_frame_equal(fast.requests, step.requests)
-    pd.testing.assert_frame_equal(fast.timeline, step.timeline)
-    assert fast.num_steps == step.num_steps
-    return fast
+from test_sim_compiled import _assert_same_as_step_mode, _h100  # (_h100: a new model, its own price tables)
 
 
 def _azure(n=400, rate=2.0):
@@ -46,7 +31,7 @@ def _azure(n=400, rate=2.0):
     (700, {"fcfs": True}, 4.0),  # MC-Benchmark: arrival order
 ])
 def test_mcsf_on_the_compiled_engine_equals_step_mode(blocks, knobs, rate):
-    res = _same_as_step_mode(_azure(rate=rate), [InstanceConfig(_h100(), blocks, 16, "mc-sf", knobs)])
+    res = _assert_same_as_step_mode(_azure(rate=rate), [InstanceConfig(_h100(), blocks, 16, "mc-sf", knobs)])
     assert res.num_unfinished == 0
 
 
@@ -54,7 +39,7 @@ def test_mcsf_on_the_compiled_engine_equals_step_mode(blocks, knobs, rate):
 def test_mcsf_on_several_instances_behind_each_router(router):
     model = _h100()
     instances = [InstanceConfig(model, blocks, 16, "mc-sf") for blocks in (600, 900, 600)]
-    _same_as_step_mode(_azure(300, 6.0), instances, router=router)
+    _assert_same_as_step_mode(_azure(300, 6.0), instances, router=router)
 
 
 def _capped_trace() -> Trace:
@@ -73,14 +58,14 @@ def _capped_trace() -> Trace:
 def test_capped_predictions_never_run_short_and_agree():
     """The compiled rule does not transcribe the Python one's preemption on a KV shortage: under the oracle
     it cannot happen (spec P1, and the kernel's comment); capped predictions are the closest it gets."""
-    res = _same_as_step_mode(_capped_trace(), [InstanceConfig(_h100(), 63, 16, "mc-sf")])
+    res = _assert_same_as_step_mode(_capped_trace(), [InstanceConfig(_h100(), 63, 16, "mc-sf")])
     assert res.requests["num_preemptions"].sum() == 0 and res.num_unfinished == 0
 
 
 def test_decode_bases_computed_in_the_kernel_equal_the_models(monkeypatch):
     """Batches beyond the tabulated decode bases price through the kernel's own computation."""
     monkeypatch.setattr(driver, "EAGER_DECODE_BASES", 3)
-    res = _same_as_step_mode(_azure(300, 4.0), [InstanceConfig(_h100(), 3000, 16, "mc-sf")])
+    res = _assert_same_as_step_mode(_azure(300, 4.0), [InstanceConfig(_h100(), 3000, 16, "mc-sf")])
     assert res.timeline["batch_seqs"].max() > 3
 
 
@@ -100,5 +85,8 @@ def test_mcsf_settings_the_transcription_does_not_cover_run_on_the_simpy_engine(
                               "output_tokens": [5], "prefix_block_hashes": [(1,)]}), prefix_block_tokens=512)
     assert unsupported_reason(ids, covered, "round-robin", None)
     assert unsupported_reason(trace, covered, "round-robin", True)  # own block hashes
+    pair = [InstanceConfig(model, 900, 16, "mc-sf", role="prefill", kv_bytes_per_token=1),
+            InstanceConfig(model, 900, 16, "mc-sf", role="decode")]
+    assert "colocated" in unsupported_reason(trace, pair, "round-robin", None)  # its check ignores KV in transfer
     fast = simulate(trace, [InstanceConfig(model, 900, 16, others["prediction callable"])], mode="fast")
     assert fast.engine == "simpy"
