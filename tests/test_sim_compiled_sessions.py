@@ -232,3 +232,19 @@ def test_random_session_traces(trace, scheduler, router, roles, spare, hash_own_
     blocks = -(-need // 16) + spare  # every instance holds every round (round-robin and random run compiled)
     instances = [_cfg(blocks, scheduler, knobs, role) for role in roles]
     _assert_same_as_step_mode(trace, instances, router=router, hash_own_blocks=hash_own_blocks)
+
+
+@pytest.mark.parametrize("router", ["round-robin", "least-outstanding-tokens"])
+def test_releases_and_an_arrival_at_the_same_instant_keep_simpys_order(router):
+    """Two sessions' second rounds whose trace time (3 s) binds, and a third session's first round, all at
+    3 s: three URGENT events at one time, routed in SimPy's scheduling order (each waited from far back, in
+    two events), which decides which instance each gets."""
+    rows = [(0, 0, 0.0, 300, 20, 0.0), (1, 0, 0.1, 200, 10, 0.0), (0, 1, 3.0, 400, 20, 0.2), (1, 1, 3.0, 260, 30, 0.0),
+            (2, 0, 3.0, 500, 40, 0.0), (2, 1, 3.0, 600, 10, 0.0)]
+    df = pd.DataFrame(rows, columns=["session_id", "round", "arrival_time_s", "prompt_tokens", "output_tokens",
+                                     "think_time_s"])
+    df.insert(0, "request_id", range(len(df)))
+    trace = Trace(df, name="ties")
+    res = _assert_same_as_step_mode(trace, [_cfg(400) for _ in range(3)], router=router)
+    assert (res.requests["arrival_time_s"].iloc[[2, 3, 4]] == 3.0).all()
+    assert res.requests["instance"].iloc[[2, 3, 4]].nunique() == 3
