@@ -24,13 +24,22 @@ one-token outputs finishing there, as ``_ServingRun._transfer`` does; a round-ro
 router only when every decode instance holds every request); the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
 full-prompt reservation, recompute or swap preemption), ``vllm-v0``, ``sarathi`` and ``static`` (any
-knobs); a profiled step-time model in the H100 op-table format; traces without sessions, with or
-without prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy
-engine; with prefix caching a request without ids has its own block hashes, so that a preempted request
-finds what was not evicted; static batching allocates without hashes and never probes the cache, so
-the ids only name the blocks a finished request leaves cached). Not covered: sessions, abandonment,
-policies and router objects, a round-robin or random decode router offered only some decode instances
-(instances of unequal KV and a request that only the larger hold).
+knobs); a profiled step-time model in the H100 op-table format; traces with or without prefix-block
+ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine; with prefix
+caching a request without ids has its own block hashes, so that a preempted request finds what was not
+evicted; static batching allocates without hashes and never probes the cache, so the ids only name the
+blocks a finished request leaves cached); multi-round sessions (``session_id``/``round``/``think_time_s``,
+with every scheduler, router and cluster shape above, sessions beside independent requests too), as
+``_ServingRun`` runs them: only first rounds arrive from the trace; a finished round starts its
+successor's release, which waits until ``max(trace time, finish + think)`` (an URGENT wait, ordered
+against the arrival process's waits as SimPy orders them) and routes it, the release time written into
+the results' ``arrival_time_s``; a session's rounds name the same block slots (one set per session and
+instance, as long as its longest round), so a round finds the history its predecessors left cached on
+its instance. Not covered: abandonment, policies and router objects, a round-robin or random decode
+router offered only some decode instances (instances of unequal KV and a request that only the larger
+hold), and sessions behind a round-robin or random entry router when some request fits only some
+instances (the compiled engine asks such a router in advance, by routing number, which only works when
+its answers do not depend on the request: rounds are routed in release order, not trace order).
 
 Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)
 are tabulated up to the scheduler's token budget (:func:`_tabulate`); a static batch's prefill has no

@@ -1,7 +1,8 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
-behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
+behind a router (multi-round sessions' later rounds released during the run:
+``_ServingRun._release_round``), or prefill and decode instances with hand-offs over a link (the first token on a
 prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
 ._retire and .release), with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like
 with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
@@ -18,6 +19,10 @@ with its own hashes (code offset -1) names its block ``b`` by the slot ``own off
 trace prefix ids names it by the id's code (``hcode[code offset + b // ratio]``) and ``b % ratio``, one
 slot per instance, after the own slots: the same slot for every request that shares the block (see
 :func:`_slot`; a disaggregated cluster has two copies of the own slots, prefill side and decode side).
+The rounds of a multi-round session share its own slots (``hinfo[r, 2]`` is the session's offset, as many
+slots as its longest round has blocks: round r+1's prompt is round r's history), and a trace with sessions
+has one copy of the own slots per instance (a session's rounds may run anywhere, and each instance caches
+what its rounds left).
 ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1: cached, unreferenced:
 in its instance's LRU list, oldest at the head; the list of instance ``k`` is linked through
 ``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
