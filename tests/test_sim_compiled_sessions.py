@@ -248,3 +248,33 @@ def test_releases_and_an_arrival_at_the_same_instant_keep_simpys_order(router):
     res = _assert_same_as_step_mode(trace, [_cfg(400) for _ in range(3)], router=router)
     assert (res.requests["arrival_time_s"].iloc[[2, 3, 4]] == 3.0).all()
     assert res.requests["instance"].iloc[[2, 3, 4]].nunique() == 3
+
+
+def test_session_rounds_ignore_prefix_ids_that_other_requests_share():
+    """Rows outside sessions share trace prefix ids (Mooncake-like); session rows (string session ids)
+    carry ids too, which the SimPy engine replaces by the session's own block hashes."""
+    rows = []
+    for i in range(12):  # independent requests: ids (1, 2, ...) shared by their first blocks
+        rows.append((f"r{i}", 0.05 * i, 1100 + 10 * i, 30, [1, 2, 100 + i], None, None, 0.0))
+    for s in range(4):
+        prompt = 600
+        for rnd in range(3):
+            rows.append((f"s{s}-{rnd}", 0.1 + 0.2 * s, prompt, 40, [1, 2], f"chat-{s}", rnd, 0.3 * (rnd > 0)))
+            prompt += 40 + 100
+    df = pd.DataFrame(rows, columns=["request_id", "arrival_time_s", "prompt_tokens", "output_tokens",
+                                     "prefix_block_hashes", "session_id", "round", "think_time_s"])
+    trace = Trace(df.sort_values("arrival_time_s", kind="stable").reset_index(drop=True), name="ids and sessions",
+                  prefix_block_tokens=512)
+    res = _assert_same_as_step_mode(trace, [_cfg(600), _cfg(600)], router="least-outstanding-tokens")
+    assert res.requests["cached_tokens"].sum() > 0
+
+
+def test_too_many_session_slots_run_on_the_simpy_engine(monkeypatch):
+    import simulators.compiled.driver as compiled
+
+    trace = _agents(n=5)
+    blocks = (trace.df["prompt_tokens"] + trace.df["output_tokens"]) // 16
+    slots = int(blocks.groupby(trace.df["session_id"]).max().sum())  # one slot set per session
+    monkeypatch.setattr(compiled, "MAX_SESSION_SLOTS", 2 * slots)
+    assert unsupported_reason(trace, [_cfg(2000)] * 2, "round-robin", None) is None
+    assert "session block slots" in unsupported_reason(trace, [_cfg(2000)] * 3, "round-robin", None)

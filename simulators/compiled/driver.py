@@ -72,7 +72,7 @@ __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
 PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
 MAX_SHARED_SLOTS = 40_000_000  # engine blocks named by trace prefix ids, over all instances (~21 bytes each)
-MAX_SESSION_SLOTS = 40_000_000  # blocks of sessions' rounds (a bound on their slots), times the instances
+MAX_SESSION_SLOTS = 40_000_000  # sessions' block slots (each as long as its longest round), times the instances
 
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None,
@@ -121,10 +121,12 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
                 return ("multi-round sessions behind a round-robin or random router, and a request that only some "
                         "instances hold (rounds are routed in release order, and the router's answers depend on "
                         "which instances it is offered)")
-        rounds = df["session_id"].notna().to_numpy()
-        tokens = (df["prompt_tokens"] + df["output_tokens"]).to_numpy()[rounds] // first.block_size_tokens
-        if int(tokens.sum()) * len(instances) > MAX_SESSION_SLOTS:
-            return f"more than {MAX_SESSION_SLOTS:,} session blocks (instances x blocks of the rounds)"
+        rounds = df["session_id"].notna()
+        blocks = (df["prompt_tokens"] + df["output_tokens"])[rounds] // first.block_size_tokens
+        slots = int(blocks.groupby(_session_codes(df)[rounds.to_numpy()]).max().sum())  # as _block_slots sizes them
+        if slots * len(instances) > MAX_SESSION_SLOTS:
+            return (f"more than {MAX_SESSION_SLOTS:,} session block slots (instances x the longest round of "
+                    f"each session)")
     if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
         if any(ids is not None and len(set(ids)) != len(ids) for ids in df["prefix_block_hashes"]):
             return "a request names the same prefix block twice"
