@@ -477,7 +477,7 @@ def _before(t1, q1, t2, q2):
 @njit(cache=True)
 def _xfer_push(xt, xq, xr, xs, n, t, q, r, src):
     """Add the transfer of request ``r`` from instance ``src``, ending at ``t`` (scheduled ``q``-th);
-    returns the new count."""
+    returns the new count. (The URGENT waits use the same heap code: ``src`` is then the two-event flag.)"""
     i = n
     while i > 0:
         p = (i - 1) // 2
@@ -597,8 +597,8 @@ def new_state(nreq, ninst, nslots, max_seqs):
 
 @njit(cache=True)
 def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, hinfo, hcode, blocks, role, kvb,
-        droute, first, succ, think_s, arrive_s, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len,
-        elem_bytes):
+        droute, first, succ, think_s, arrive_s, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz,
+        ca, cb, cz, op_x, op_y, op_len, elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
@@ -649,7 +649,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     decodes = np.empty(max_seqs, np.int64)  # SarathiScheduler's snapshot of running decodes and prefills
     prefills = np.empty(max_seqs, np.int64)
     sched, swap, probe = ip[P_SCHED], ip[P_SWAP] != 0, ip[P_PROBE] != 0
-    plan_id = counters[2]
+    plan_id = counters[C_PLANS]
     done = np.zeros(max_seqs, np.bool_)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
