@@ -159,6 +159,14 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
             InstanceConfig(step, 2000, 16, "vllm-v1", role="decode")]
     assert unsupported_reason(trace, pair, "round-robin", None) is None
     assert unsupported_reason(trace, [InstanceConfig(_h100(), 2000, 16, "static")], "round-robin", None) is None
+    # multi-round sessions (tests/test_sim_compiled_sessions.py checks their results)
+    sessions = agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50, output_tokens=20)
+    assert unsupported_reason(sessions, one, "round-robin", None) is None
+    assert unsupported_reason(sessions, pair, "random", None) is None
+    long_sessions = agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=3000,
+                                   output_tokens=20)  # a second round of about 6,000 tokens: only 500 blocks hold it
+    unequal = [InstanceConfig(one[0].step_model, blocks, 16, "vllm-v1") for blocks in (300, 500)]
+    assert unsupported_reason(long_sessions, unequal, "least-outstanding-tokens", None) is None
     other = {
         "disaggregated, a decode router object": (trace, pair, "round-robin", None, None, object()),
         "disaggregated, different step models": (trace, [InstanceConfig(_h100(), 2000, 16, "vllm-v1", role="prefill",
@@ -175,8 +183,7 @@ def test_configurations_it_does_not_cover_run_on_the_simpy_engine():
                                      "round-robin", None),
         "roofline": (trace, [InstanceConfig(RooflineStepTime("llama3-8b", "H100-80GB"), 2000, 16)], "round-robin", None),
         "router object": (trace, one, object(), None),
-        "sessions": (agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50,
-                                    output_tokens=20), one, "round-robin", None),
+        "sessions, round-robin, a round only some instances hold": (long_sessions, unequal, "round-robin", None),
         "a prefix id twice in a request": (_with_prefix_ids([(1, 2, 1)], 512), one, "round-robin", None),
     }
     for name, args in other.items():

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from formulations.mcsf import McsfScheduler
+from gpusched.synthetic import agent_sessions
 from gpusched.workload import Trace, load_trace
 from simulators.compiled import driver
 from simulators.compiled.driver import unsupported_reason
@@ -85,6 +86,8 @@ def test_mcsf_settings_the_transcription_does_not_cover_run_on_the_simpy_engine(
                               "output_tokens": [5], "prefix_block_hashes": [(1,)]}), prefix_block_tokens=512)
     assert unsupported_reason(ids, covered, "round-robin", None)
     assert unsupported_reason(trace, covered, "round-robin", True)  # own block hashes
+    sessions = agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50, output_tokens=20)
+    assert "sessions" in unsupported_reason(sessions, covered, "round-robin", None)
     pair = [InstanceConfig(model, 900, 16, "mc-sf", role="prefill", kv_bytes_per_token=1),
             InstanceConfig(model, 900, 16, "mc-sf", role="decode")]
     assert "colocated" in unsupported_reason(trace, pair, "round-robin", None)  # its check ignores KV in transfer

@@ -1,7 +1,8 @@
 """The compiled serving engine: a numba transcription of the SimPy engine's step mode on flat arrays.
 
 It covers colocated and prefill/decode-disaggregated instances of the vLLM V1-like, vLLM V0, Sarathi-Serve
-and static-batching schedulers, and colocated MC-SF, on an H100-format profile behind named routers (not sessions), and gives
+and static-batching schedulers, and colocated MC-SF, on an H100-format profile behind named routers, with or
+without multi-round sessions (a round released a think time after its predecessor finishes), and gives
 per-request and per-step results identical to :func:`simulators.serving.simulate` in ``step`` mode,
 bit for bit. :func:`simulators.serving.simulate` uses it in ``fast`` mode when
 :func:`~simulators.compiled.driver.unsupported_reason` returns None. A policy plugs in here only through

@@ -25,16 +25,26 @@ one-token outputs finishing there, as ``_ServingRun._transfer`` does; a round-ro
 router only when every decode instance holds every request); the ``vllm-v1``
 scheduler (any token budget, sequence cap, chunking, prefix caching, long-prefill threshold,
 full-prompt reservation, recompute or swap preemption), ``vllm-v0``, ``sarathi`` and ``static`` (any
-knobs); a profiled step-time model in the H100 op-table format; traces without sessions, with or
-without prefix-block ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy
-engine; with prefix caching a request without ids has its own block hashes, so that a preempted request
-finds what was not evicted; static batching allocates without hashes and never probes the cache, so
-the ids only name the blocks a finished request leaves cached); MC-SF
-(``formulations.mcsf.McsfScheduler`` with the oracle's predictions, by output length or FCFS, on
-colocated instances, traces without prefix-block ids: its ``compiled_rule``; its preemption on a KV
-shortage is not transcribed, since under the oracle it cannot happen, and the kernel reports it as a
-broken invariant if it did). Not covered: sessions, abandonment, other policies and router objects, a round-robin or random decode router offered only some decode instances
-(instances of unequal KV and a request that only the larger hold).
+knobs); a profiled step-time model in the H100 op-table format; traces with or without prefix-block
+ids (Mooncake's: requests then share the blocks their ids name, as on the SimPy engine; with prefix
+caching a request without ids has its own block hashes, so that a preempted request finds what was not
+evicted; static batching allocates without hashes and never probes the cache, so the ids only name the
+blocks a finished request leaves cached); MC-SF (``formulations.mcsf.McsfScheduler`` with the oracle's
+predictions, by output length or FCFS, on colocated instances, traces without prefix-block ids or
+sessions: its ``compiled_rule``; its preemption on a KV shortage is not transcribed, since under the
+oracle it cannot happen, and the kernel reports it as a broken invariant if it did); multi-round
+sessions (``session_id``/``round``/``think_time_s``, with every scheduler, router and cluster shape
+above but MC-SF, sessions beside independent requests too), as
+``_ServingRun`` runs them: only first rounds arrive from the trace; a finished round starts its
+successor's release, which waits until ``max(trace time, finish + think)`` (an URGENT wait, ordered
+against the arrival process's waits as SimPy orders them) and routes it, the release time written into
+the results' ``arrival_time_s``; a session's rounds name the same block slots (one set per session and
+instance, as long as its longest round), so a round finds the history its predecessors left cached on
+its instance. Not covered: abandonment, other policies and router objects, a round-robin or random decode
+router offered only some decode instances (instances of unequal KV and a request that only the larger
+hold), and sessions behind a round-robin or random entry router when some request fits only some
+instances (the compiled engine asks such a router in advance, by routing number, which only works when
+its answers do not depend on the request: rounds are routed in release order, not trace order).
 
 Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)
 are tabulated up to the scheduler's token budget (:func:`_tabulate`); a static batch's prefill has no
@@ -69,6 +79,7 @@ __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
 
 PROGRESS_EVERY = 2000  # at least this many arrivals between two progress-bar updates
 MAX_SHARED_SLOTS = 40_000_000  # engine blocks named by trace prefix ids, over all instances (~21 bytes each)
+MAX_SESSION_SLOTS = 40_000_000  # sessions' block slots (each as long as its longest round), times the instances
 
 
 def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedulers=None,
@@ -115,8 +126,20 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if any(cfg.step_model is not model or cfg.block_size_tokens != first.block_size_tokens for cfg in instances):
         return "instances with different step-time models or block sizes"
     df = trace.df
-    if "session_id" in df and "round" in df and df["session_id"].notna().any():
-        return "multi-round sessions release rounds during the run"
+    if _has_sessions(df):
+        entry = [cfg for cfg in instances if cfg.role != "decode"]
+        if type(make_router(router)) not in (LeastOutstandingTokensRouter, KvAwareRouter):
+            smallest = min(cfg.kv_capacity_tokens for cfg in entry)
+            if int((df["prompt_tokens"] + df["output_tokens"]).to_numpy().max(initial=0)) > smallest:
+                return ("multi-round sessions behind a round-robin or random router, and a request that only some "
+                        "instances hold (rounds are routed in release order, and the router's answers depend on "
+                        "which instances it is offered)")
+        rounds = df["session_id"].notna()
+        blocks = (df["prompt_tokens"] + df["output_tokens"])[rounds] // first.block_size_tokens
+        slots = int(blocks.groupby(_session_codes(df)[rounds.to_numpy()]).max().sum())  # as _block_slots sizes them
+        if slots * len(instances) > MAX_SESSION_SLOTS:
+            return (f"more than {MAX_SESSION_SLOTS:,} session block slots (instances x the longest round of "
+                    f"each session)")
     if "prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any():
         if any(ids is not None and len(set(ids)) != len(ids) for ids in df["prefix_block_hashes"]):
             return "a request names the same prefix block twice"
@@ -141,6 +164,8 @@ def _rule_unsupported(rule, trace: Trace, instances, hash_own_blocks) -> str | N
     df = trace.df
     if hash_own_blocks or ("prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any()):
         return f"{rule.name} allocates KV without block hashes: it runs traces without prefix-block ids here"
+    if "session_id" in df and "round" in df and df["session_id"].notna().any():
+        return f"{rule.name} allocates KV without block hashes: it runs traces without sessions here"
     if len(df) and int(df["output_tokens"].max()) * (len(df) + 1) >= 1 << 62:
         return "queue keys (output tokens x requests) would overflow 62 bits"
     return None
@@ -208,16 +233,19 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     fp[[K.F_HOST_LINK, K.F_LINK_LATENCY, K.F_LINK_BW]] = (first.host_link_bytes_per_s, link.latency_s,
                                                          link.bandwidth_bytes_per_s)
     ip[K.P_TIMELINE], ip[K.P_CHECK] = record_timeline, check_invariants
-    arrivals = arrival_event_times(df["arrival_time_s"].tolist())
+    arrive_s = df["arrival_time_s"].to_numpy(np.float64).copy()  # the kernel writes later rounds' release times
+    succ, think_s, first_rounds = _session_rounds(df)
+    arrivals = arrival_event_times(arrive_s[first_rounds].tolist())
     state = K.new_state(len(df), len(blocks), nslots, max_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
     inputs = (arrivals, route, prompt, output, _priority_keys(rule, df, output), hinfo, hcode, blocks, roles, kvb,
-              droute, ip, fp, *tables)
+              droute, first_rounds, succ, think_s, arrive_s, ip, fp, *tables)
+    nfirst = len(first_rounds)
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(total=len(df), unit="req", desc="simulating (compiled)", mininterval=0.5)
-    chunk = max(len(df) // 100, PROGRESS_EVERY) if bar is not None else len(df) + 1  # arrivals between updates
+        bar = tqdm(total=nfirst, unit="req", desc="simulating (compiled)", mininterval=0.5)
+    chunk = max(nfirst // 100, PROGRESS_EVERY) if bar is not None else nfirst + 1  # arrivals between updates
     done = 0
     while True:
         code, culprit, timeline = K.run(state, timeline, done + chunk, *inputs)
@@ -234,7 +262,7 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     steps = int(state[-1][1])
     timeline = timeline[:steps]
     requests = requests_frame({
-        "request_id": df["request_id"].to_numpy(), "arrival_time_s": df["arrival_time_s"].to_numpy(),
+        "request_id": df["request_id"].to_numpy(), "arrival_time_s": arrive_s,
         "scheduled_time_s": sched, "first_token_time_s": first_s, "finish_time_s": finish,
         "prompt_tokens": prompt, "output_tokens": output, "instance": instance,
         "num_preemptions": preempt, "cached_tokens": cached})
@@ -244,6 +272,43 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
                          "batch_seqs": ints[:, 5], "steps": 1}, columns=TIMELINE_COLUMNS)
     rows = rows.sort_values(["time_s", "instance"], kind="stable", ignore_index=True)  # as SimResult.from_run
     return SimResult(requests, rows, blocks.tolist(), steps, engine="compiled")
+
+
+def _has_sessions(df: pd.DataFrame) -> bool:
+    """Whether the trace has multi-round sessions (as :func:`simulators.serving.run._sequences` decides)."""
+    return "session_id" in df and "round" in df and bool(df["session_id"].notna().any())
+
+
+def _session_codes(df: pd.DataFrame) -> np.ndarray:
+    """Each row's session number (in order of first appearance, as ``_sequences`` numbers them), -1 outside
+    sessions."""
+    codes = np.full(len(df), -1, np.int64)
+    if _has_sessions(df):
+        rows = df["session_id"].notna().to_numpy()
+        codes[rows] = pd.factorize(df["session_id"][rows])[0]
+    return codes
+
+
+def _session_rounds(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(succ, think_s, first)``: each request's next round (-1: none), its think time (s, 0 where
+    missing), and the requests the trace releases itself (not a successor), in trace order; the successor
+    of a round is the next by ``round`` in its session, ties in trace order (``_sequences``)."""
+    n = len(df)
+    succ = np.full(n, -1, np.int64)
+    think = np.zeros(n)
+    if _has_sessions(df):
+        ordered = df.reset_index(drop=True).assign(_i=range(n)).dropna(subset=["session_id"])
+        if "think_time_s" in ordered:
+            th = ordered["think_time_s"].to_numpy(np.float64)
+            think[ordered["_i"].to_numpy()] = np.where(th == th, th, 0.0)
+        ordered = ordered.sort_values(["session_id", "round"], kind="stable")
+        idx = ordered["_i"].to_numpy()
+        code = pd.factorize(ordered["session_id"])[0]
+        same = code[1:] == code[:-1]
+        succ[idx[:-1][same]] = idx[1:][same]
+    later = np.zeros(n, bool)
+    later[succ[succ >= 0]] = True
+    return succ, think, np.flatnonzero(~later).astype(np.int64)
 
 
 def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs: int, hashed: bool,
@@ -262,7 +327,8 @@ def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs
     hinfo[:, 1] = -1
     ids = trace.df["prefix_block_hashes"].tolist() if "prefix_block_hashes" in trace.df else [None] * n
     counts = np.array([0 if h is None else len(h) for h in ids], np.int64)
-    has_ids = (counts > 0) & bool(trace.prefix_block_tokens)
+    session = _session_codes(trace.df)  # a session's rounds name its blocks, whatever prefix ids they carry
+    has_ids = (counts > 0) & bool(trace.prefix_block_tokens) & (session < 0)
     hcode, ratio = np.zeros(1, np.int64), 1
     if has_ids.any():
         ratio = trace.prefix_block_tokens // bs  # (simulate refuses a block size that does not divide it)
@@ -270,15 +336,26 @@ def _block_slots(K, ip, trace: Trace, prompt: np.ndarray, output: np.ndarray, bs
         uniq, hcode = np.unique(flat, return_inverse=True)
         hinfo[has_ids, 0] = np.minimum(prompt[has_ids] // bs, counts[has_ids] * ratio)
         hinfo[has_ids, 1] = np.concatenate([[0], np.cumsum(counts[has_ids])[:-1]])
-    own = ~has_ids & hashed
+    own = ~has_ids & hashed & (session < 0)
     hinfo[own, 0] = (prompt[own] + output[own]) // bs
     own_slots = np.where(own, hinfo[:, 0], 0)
     hinfo[:, 2] = np.cumsum(own_slots) - own_slots
-    shared = (int(hcode.max()) + 1) * ratio if has_ids.any() else 0
     nown = int(own_slots.sum())
-    copies = 2 if (roles == K.ROLE_DECODE).any() else 1
+    if (session >= 0).any():  # after the own slots: each session's, as many as its longest round has blocks
+        rounds = session >= 0
+        hinfo[rounds, 0] = (prompt[rounds] + output[rounds]) // bs
+        size = np.zeros(int(session.max()) + 1, np.int64)
+        np.maximum.at(size, session[rounds], hinfo[rounds, 0])
+        hinfo[rounds, 2] = nown + (np.cumsum(size) - size)[session[rounds]]
+        nown += int(size.sum())
+    shared = (int(hcode.max()) + 1) * ratio if has_ids.any() else 0
+    if (session >= 0).any():  # a session's blocks may stay cached on every instance its rounds ran on
+        copies = ninst
+        ip[K.NUM_IP:] = np.arange(ninst, dtype=np.int64) * nown
+    else:  # a request's own blocks are held on its entry instance, and on its decode instance if any
+        copies = 2 if (roles == K.ROLE_DECODE).any() else 1
+        ip[K.NUM_IP:] = np.where(roles == K.ROLE_DECODE, nown, 0)
     ip[K.P_RATIO], ip[K.P_NOWN], ip[K.P_NSHARED] = ratio, copies * nown, shared
-    ip[K.NUM_IP:] = np.where(roles == K.ROLE_DECODE, nown, 0)
     return hinfo, hcode.astype(np.int64), copies * nown + ninst * shared
 
 

@@ -1,7 +1,8 @@
 """The compiled serving loop behind :mod:`simulators.compiled` (numba; every function is ``njit``).
 
 A transcription, on flat arrays, of what the SimPy engine does in step mode for colocated instances
-behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
+behind a router (multi-round sessions' later rounds released during the run:
+``_ServingRun._release_round``), or prefill and decode instances with hand-offs over a link (the first token on a
 prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
 ._retire and .release), with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like
 with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
@@ -18,6 +19,10 @@ with its own hashes (code offset -1) names its block ``b`` by the slot ``own off
 trace prefix ids names it by the id's code (``hcode[code offset + b // ratio]``) and ``b % ratio``, one
 slot per instance, after the own slots: the same slot for every request that shares the block (see
 :func:`_slot`; a disaggregated cluster has two copies of the own slots, prefill side and decode side).
+The rounds of a multi-round session share its own slots (``hinfo[r, 2]`` is the session's offset, as many
+slots as its longest round has blocks: round r+1's prompt is round r's history), and a trace with sessions
+has one copy of the own slots per instance (a session's rounds may run anywhere, and each instance caches
+what its rounds left).
 ``slot_ref[s]`` is the number of sequences holding slot ``s`` (0: not resident, -1: cached, unreferenced:
 in its instance's LRU list, oldest at the head; the list of instance ``k`` is linked through
 ``prev``/``nxt`` from its sentinel ``nslots + k``). ``kvs[k]`` = [private blocks in use,
@@ -50,6 +55,11 @@ NUM_FP = 10
 # instance roles (``role[k]``), as simulators.serving.run.ROLES
 ROLE_COLOCATED, ROLE_PREFILL, ROLE_DECODE = range(3)
 _PRIV, _HELD, _CACHED = range(3)  # positions in ``kvs``
+# positions in the state's ``counters``: the arrival process's next first round (a position in ``first``),
+# steps done, plans made, events scheduled, transfers in flight, decode routes asked, entry routes asked,
+# URGENT events pending, whether the arrival process has started
+C_NEXT, C_STEPS, C_PLANS, C_EID, C_NX, C_DROUTES, C_ROUTES, C_NU, C_STARTED = range(9)
+NUM_COUNTERS = 9
 
 
 # ---------------------------------------------------------------- pricing (gpusched.profiles / perf)
@@ -467,7 +477,7 @@ def _before(t1, q1, t2, q2):
 @njit(cache=True)
 def _xfer_push(xt, xq, xr, xs, n, t, q, r, src):
     """Add the transfer of request ``r`` from instance ``src``, ending at ``t`` (scheduled ``q``-th);
-    returns the new count."""
+    returns the new count. (The URGENT waits use the same heap code: ``src`` is then the two-event flag.)"""
     i = n
     while i > 0:
         p = (i - 1) // 2
@@ -725,6 +735,56 @@ def _schedule_mcsf(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
     return ne
 
 
+@njit(cache=True)
+def _wait_urgent(ut, uq, ur, um, nu, now, at, q, r):
+    """serving.instance.wait_until(at, urgent=True) from ``now`` (``at > now``), scheduled ``q``-th, for the
+    arrival process (``r`` = -1) or session round ``r``: one event at ``at``, or from far back a first
+    one about three quarters of the way (:func:`run` schedules the second when it comes)."""
+    if 0 < now < at / 2:
+        return _xfer_push(ut, uq, ur, um, nu, now + (0.75 * at - now), q, r, 1)
+    return _xfer_push(ut, uq, ur, um, nu, now + _pmax(at - now, 0.0), q, r, 0)
+
+
+# ---------------------------------------------------------------- routing and queueing of a request
+@njit(cache=True)
+def _route(router, entries, route, m, need, role, blocks, bs, kvs, running, nrun, waiting, wh, nwait, prompt, output,
+           comp):
+    """The instance ``_ServingRun._dispatch`` sends the ``m``-th request it routes to (``need`` tokens)."""
+    if router == ROUTE_GIVEN:
+        return route[m]
+    if entries == 1:
+        for j in range(blocks.shape[0]):
+            if role[j] != ROLE_DECODE:
+                return j
+    return _pick(router, False, need, role, blocks, bs, kvs, running, nrun, waiting, wh, nwait, prompt, output, comp)
+
+
+@njit(cache=True)
+def _submit(k, r, now, eid, instance, waiting, wh, nwait, event_s, event_q, key, by_key):
+    """InstanceEngine.submit: queue request ``r`` at instance ``k`` at time ``now`` (``by_key``: in MC-SF's
+    heap on ``key``, else at the queue's end); an idle instance wakes then (an event scheduled ``eid``-th).
+    Returns the next scheduling number."""
+    instance[r] = k
+    if by_key:
+        _heap_push(waiting, nwait, k, r, key)
+    else:
+        ring = waiting.shape[1]
+        waiting[k, (wh[k] + nwait[k]) % ring] = r
+        nwait[k] += 1
+    if event_s[k] == np.inf:
+        event_s[k] = now
+        event_q[k] = eid
+        eid += 1
+    return eid
+
+
+@njit(cache=True)
+def _save(counters, next_arrival, steps, plan_id, eid, nx, ndroutes, nroutes, nu):
+    counters[C_NEXT], counters[C_STEPS], counters[C_PLANS] = next_arrival, steps, plan_id
+    counters[C_EID], counters[C_NX], counters[C_DROUTES] = eid, nx, ndroutes
+    counters[C_ROUTES], counters[C_NU] = nroutes, nu
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -739,8 +799,10 @@ def new_state(nreq, ninst, nslots, max_seqs):
     the SimPy scheduling number of its next event (``event_q``: ties at equal times go by it) and whether
     that event is the first half of a wait (``mid``: :func:`simulators.serving.instance.wait_until` waits
     in two events from far back; the step end is then ``step_end``). The KV transfers in flight, a heap
-    by (end time, scheduling number): ``xt``, ``xq``, request ``xr``, source instance ``xs``. ``counters`` =
-    [next arrival, steps done, plans made, events scheduled, transfers in flight, decode routes asked].
+    by (end time, scheduling number): ``xt``, ``xq``, request ``xr``, source instance ``xs``. The URGENT
+    events pending (:func:`simulators.serving.instance.wait_until` with ``urgent=True``), a heap of the same
+    shape: ``ut``, ``uq``, ``ur`` (the session round to release, or -1: the arrival process's next first
+    round), ``um`` (1: the first half of a two-event wait, see :func:`run`). ``counters``: see ``C_*``.
     """
     ring = max(nreq, 1)
     prev = np.empty(nslots + ninst, np.int64)  # each instance's LRU list has its sentinel at nslots + k
@@ -758,13 +820,14 @@ def new_state(nreq, ninst, nslots, max_seqs):
             np.zeros(nreq, np.int8), np.full(nreq, -1, np.int64),
             np.zeros(ninst, np.int64), np.zeros(ninst, np.bool_),
             np.empty(nreq), np.empty(nreq, np.int64), np.empty(nreq, np.int64), np.empty(nreq, np.int64),
-            np.zeros(6, np.int64))
+            np.empty(nreq + 1), np.empty(nreq + 1, np.int64), np.empty(nreq + 1, np.int64),
+            np.empty(nreq + 1, np.int64), np.zeros(NUM_COUNTERS, np.int64))
 
 
 @njit(cache=True)
 def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, hinfo, hcode, blocks, role, kvb,
-        droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len,
-        elem_bytes):
+        droute, first, succ, think_s, arrive_s, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz,
+        ca, cb, cz, op_x, op_y, op_len, elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
@@ -773,8 +836,12 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring). ``key``: each
     request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``dec_base``
     entries that are NaN are computed when first needed (``ProfiledStepTime._decode_base_s``).
-    ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
-    engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
+    ``first``: the requests the trace releases (all but the later rounds of multi-round sessions), in
+    trace order; ``arrival_event_s[p]``: when ``first[p]`` reaches the router on the SimPy clock of the
+    Python engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``succ[r]``: the next round
+    of request ``r``'s session (-1: none), released ``think_s`` of it after ``r`` finishes and not before its
+    ``arrive_s`` (``_ServingRun._release_round``, which writes the release time back: so does the kernel,
+    into ``arrive_s``); ``route[m]``: the instance of the ``m``-th request routed when the
     router does not look at the instances (``ip[P_ROUTER] == ROUTE_GIVEN``); ``blocks[k]``: instance
     ``k``'s KV blocks, ``role[k]`` its role (ROLE_*), ``kvb[k]`` its KV bytes per token (what a hand-off
     from it moves); ``droute[m]``: the decode instance of the ``m``-th hand-off when the decode router
@@ -783,8 +850,14 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     per step: time, instance, KV blocks in use, running, waiting, batch tokens, batch sequences (the SimPy
     engine's step-mode rows, in event order).
 
-    Events run in the SimPy engine's order. An arrival comes before every other event at its time (it
-    is URGENT there). The other events are NORMAL ones, taken by (time, scheduling number): a step end
+    Events run in the SimPy engine's order. URGENT events come before every NORMAL one at their time, and
+    among themselves by scheduling number: the arrival process's waits (``_ServingRun.arrivals``: it routes
+    every first round whose time has come, then waits for the next) and the waits of session rounds
+    released with a think time (``_ServingRun._release_round``); each wait from far back is two events, as
+    ``wait_until`` makes it. A round released at once (no think time, its trace time past) is routed in the
+    release process's first (Initialize) event, right after the step end that finished its predecessor, in
+    the order of that step's plan among the hand-offs (processes started in a callback run next, in the
+    order they were started). The other events are NORMAL ones, taken by (time, scheduling number): a step end
     (or the first half of its wait, see :func:`new_state`), an idle instance's wake-up (InstanceEngine
     ._wake: scheduled when a request is submitted to it or, on a prefill instance, when a transfer
     releases KV there) and a KV transfer's end (``_ServingRun._transfer``'s timeout, scheduled when its
@@ -795,8 +868,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
      slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
-     clock, swapped, marked, event_q, mid, xt, xq, xr, xs, counters) = state
-    nreq = prompt.shape[0]
+     clock, swapped, marked, event_q, mid, xt, xq, xr, xs, ut, uq, ur, um, counters) = state
+    nfirst = first.shape[0]
     ninst = blocks.shape[0]
     nslots = prev.shape[0] - ninst
     ring = waiting.shape[1]
@@ -807,15 +880,22 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     decodes = np.empty(max_seqs, np.int64)  # SarathiScheduler's snapshot of running decodes and prefills
     prefills = np.empty(max_seqs, np.int64)
     sched, swap, probe = ip[P_SCHED], ip[P_SWAP] != 0, ip[P_PROBE] != 0
-    plan_id = counters[2]
+    plan_id = counters[C_PLANS]
     done = np.zeros(max_seqs, np.bool_)
     scratch = np.empty((5, max_seqs if sched == SCHED_MCSF else 0), np.int64)  # MC-SF's work rows
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
-    next_arrival, steps = counters[0], counters[1]
-    eid, nx, ndroutes = counters[3], counters[4], counters[5]
+    next_arrival, steps = counters[C_NEXT], counters[C_STEPS]
+    eid, nx, ndroutes = counters[C_EID], counters[C_NX], counters[C_DROUTES]
+    nroutes, nu = counters[C_ROUTES], counters[C_NU]
     drouter = ip[P_DROUTER]
-    hand = np.empty(max_seqs, np.int64)  # requests a prefill instance's step end hands off
+    # what a step end starts, in the order of its plan: hand-offs (r) and session rounds to release (-1 - r)
+    hand = np.empty(max_seqs, np.int64)
+    if not counters[C_STARTED]:  # the arrival process's first wait, from time 0 (one event: wait_until)
+        counters[C_STARTED] = 1
+        if nfirst > 0:
+            nu = _xfer_push(ut, uq, ur, um, nu, 0.0 + _pmax(arrival_event_s[0] - 0.0, 0.0), eid, -1, 0)
+            eid += 1
     # one instance that takes new requests (or one decode instance): every router picks it
     entries = 0
     decoders = 0
@@ -837,33 +917,37 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         xfer = nx > 0 and _before(xt[0], xq[0], t, tq) if k >= 0 else nx > 0
         if xfer:
             t = xt[0]
-        if next_arrival < nreq and arrival_event_s[next_arrival] <= t:
-            if next_arrival >= until_arrival:
-                counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
-                counters[3], counters[4], counters[5] = eid, nx, ndroutes
-                return PAUSED, -1, timeline
-            # ---- an arrival: _ServingRun._dispatch
-            r = next_arrival
-            next_arrival += 1
-            if router == ROUTE_GIVEN:
-                k = route[r]
-            elif entries == 1:
-                for j in range(ninst):
-                    if role[j] != ROLE_DECODE:
-                        k = j
-            else:
-                k = _pick(router, False, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
-                          nwait, prompt, output, comp)
-            instance[r] = k
-            if sched == SCHED_MCSF:
-                _heap_push(waiting, nwait, k, r, key)
-            else:
-                waiting[k, (wh[k] + nwait[k]) % ring] = r
-                nwait[k] += 1
-            if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (InstanceEngine.submit)
-                event_s[k] = arrival_event_s[r]
-                event_q[k] = eid
+        if nu > 0 and ut[0] <= t:
+            # ---- an URGENT event: before every NORMAL one at its time (ties: by scheduling number)
+            tu, r = ut[0], ur[0]
+            target = arrival_event_s[next_arrival] if r < 0 else arrive_s[r]
+            if um[0]:  # the first half of a wait from far back: the second is scheduled now
+                nu = _xfer_pop(ut, uq, ur, um, nu)
+                nu = _xfer_push(ut, uq, ur, um, nu, tu + _pmax(target - tu, 0.0), eid, r, 0)
                 eid += 1
+                continue
+            arrival = r < 0
+            if arrival:  # _ServingRun.arrivals routes its next first round (its event stays while it routes)
+                if next_arrival >= until_arrival:
+                    _save(counters, next_arrival, steps, plan_id, eid, nx, ndroutes, nroutes, nu)
+                    return PAUSED, -1, timeline
+                r = first[next_arrival]
+                next_arrival += 1
+            else:  # _ServingRun._release_round: a session round's think time is over
+                nu = _xfer_pop(ut, uq, ur, um, nu)
+            # ---- _ServingRun._dispatch
+            k = _route(router, entries, route, nroutes, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun,
+                       waiting, wh, nwait, prompt, output, comp)
+            nroutes += 1
+            eid = _submit(k, r, tu, eid, instance, waiting, wh, nwait, event_s, event_q, key, sched == SCHED_MCSF)
+            if arrival:
+                if next_arrival >= nfirst:
+                    nu = _xfer_pop(ut, uq, ur, um, nu)
+                elif arrival_event_s[next_arrival] > tu:  # the next first round is later: wait_until it
+                    nu = _xfer_pop(ut, uq, ur, um, nu)
+                    nu = _wait_urgent(ut, uq, ur, um, nu, tu, arrival_event_s[next_arrival], eid, -1)
+                    eid += 1
+                # else it arrives now too: routed at the next turn of the loop, in this same event
             continue
         if xfer:
             # ---- a KV transfer ends: _ServingRun._transfer
@@ -885,13 +969,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             else:
                 k = _pick(drouter, True, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
                           nwait, prompt, output, comp)
-            instance[r] = k  # InstanceEngine.submit on the decode instance
-            waiting[k, (wh[k] + nwait[k]) % ring] = r
-            nwait[k] += 1
-            if event_s[k] == np.inf:
-                event_s[k] = t
-                event_q[k] = eid
-                eid += 1
+            eid = _submit(k, r, t, eid, instance, waiting, wh, nwait, event_s, event_q, key, sched == SCHED_MCSF)
             continue
         if k < 0:
             break  # no arrival left, no transfer in flight, every instance idle
@@ -931,6 +1009,9 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                         finish_s[r] = end
                         done[e] = True
                         nfin += 1
+                        if succ[r] >= 0:  # _ServingRun._finished: the next round's release starts
+                            hand[nhand] = -1 - r
+                            nhand += 1
                     elif g == 1 and prefill:  # handed off: leaves running, keeps its KV until released
                         hand[nhand] = r
                         nhand += 1
@@ -1170,9 +1251,24 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         # URGENT Initialize events), so its timeout is scheduled after this instance's next step end
         for i in range(nhand):
             r = hand[i]
-            dt = fp[F_LINK_LATENCY] + comp[r] * kvb[k] / fp[F_LINK_BW]  # LinkSpec.transfer_time_s
-            nx = _xfer_push(xt, xq, xr, xs, nx, now + dt, eid, r, k)
-            eid += 1
-    counters[0], counters[1], counters[2] = next_arrival, steps, plan_id
-    counters[3], counters[4], counters[5] = eid, nx, ndroutes
+            if r >= 0:
+                dt = fp[F_LINK_LATENCY] + comp[r] * kvb[k] / fp[F_LINK_BW]  # LinkSpec.transfer_time_s
+                nx = _xfer_push(xt, xq, xr, xs, nx, now + dt, eid, r, k)
+                eid += 1
+                continue
+            # _ServingRun._release_round: the trace's time of a later round is a lower bound
+            r = -1 - r
+            nr = succ[r]
+            a = _pmax(arrive_s[nr], finish_s[r] + think_s[nr])
+            arrive_s[nr] = a
+            if a > now:
+                nu = _wait_urgent(ut, uq, ur, um, nu, now, a, eid, nr)
+                eid += 1
+            else:  # released at once: routed in this process's first event
+                j = _route(router, entries, route, nroutes, prompt[nr] + output[nr], role, blocks, bs, kvs, running,
+                           nrun, waiting, wh, nwait, prompt, output, comp)
+                nroutes += 1
+                eid = _submit(j, nr, now, eid, instance, waiting, wh, nwait, event_s, event_q, key,
+                              sched == SCHED_MCSF)
+    _save(counters, next_arrival, steps, plan_id, eid, nx, ndroutes, nroutes, nu)
     return OK, -1, timeline

@@ -101,8 +101,8 @@ def simulate(trace: Trace, instances: Sequence[InstanceConfig], router: str | Ro
     mode : ``step`` runs the SimPy engine one event per step (the reference); ``simpy`` advances runs of
         decode steps in a few events; ``fast`` (default) runs the compiled engine of
         :mod:`simulators.compiled` when it covers the configuration (colocated or disaggregated ``vllm-v1``,
-        ``vllm-v0``, ``sarathi`` or ``static`` instances with an H100-format profile behind a router given by name, without
-        sessions; :func:`simulators.compiled.driver.unsupported_reason` says why not) and ``simpy``
+        ``vllm-v0``, ``sarathi`` or ``static`` instances with an H100-format profile behind a router given by name, with
+        or without sessions; :func:`simulators.compiled.driver.unsupported_reason` says why not) and ``simpy``
         otherwise. All three give identical per-request results (``result.engine`` says which ran).
     hash_own_blocks : give every request whose content is unknown (no trace prefix ids, no session) its
         own block hashes, as a prefix-caching engine hashes every full block by content: a preempted
