@@ -50,6 +50,7 @@ Requests are admitted with their whole prompt (no prefix caching: KV is allocate
 """
 from __future__ import annotations
 
+import inspect
 import math
 from collections import deque
 from itertools import islice
@@ -57,7 +58,7 @@ from typing import Callable, Sequence
 
 from gpusched.errors import ConfigError
 from gpusched.kvcache import BlockManager
-from gpusched.policy import SeqState, StepPlan
+from gpusched.policy import CompiledRule, SeqState, StepPlan
 
 from .discrete import prefix_length
 from .fluid import PromptType, _count, _finite, _types
@@ -132,6 +133,11 @@ class _StageScheduler:
         times = [t + self.max_wait_s for t, free in zip(self._stalled_since, self._released)
                  if t is not None and not free]
         return min(times) if times else None
+
+    def _rule_params(self) -> dict:
+        """The settings every compiled transcription of this scheduler needs (:class:`CompiledRule` ``params``)."""
+        return {"mode": self.mode, "thresholds": tuple(self.thresholds), "max_in_flight": self.max_in_flight,
+                "drain_after_s": self.drain_after_s, "max_wait_s": self.max_wait_s}
 
     # -- the step -----------------------------------------------------------------------------------------
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
@@ -251,6 +257,19 @@ class WaitScheduler(_StageScheduler):
             type_of = _exact_type(index)
         self.type_of = type_of
 
+    def compiled_rule(self) -> CompiledRule | None:
+        """Algorithm 1 on the compiled serving engine (:class:`gpusched.policy.CompiledRule` ``"wait"``), or None
+        where its transcription does not cover the settings: a subclass (which may change any step), or a
+        ``type_of`` other than a function of the request's lengths known here (the default exact map, or the
+        output-length bins of :func:`.calibrate.types_from_lengths`): the engine classifies each request once,
+        from its lengths, as this policy does when it first sees it."""
+        if type(self) is not WaitScheduler:
+            return None
+        type_map = _type_map(self.type_of)
+        if type_map is None:
+            return None
+        return CompiledRule("wait", 0, params={**self._rule_params(), "type_map": type_map})
+
     def _classify(self, seq: SeqState) -> int:
         j = self.type_of(seq)
         if not 0 <= j < len(self.types):
@@ -275,15 +294,46 @@ class WaitScheduler(_StageScheduler):
         return admit, selected
 
 
-def _exact_type(index: dict) -> Callable[[SeqState], int]:
-    def type_of(seq: SeqState) -> int:
+class _ExactTypes:
+    """``type_of`` by exact lengths: ``index[(prompt_tokens, output_tokens)]`` (a class, not a closure, so that
+    :meth:`WaitScheduler.compiled_rule` can read the map)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: dict):
+        self.index = index
+
+    def __call__(self, seq: SeqState) -> int:
         try:
-            return index[(seq.prompt_tokens, seq.output_tokens)]
+            return self.index[(seq.prompt_tokens, seq.output_tokens)]
         except KeyError:
             raise ConfigError(
                 f"request {seq.request_id!r} (prompt {seq.prompt_tokens}, output {seq.output_tokens} tokens) matches "
                 f"no WAIT type; pass type_of= to map requests to types (e.g. by output-length bins)") from None
-    return type_of
+
+
+def _exact_type(index: dict) -> Callable[[SeqState], int]:
+    return _ExactTypes(index)
+
+
+# calibrate.types_from_lengths's output-length bins: ``slot[bisect_left(edges, seq.output_tokens)]``
+_BINS_MODULE, _BINS_QUALNAME = "formulations.nested_wait.calibrate", "types_from_lengths.<locals>.<lambda>"
+
+
+def _type_map(type_of) -> tuple | None:
+    """``type_of`` as :class:`gpusched.policy.CompiledRule`'s ``type_map`` when it is one this package defines as a
+    function of the request's lengths (the exact map, or the calibration's output-length bins, whose ``edges`` and
+    ``slot`` are read from the closure); None for any other callable."""
+    if type(type_of) is _ExactTypes:
+        return ("exact", tuple(sorted((int(p), int(o), int(j)) for (p, o), j in type_of.index.items())))
+    if getattr(type_of, "__module__", None) == _BINS_MODULE and getattr(type_of, "__qualname__", None) == _BINS_QUALNAME:
+        free = inspect.getclosurevars(type_of).nonlocals
+        edges, slot = free.get("edges"), free.get("slot")
+        if not isinstance(edges, list) or not isinstance(slot, dict):
+            return None
+        return ("output-bins", tuple(int(e) for e in edges),
+                tuple(int(slot.get(b, -1)) for b in range(len(edges) + 1)))
+    return None
 
 
 class NestedWaitScheduler(_StageScheduler):
@@ -315,6 +365,13 @@ class NestedWaitScheduler(_StageScheduler):
         super().__init__(1, mode, max_in_flight, drain_after_s, max_wait_s)
         d = self.design
         self._segment_of = d.segment_of_stage
+
+    def compiled_rule(self) -> CompiledRule | None:
+        """Algorithm 2 on the compiled serving engine (:class:`gpusched.policy.CompiledRule` ``"nested-wait"``), or
+        None for a subclass (which may change any step)."""
+        if type(self) is not NestedWaitScheduler:
+            return None
+        return CompiledRule("nested-wait", 0, params={**self._rule_params(), "segment_ends": tuple(self.design.ends)})
 
     def _select(self, buckets, wait, now_s):
         n, d = self.thresholds, self.design

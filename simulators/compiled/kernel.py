@@ -38,8 +38,11 @@ OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED, MCSF_SHORT = 0, 1, 
  P_SCHED, P_SWAP, P_KV_BYTES, P_DROUTER) = range(24)
 NUM_IP = 24
 # schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler,
-# StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf)
+# StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf),
 SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC, SCHED_MCSF = range(5)
+# "wait" and "nested-wait" (formulations.nested_wait): their plans are made by _schedule_wait, their empty plans
+# pause with StepPlan.hold and may ask for a wake-up (wait_set_alarm)
+SCHED_WAIT, SCHED_NESTED_WAIT = 5, 6
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp`` (F_AR_*: one TP all-reduce, perf._ring_allreduce_s: its latency, its
@@ -725,6 +728,351 @@ def _schedule_mcsf(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
     return ne
 
 
+# ---------------------------------------------------------------- WAIT / Nested WAIT (formulations.nested_wait.policy)
+# The rule's arrays (``rule`` of :func:`run`, built by simulators.compiled.driver._wait_rule): ``wp`` integer settings
+# and ``wf`` float ones (by the positions below), ``thr`` the thresholds (one per type, or per segment), ``ends`` the
+# segments' last stages (Nested WAIT), ``grp`` each request's type (0 for Nested WAIT), ``rank`` its place in
+# (arrival time, row) order and ``by_rank`` the inverse; per instance and group the policy's queue as a linked list
+# (``qhead``, ``qtail``, ``qlen``; ``qnext``/``qprev`` per request), per request its position in the engine's waiting
+# set ``wpos`` (the engine's queue is a set here: routers and the timeline only count it), per instance and group the
+# ``max_wait_s`` clock (``since``: NaN for None) and release flag, per instance whether a wake-up timer runs (``alarm``).
+W_PAPER, W_MAX_IN_FLIGHT, W_GROUPS, W_SEGMENTS, W_HAS_DRAIN, W_HAS_MAX_WAIT, W_STAGES = range(7)
+NUM_WP = 7
+WF_DRAIN, WF_MAX_WAIT = range(2)
+NUM_WF = 2
+
+
+@njit(cache=True, inline="always")
+def _q_append(qhead, qtail, qlen, qnext, qprev, k, g, r):
+    """``deque.append``: request ``r`` joins the back of group ``g``'s queue on instance ``k``."""
+    t = qtail[k, g]
+    qprev[r] = t
+    qnext[r] = -1
+    if t < 0:
+        qhead[k, g] = r
+    else:
+        qnext[t] = r
+    qtail[k, g] = r
+    qlen[k, g] += 1
+
+
+@njit(cache=True, inline="always")
+def _q_appendleft(qhead, qtail, qlen, qnext, qprev, k, g, r):
+    """``deque.appendleft``: an evicted request goes back to the front of its group's queue."""
+    h = qhead[k, g]
+    qnext[r] = h
+    qprev[r] = -1
+    if h < 0:
+        qtail[k, g] = r
+    else:
+        qprev[h] = r
+    qhead[k, g] = r
+    qlen[k, g] += 1
+
+
+@njit(cache=True, inline="always")
+def _q_popleft(qhead, qtail, qlen, qnext, qprev, k, g):
+    """``deque.popleft``: the head of group ``g``'s queue leaves it."""
+    h = qhead[k, g]
+    n = qnext[h]
+    qhead[k, g] = n
+    if n < 0:
+        qtail[k, g] = -1
+    else:
+        qprev[n] = -1
+    qlen[k, g] -= 1
+    return h
+
+
+@njit(cache=True, inline="always")
+def _set_add(waiting, nwait, wpos, k, r):
+    """Request ``r`` joins instance ``k``'s waiting set (positions ``0 .. nwait - 1``)."""
+    i = nwait[k]
+    waiting[k, i] = r
+    wpos[r] = i
+    nwait[k] = i + 1
+
+
+@njit(cache=True, inline="always")
+def _set_remove(waiting, nwait, wpos, k, r):
+    """Request ``r`` leaves instance ``k``'s waiting set (the last member takes its place)."""
+    n = nwait[k] - 1
+    last = waiting[k, n]
+    i = wpos[r]
+    waiting[k, i] = last
+    wpos[last] = i
+    nwait[k] = n
+
+
+@njit(cache=True)
+def wait_enqueue(rule, waiting, nwait, k, r):
+    """An arrival at instance ``k`` under WAIT: the engine's ``waiting.append`` and the policy's classification
+    (``_StageScheduler.schedule`` queues it at its next call, in arrival order: the same order, since only that call
+    moves requests between queues)."""
+    wp, wf, thr, ends, grp, rank, by_rank, qhead, qtail, qlen, qnext, qprev, wpos, since, released, alarm = rule
+    _set_add(waiting, nwait, wpos, k, r)
+    _q_append(qhead, qtail, qlen, qnext, qprev, k, grp[r], r)
+
+
+@njit(cache=True)
+def wait_drop_alarm(rule, mid, k):
+    """An arrival wakes instance ``k``: True if it was idle with a wake-up timer running (the timer then fires for a
+    wake-up event that has already triggered: it changes nothing, so it is dropped)."""
+    alarm = rule[15]
+    if alarm[k] == 0:
+        return False
+    alarm[k] = 0
+    mid[k] = False
+    return True
+
+
+@njit(cache=True)
+def wait_alarm_fires(rule, k):
+    """Whether the event of idle instance ``k`` is its timer's end (``_wake_later``'s ``alarm``: it triggers the
+    wake-up, which is one more event at the same time); clears the timer."""
+    alarm = rule[15]
+    if alarm[k] == 0:
+        return False
+    alarm[k] = 0
+    return True
+
+
+@njit(cache=True)
+def wait_set_alarm(rule, mid, step_end, k, now, at_s):
+    """InstanceEngine._wake_later: a timer to ``at_s`` started at SimPy time ``now`` (``wait_until``: from far back a
+    first event three quarters of the way, ``mid``; the target kept in ``step_end``, unused while idle). Returns the
+    time of its first event."""
+    rule[15][k] = 1
+    step_end[k] = at_s
+    if 0 < now < at_s / 2:
+        mid[k] = True
+        return now + (0.75 * at_s - now)
+    return now + _pmax(at_s - now, 0.0)
+
+
+@njit(cache=True)
+def _wait_release(wp, wf, since, released, k, g, stalled, now, has_work):
+    """_StageScheduler._release for group ``g`` of instance ``k``."""
+    if released[k, g]:
+        if not has_work:
+            released[k, g] = 0
+        return released[k, g] != 0
+    if not stalled:
+        since[k, g] = np.nan
+        return False
+    if not wp[W_HAS_MAX_WAIT]:
+        return False
+    s = since[k, g]
+    if np.isnan(s):
+        s = now
+        since[k, g] = now
+    if now >= s + wf[WF_MAX_WAIT]:
+        released[k, g] = 1
+        since[k, g] = np.nan
+    return released[k, g] != 0
+
+
+@njit(cache=True, inline="always")
+def _bisect_left(a, n, x):
+    lo, hi = 0, n
+    while lo < hi:
+        m = (lo + hi) // 2
+        if a[m] < x:
+            lo = m + 1
+        else:
+            hi = m
+    return lo
+
+
+@njit(cache=True)
+def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, gen,
+                   prompt, preemptions, sched_s, now, running, nrun, waiting, nwait, ent_r, ent_n, k, nested, rule,
+                   work, cand):
+    """_StageScheduler.schedule with WaitScheduler._select (``nested`` False) or NestedWaitScheduler._select: fills
+    the plan of instance ``k``; returns its entries and, for an empty plan, the wake-up time (``inf``: none).
+    ``work``: (4, max_seqs) int64 rows; ``cand``: room for the admission candidates."""
+    wp, wf, thr, ends, grp, rank, by_rank, qhead, qtail, qlen, qnext, qprev, wpos, since, released, alarm = rule
+    draining = wp[W_HAS_DRAIN] != 0 and now >= wf[WF_DRAIN]
+    wait = wp[W_PAPER] != 0 and not draining
+    G = wp[W_GROUPS]
+    S = wp[W_STAGES]
+    m = nrun[k]
+    keys, first, sel, tmp = work[0], work[1], work[2], work[3]
+    # residents bucketed by (group, stage), buckets in order of first appearance in ``running`` (a dict there)
+    for q in range(m):
+        r = running[k, q]
+        keys[q] = grp[r] * S + gen[r]
+    order = np.argsort(keys[:m], kind="mergesort")  # runs of one key, each in running order
+    i = 0
+    while i < m:  # first[q] = end (in ``order``) of q's run if q opens it, else -1
+        j = i + 1
+        while j < m and keys[order[j]] == keys[order[i]]:
+            j += 1
+        first[order[i]] = j
+        for x in range(i + 1, j):
+            first[order[x]] = -1
+        tmp[order[i]] = i  # where the run starts
+        i = j
+    elig = np.zeros(G, np.bool_)
+    admit = np.zeros(G, np.int64)
+    ns = 0
+    if not nested:  # WaitScheduler._select
+        if wait:
+            resident = np.zeros(G, np.bool_)
+            for q in range(m):
+                resident[grp[running[k, q]]] = True
+            for j in range(G):
+                ok = qlen[k, j] >= thr[j]
+                busy = qlen[k, j] > 0 or resident[j]
+                elig[j] = _wait_release(wp, wf, since, released, k, j, busy and not ok, now, busy) or ok
+        else:
+            elig[:] = True
+        for j in range(G):
+            admit[j] = min(thr[j], qlen[k, j]) if elig[j] else 0
+        for q in range(m):
+            end = first[q]
+            if end < 0:
+                continue
+            j = keys[q] // S
+            if elig[j]:
+                start = tmp[q]
+                for x in range(start, min(end, start + thr[j])):
+                    sel[ns] = running[k, order[x]]
+                    ns += 1
+    else:  # NestedWaitScheduler._select
+        L = wp[W_SEGMENTS]
+        queued = qlen[k, 0]
+        at_first = np.zeros(L, np.int64)  # residents at each segment's first stage (its boundary queue)
+        for q in range(m):
+            s = gen[running[k, q]] - 1
+            x = _bisect_left(ends, L, s)
+            if x < L - 1 and ends[x] == s:
+                at_first[x + 1] += 1
+        if not wait:  # discrete.prefix_length
+            kk = L
+        elif queued < thr[0]:
+            kk = 0
+        else:
+            kk = 1
+            for x in range(1, L):
+                if at_first[x] < thr[x]:
+                    break
+                kk += 1
+        if wait:
+            stalled = False
+            if kk < L:
+                if kk == 0 and queued > 0:
+                    stalled = True
+                else:
+                    for q in range(m):
+                        if min(_bisect_left(ends, L, gen[running[k, q]]), L - 1) >= kk:
+                            stalled = True
+                            break
+            if _wait_release(wp, wf, since, released, k, 0, stalled, now, queued > 0 or m > 0):
+                kk = L
+        if kk > 0:
+            admit[0] = min(thr[0], queued)
+            for q in range(m):
+                end = first[q]
+                if end < 0:
+                    continue
+                seg = min(_bisect_left(ends, L, keys[q]), L - 1)
+                if seg < kk:
+                    start = tmp[q]
+                    for x in range(start, min(end, start + thr[seg])):
+                        sel[ns] = running[k, order[x]]
+                        ns += 1
+    # the selected residents decode one token each; LIFO eviction when one cannot grow (_evict_for)
+    ne = 0
+    npre = 0
+    for i in range(ns):
+        r = sel[i]
+        if comp[r] == 0:  # evicted earlier in this step
+            continue
+        ok = _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, comp[r] + 1)
+        if not ok:
+            while True:
+                victim = running[k, nrun[k] - 1]
+                nrun[k] -= 1
+                _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, victim, k)
+                comp[victim] = 0
+                preemptions[victim] += 1
+                _set_add(waiting, nwait, wpos, k, victim)
+                _q_appendleft(qhead, qtail, qlen, qnext, qprev, k, grp[victim], victim)
+                npre += 1
+                if victim == r:
+                    break
+                if _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, comp[r] + 1):
+                    ok = True
+                    break
+            if not ok:
+                continue
+        ent_r[k, ne] = r
+        ent_n[k, ne] = 1
+        ne += 1
+    if npre:  # entries evicted after they were planned leave the plan (an evicted request has nothing computed)
+        keep = 0
+        for e in range(ne):
+            r = ent_r[k, e]
+            if comp[r] > 0:
+                ent_r[k, keep] = r
+                ent_n[k, keep] = 1
+                keep += 1
+        ne = keep
+    else:  # _admit: the groups' heads, in (arrival, row) order, while the in-flight cap and free KV allow
+        nc = 0
+        for j in range(G):
+            r = qhead[k, j]
+            for _ in range(admit[j]):
+                cand[nc] = r
+                nc += 1
+                r = qnext[r]
+        if nc > 1:
+            ranks = np.empty(nc, np.int64)
+            for i in range(nc):
+                ranks[i] = rank[cand[i]]
+            ranks.sort()
+            for i in range(nc):
+                cand[i] = by_rank[ranks[i]]
+        room = nc
+        if wp[W_MAX_IN_FLIGHT] >= 0:
+            room = max(wp[W_MAX_IN_FLIGHT] - nrun[k], 0)
+        for i in range(min(room, nc)):
+            r = cand[i]
+            tokens = prompt[r] + gen[r]
+            if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
+                                     kv_hashed, r, k, tokens):
+                break  # LIFO: the newest admission is the first to go
+            _q_popleft(qhead, qtail, qlen, qnext, qprev, k, grp[r])
+            _set_remove(waiting, nwait, wpos, k, r)
+            comp[r] = 0
+            if np.isnan(sched_s[r]):
+                sched_s[r] = now
+            running[k, nrun[k]] = r
+            nrun[k] += 1
+            ent_r[k, ne] = r
+            ent_n[k, ne] = tokens
+            ne += 1
+    wake = np.inf
+    if ne == 0:
+        if npre:  # every request of the step was evicted: re-decide at once with the freed KV
+            wake = np.nextafter(now, np.inf)
+        elif wait:  # the drain time, a stalled group's release: even with no event
+            if wp[W_HAS_DRAIN] and wf[WF_DRAIN] > now:
+                wake = wf[WF_DRAIN]
+            if wp[W_HAS_MAX_WAIT]:  # _next_release_s
+                nxt_s = np.inf
+                for j in range(since.shape[1]):
+                    s = since[k, j]
+                    if not np.isnan(s) and not released[k, j]:
+                        t = s + wf[WF_MAX_WAIT]
+                        if t < nxt_s:
+                            nxt_s = t
+                if now < nxt_s < wake:
+                    wake = nxt_s
+    return ne, wake
+
+
 # ---------------------------------------------------------------- the engine loop
 @njit(cache=True)
 def new_state(nreq, ninst, nslots, max_seqs):
@@ -762,7 +1110,7 @@ def new_state(nreq, ninst, nslots, max_seqs):
 
 
 @njit(cache=True)
-def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, hinfo, hcode, blocks, role, kvb,
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, rule, hinfo, hcode, blocks, role, kvb,
         droute, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz, ca, cb, cz, op_x, op_y, op_len,
         elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
@@ -771,7 +1119,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     timeline)``.
 
     ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring). ``key``: each
-    request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``dec_base``
+    request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``rule``: WAIT's and
+    Nested WAIT's settings and state (see the WAIT section; placeholders for the other schedulers). ``dec_base``
     entries that are NaN are computed when first needed (``ProfiledStepTime._decode_base_s``).
     ``arrival_event_s[r]``: when request ``r`` reaches the router on the SimPy clock of the Python
     engine (see :func:`simulators.compiled.driver.arrival_event_times`); ``route[r]``: its instance when the
@@ -810,6 +1159,9 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     plan_id = counters[2]
     done = np.zeros(max_seqs, np.bool_)
     scratch = np.empty((5, max_seqs if sched == SCHED_MCSF else 0), np.int64)  # MC-SF's work rows
+    waits = sched == SCHED_WAIT or sched == SCHED_NESTED_WAIT
+    wwork = np.empty((4, max_seqs if waits else 0), np.int64)  # WAIT's work rows and admission candidates
+    wcand = np.empty(nreq if waits else 0, np.int64)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
     next_arrival, steps = counters[0], counters[1]
@@ -857,10 +1209,13 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             instance[r] = k
             if sched == SCHED_MCSF:
                 _heap_push(waiting, nwait, k, r, key)
+            elif waits:
+                wait_enqueue(rule, waiting, nwait, k, r)
             else:
                 waiting[k, (wh[k] + nwait[k]) % ring] = r
                 nwait[k] += 1
-            if event_s[k] == np.inf:  # idle: it wakes at this arrival's time (InstanceEngine.submit)
+            # idle (or paused with a wake-up timer): it wakes at this arrival's time (InstanceEngine.submit)
+            if event_s[k] == np.inf or (waits and wait_drop_alarm(rule, mid, k)):
                 event_s[k] = arrival_event_s[r]
                 event_q[k] = eid
                 eid += 1
@@ -898,6 +1253,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         if mid[k]:  # the first half of a wait from far back (wait_until): the second is scheduled now
             mid[k] = False
             event_s[k] = t + _pmax(step_end[k] - t, 0.0)
+            event_q[k] = eid
+            eid += 1
+            continue
+        if waits and not busy[k] and wait_alarm_fires(rule, k):  # the timer's end triggers the wake-up event
+            event_s[k] = t
             event_q[k] = eid
             eid += 1
             continue
@@ -972,6 +1332,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             clock[k] = now  # woken (a request, a release): InstanceEngine takes the SimPy time as its clock
         # ---- the next plan: the scheduler's schedule
         ne = 0
+        wake_s = np.inf  # (an empty WAIT plan's wake-up time)
         preempted = False
         swap_tokens = 0
         budget = budget0
@@ -1005,6 +1366,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                                 ent_r, ent_n, k, budget0, scratch)
             if ne < 0:
                 return MCSF_SHORT, -1 - ne, timeline
+        elif waits:  # WaitScheduler / NestedWaitScheduler.schedule
+            ne, wake_s = _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
+                                        kv_hashed, comp, gen, prompt, preemptions, sched_s, clock[k], running, nrun,
+                                        waiting, nwait, ent_r, ent_n, k, sched == SCHED_NESTED_WAIT, rule, wwork,
+                                        wcand)
         elif sched == SCHED_STATIC:  # StaticBatchScheduler.schedule
             if nrun[k] == 0:  # a batch forms only when none runs: FCFS while KV for prompt + output is free
                 while nwait[k] > 0 and nrun[k] < max_seqs:
@@ -1094,7 +1460,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 ne += 1
                 budget -= n
         # admissions, FCFS, chunked to the budget left
-        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC and sched != SCHED_MCSF:
+        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC and sched != SCHED_MCSF and not waits:
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
                 hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
@@ -1120,10 +1486,14 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 budget -= n
         nent[k] = ne
         if ne == 0:
-            if nrun[k]:
+            if nrun[k] and not waits:  # (WAIT's empty plans hold: its residents pause on purpose)
                 return STALLED, running[k, 0], timeline
             busy[k] = False
             event_s[k] = np.inf  # idle until a request arrives
+            if waits and wake_s < np.inf:  # or until the policy's wake-up time (InstanceEngine._wake_later)
+                event_s[k] = wait_set_alarm(rule, mid, step_end, k, now, wake_s)
+                event_q[k] = eid
+                eid += 1
         else:
             # ---- the step's duration: InstanceEngine._compute_time_s
             npf = 0
