@@ -102,6 +102,8 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
         return ("it runs the vllm-v1, vllm-v0, sarathi and static schedulers and the policies' rules of "
                 f"gpusched.policy.CompiledRule {COMPILED_RULES}")
     if rule is not None and rule.name in WAIT_RULES:  # (one policy object per instance: compare what the rule reads)
+        if len({id(s) for s in schedulers}) < len(schedulers):
+            return f"one {rule.name} object on several instances (it keeps one instance's queues)"
         if any(type(other) is not type(scheduler) or compiled_rule(other) != rule for other in schedulers[1:]):
             return "instances with different scheduler settings"
     elif any(other != scheduler for other in schedulers[1:]):
