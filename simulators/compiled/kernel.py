@@ -887,67 +887,84 @@ def _bisect_left(a, n, x):
 @njit(cache=True)
 def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, gen,
                    prompt, preemptions, sched_s, now, running, nrun, waiting, nwait, ent_r, ent_n, k, nested, rule,
-                   work, cand):
+                   plan_id, work, stages, small, cand):
     """_StageScheduler.schedule with WaitScheduler._select (``nested`` False) or NestedWaitScheduler._select: fills
-    the plan of instance ``k``; returns its entries and, for an empty plan, the wake-up time (``inf``: none).
-    ``work``: (4, max_seqs) int64 rows; ``cand``: room for the admission candidates."""
+    the plan of instance ``k`` (plan number ``plan_id``); returns its entries and, for an empty plan, the wake-up time
+    (``inf``: none). Work arrays: ``work`` (8, max_seqs), ``stages`` (2, stages: a stamp and a bucket per stage),
+    ``small`` (4, max(groups, segments)), ``cand`` (2, requests); int64."""
     wp, wf, thr, ends, grp, rank, by_rank, qhead, qtail, qlen, qnext, qprev, wpos, since, released, alarm = rule
+    bs = ip[P_BS]
     draining = wp[W_HAS_DRAIN] != 0 and now >= wf[WF_DRAIN]
     wait = wp[W_PAPER] != 0 and not draining
     G = wp[W_GROUPS]
-    S = wp[W_STAGES]
     m = nrun[k]
-    keys, first, sel, tmp = work[0], work[1], work[2], work[3]
-    # residents bucketed by (group, stage), buckets in order of first appearance in ``running`` (a dict there)
+    bgrp, bstage, bnext, bcount, boff, members, qb, sel = (work[0], work[1], work[2], work[3], work[4], work[5],
+                                                           work[6], work[7])
+    # residents bucketed by (group, stage), buckets in order of first appearance in ``running`` (the policy's dict):
+    # per stage (stamped with the plan number) a chain of its buckets, one per group present
+    nb = 0
     for q in range(m):
         r = running[k, q]
-        keys[q] = grp[r] * S + gen[r]
-    order = np.argsort(keys[:m], kind="mergesort")  # runs of one key, each in running order
-    i = 0
-    while i < m:  # first[q] = end (in ``order``) of q's run if q opens it, else -1
-        j = i + 1
-        while j < m and keys[order[j]] == keys[order[i]]:
-            j += 1
-        first[order[i]] = j
-        for x in range(i + 1, j):
-            first[order[x]] = -1
-        tmp[order[i]] = i  # where the run starts
-        i = j
-    elig = np.zeros(G, np.bool_)
-    admit = np.zeros(G, np.int64)
+        s = gen[r]
+        g = grp[r]
+        if stages[0, s] != plan_id:
+            stages[0, s] = plan_id
+            stages[1, s] = -1
+        b = stages[1, s]
+        while b >= 0 and bgrp[b] != g:
+            b = bnext[b]
+        if b < 0:
+            b = nb
+            nb += 1
+            bgrp[b] = g
+            bstage[b] = s
+            bcount[b] = 0
+            bnext[b] = stages[1, s]
+            stages[1, s] = b
+        bcount[b] += 1
+        qb[q] = b
+    off = 0
+    for b in range(nb):  # members of each bucket in running order, from boff[b]
+        boff[b] = off
+        bnext[b] = off
+        off += bcount[b]
+    for q in range(m):
+        b = qb[q]
+        members[bnext[b]] = running[k, q]
+        bnext[b] += 1
+    elig, admit = small[0], small[1]
     ns = 0
     if not nested:  # WaitScheduler._select
         if wait:
-            resident = np.zeros(G, np.bool_)
-            for q in range(m):
-                resident[grp[running[k, q]]] = True
+            resident = small[2]
+            resident[:G] = 0
+            for b in range(nb):
+                resident[bgrp[b]] = 1
             for j in range(G):
                 ok = qlen[k, j] >= thr[j]
-                busy = qlen[k, j] > 0 or resident[j]
+                busy = qlen[k, j] > 0 or resident[j] != 0
                 elig[j] = _wait_release(wp, wf, since, released, k, j, busy and not ok, now, busy) or ok
         else:
-            elig[:] = True
+            elig[:G] = 1
         for j in range(G):
             admit[j] = min(thr[j], qlen[k, j]) if elig[j] else 0
-        for q in range(m):
-            end = first[q]
-            if end < 0:
-                continue
-            j = keys[q] // S
+        for b in range(nb):
+            j = bgrp[b]
             if elig[j]:
-                start = tmp[q]
-                for x in range(start, min(end, start + thr[j])):
-                    sel[ns] = running[k, order[x]]
+                for x in range(boff[b], boff[b] + min(bcount[b], thr[j])):
+                    sel[ns] = members[x]
                     ns += 1
     else:  # NestedWaitScheduler._select
+        admit[0] = 0
         L = wp[W_SEGMENTS]
         queued = qlen[k, 0]
-        at_first = np.zeros(L, np.int64)  # residents at each segment's first stage (its boundary queue)
-        for q in range(m):
-            s = gen[running[k, q]] - 1
+        at_first = small[3]  # residents at each segment's first stage (its boundary queue)
+        at_first[:L] = 0
+        for b in range(nb):
+            s = bstage[b] - 1
             x = _bisect_left(ends, L, s)
             if x < L - 1 and ends[x] == s:
-                at_first[x + 1] += 1
+                at_first[x + 1] = bcount[b]
         if not wait:  # discrete.prefix_length
             kk = L
         elif queued < thr[0]:
@@ -964,32 +981,34 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
                 if kk == 0 and queued > 0:
                     stalled = True
                 else:
-                    for q in range(m):
-                        if min(_bisect_left(ends, L, gen[running[k, q]]), L - 1) >= kk:
+                    for b in range(nb):
+                        if min(_bisect_left(ends, L, bstage[b]), L - 1) >= kk:
                             stalled = True
                             break
             if _wait_release(wp, wf, since, released, k, 0, stalled, now, queued > 0 or m > 0):
                 kk = L
         if kk > 0:
             admit[0] = min(thr[0], queued)
-            for q in range(m):
-                end = first[q]
-                if end < 0:
-                    continue
-                seg = min(_bisect_left(ends, L, keys[q]), L - 1)
+            for b in range(nb):
+                seg = min(_bisect_left(ends, L, bstage[b]), L - 1)
                 if seg < kk:
-                    start = tmp[q]
-                    for x in range(start, min(end, start + thr[seg])):
-                        sel[ns] = running[k, order[x]]
+                    for x in range(boff[b], boff[b] + min(bcount[b], thr[seg])):
+                        sel[ns] = members[x]
                         ns += 1
     # the selected residents decode one token each; LIFO eviction when one cannot grow (_evict_for)
     ne = 0
     npre = 0
     for i in range(ns):
         r = sel[i]
-        if comp[r] == 0:  # evicted earlier in this step
+        c = comp[r]
+        if c == 0:  # evicted earlier in this step
             continue
-        ok = _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, comp[r] + 1)
+        if c + 1 <= (kv_priv[r] + kv_hashed[r]) * bs:  # no new block (inline: a call costs more than the rest)
+            if c + 1 > kv_tok[r]:
+                kv_tok[r] = c + 1
+            ok = True
+        else:
+            ok = _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, c + 1)
         if not ok:
             while True:
                 victim = running[k, nrun[k] - 1]
@@ -1024,21 +1043,21 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
         for j in range(G):
             r = qhead[k, j]
             for _ in range(admit[j]):
-                cand[nc] = r
+                cand[0, nc] = r
                 nc += 1
                 r = qnext[r]
         if nc > 1:
-            ranks = np.empty(nc, np.int64)
+            ranks = cand[1, :nc]
             for i in range(nc):
-                ranks[i] = rank[cand[i]]
+                ranks[i] = rank[cand[0, i]]
             ranks.sort()
             for i in range(nc):
-                cand[i] = by_rank[ranks[i]]
+                cand[0, i] = by_rank[ranks[i]]
         room = nc
         if wp[W_MAX_IN_FLIGHT] >= 0:
             room = max(wp[W_MAX_IN_FLIGHT] - nrun[k], 0)
         for i in range(min(room, nc)):
-            r = cand[i]
+            r = cand[0, i]
             tokens = prompt[r] + gen[r]
             if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
                                      kv_hashed, r, k, tokens):
@@ -1160,8 +1179,10 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     done = np.zeros(max_seqs, np.bool_)
     scratch = np.empty((5, max_seqs if sched == SCHED_MCSF else 0), np.int64)  # MC-SF's work rows
     waits = sched == SCHED_WAIT or sched == SCHED_NESTED_WAIT
-    wwork = np.empty((4, max_seqs if waits else 0), np.int64)  # WAIT's work rows and admission candidates
-    wcand = np.empty(nreq if waits else 0, np.int64)
+    wwork = np.empty((8, max_seqs if waits else 0), np.int64)  # WAIT's work rows (see _schedule_wait)
+    wstages = np.zeros((2, rule[0][W_STAGES] if waits else 0), np.int64)
+    wsmall = np.empty((4, max(rule[0][W_GROUPS], rule[0][W_SEGMENTS]) if waits else 0), np.int64)
+    wcand = np.empty((2, nreq if waits else 0), np.int64)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
     next_arrival, steps = counters[0], counters[1]
@@ -1369,8 +1390,8 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
         elif waits:  # WaitScheduler / NestedWaitScheduler.schedule
             ne, wake_s = _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
                                         kv_hashed, comp, gen, prompt, preemptions, sched_s, clock[k], running, nrun,
-                                        waiting, nwait, ent_r, ent_n, k, sched == SCHED_NESTED_WAIT, rule, wwork,
-                                        wcand)
+                                        waiting, nwait, ent_r, ent_n, k, sched == SCHED_NESTED_WAIT, rule, plan_id,
+                                        wwork, wstages, wsmall, wcand)
         elif sched == SCHED_STATIC:  # StaticBatchScheduler.schedule
             if nrun[k] == 0:  # a batch forms only when none runs: FCFS while KV for prompt + output is free
                 while nwait[k] > 0 and nrun[k] < max_seqs:
