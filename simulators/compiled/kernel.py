@@ -850,7 +850,7 @@ def wait_set_alarm(rule, mid, step_end, k, now, at_s):
     return now + _pmax(at_s - now, 0.0)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _wait_release(wp, wf, since, released, k, g, stalled, now, has_work):
     """_StageScheduler._release for group ``g`` of instance ``k``."""
     if released[k, g]:
