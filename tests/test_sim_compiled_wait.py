@@ -20,6 +20,7 @@ import pytest
 from formulations.nested_wait import NestedWaitScheduler, PromptType, WaitScheduler
 from formulations.nested_wait import policy as nw_policy
 from gpusched.workload import Trace, load_trace
+from simulators.compiled import driver
 from simulators.compiled.driver import unsupported_reason
 from simulators.serving import InstanceConfig
 from test_sim_compiled import _assert_same_as_step_mode, _h100  # (_h100: a new model, its own price tables)
@@ -164,3 +165,51 @@ def test_settings_the_transcription_does_not_cover_run_on_the_simpy_engine():
                InstanceConfig(model, 900, 16, "wait", role="decode")]
     assert unsupported_reason(trace, pd_pair, "round-robin", None)
     assert unsupported_reason(trace, [InstanceConfig(model, 900, 16, "wait")], "round-robin", True)  # own hashes
+
+
+def _random_case(seed: int):
+    """A small random trace (ties in arrival times, one-token outputs) on 1-3 instances with random WAIT or Nested
+    WAIT settings and KV from barely enough to ample."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    arrival = np.sort(np.round(rng.uniform(0.0, 2.0, n), int(rng.choice([1, 6]))))
+    prompt = rng.integers(1, 200, n)
+    output = np.where(rng.random(n) < 0.15, 1, rng.integers(1, 50, n))
+    df = pd.DataFrame({"request_id": range(n), "arrival_time_s": arrival, "prompt_tokens": prompt,
+                       "output_tokens": output})
+    trace = Trace(df, name=f"random-{seed}")
+    common = dict(mode=str(rng.choice(["paper", "paper", "no-wait"])),
+                  max_in_flight=None if rng.random() < 0.6 else int(rng.integers(1, 6)),
+                  drain_after_s=None if rng.random() < 0.3 else float(rng.uniform(0.0, 2.5)),
+                  max_wait_s=None if rng.random() < 0.4 else float(rng.uniform(0.0, 0.5)))
+    if seed % 2:
+        pairs = sorted(set(zip(prompt.tolist(), output.tolist())))
+        types = [PromptType(p, o - 1, 1.0) for p, o in pairs]
+        make = lambda: WaitScheduler(types, rng.integers(1, 4, len(types)).tolist(), **common)  # noqa: E731
+    else:
+        ends = sorted(set(rng.integers(0, 60, int(rng.integers(1, 4))).tolist()))
+        make = lambda: NestedWaitScheduler(ends, rng.integers(1, 4, len(ends)).tolist(), **common)  # noqa: E731
+    fits = -(-int((prompt + output).max()) // 16)
+    blocks = fits + int(rng.integers(0, 30))
+    policies = [make() for _ in range(int(rng.integers(1, 4)))]
+    for p in policies[1:]:  # the same settings on every instance, one object each
+        p.thresholds = policies[0].thresholds
+    model = _h100()
+    instances = [InstanceConfig(model, blocks, 16, p) for p in policies]
+    router = str(rng.choice(["round-robin", "random", "least-outstanding-tokens", "kv-aware"]))
+    return trace, instances, router
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_cases_equal_step_mode(seed):
+    trace, instances, router = _random_case(seed)
+    _assert_same_as_step_mode(trace, instances, router=router)
+
+
+def test_a_run_paused_for_progress_updates_resumes_the_policy_state(monkeypatch, plans):
+    """The driver returns to Python every few arrivals (a progress bar); queues, clocks and timers carry over."""
+    monkeypatch.setattr(driver, "PROGRESS_EVERY", 7)
+    knobs = {"max_wait_s": 0.5, "thresholds": [6, 3, 2, 1]}
+    res = _assert_same_as_step_mode(_azure(rate=1.0), [InstanceConfig(_h100(), 3000, 16, "nested-wait", knobs)],
+                                    progress=True)
+    assert res.num_unfinished == 0 and plans["release"] > 0
