@@ -47,6 +47,12 @@ From the paper's model to the engine
   [P §6] (not part of Algorithms 1-2), applied to admissions.
 
 Requests are admitted with their whole prompt (no prefix caching: KV is allocated without block hashes).
+
+* **Engines.** The SimPy engine runs these policies step by step (they make no decode-run promise). The compiled
+  engine (``simulate(..., mode="fast")``) carries a transcription of both rules, opted into by
+  :meth:`WaitScheduler.compiled_rule` / :meth:`NestedWaitScheduler.compiled_rule` (:class:`gpusched.policy.CompiledRule`
+  ``"wait"``/``"nested-wait"``); this module stays the rules' source, ``tests/test_sim_compiled_wait.py`` checks the
+  two agree to the bit.
 """
 from __future__ import annotations
 

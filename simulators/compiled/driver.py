@@ -33,7 +33,13 @@ the ids only name the blocks a finished request leaves cached); MC-SF
 (``formulations.mcsf.McsfScheduler`` with the oracle's predictions, by output length or FCFS, on
 colocated instances, traces without prefix-block ids: its ``compiled_rule``; its preemption on a KV
 shortage is not transcribed, since under the oracle it cannot happen, and the kernel reports it as a
-broken invariant if it did). Not covered: sessions, abandonment, other policies and router objects, a round-robin or random decode router offered only some decode instances
+broken invariant if it did); WAIT and Nested WAIT (``formulations.nested_wait``'s ``WaitScheduler`` and
+``NestedWaitScheduler``, the registered ``wait`` and ``nested-wait``: any thresholds, segments, mode,
+in-flight cap, ``max_wait_s`` and drain time; WAIT's types by exact lengths or the calibration's output-length
+bins; colocated instances, one policy object each, traces without prefix-block ids: their ``compiled_rule``),
+with the engine's side of them: an empty plan that holds (residents keep their KV) and its wake-up timer
+(``InstanceEngine._wake_later``), events in SimPy's order, held requests reported unfinished when the run
+ends. Not covered: sessions, abandonment, other policies and router objects, a round-robin or random decode router offered only some decode instances
 (instances of unequal KV and a request that only the larger hold).
 
 Step prices: the terms that depend only on a step's token count (``ProfiledStepTime._token_terms_s``)

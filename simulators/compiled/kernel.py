@@ -4,7 +4,8 @@ A transcription, on flat arrays, of what the SimPy engine does in step mode for 
 behind a router, or prefill and decode instances with hand-offs over a link (the first token on a
 prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
 ._retire and .release), with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like
-with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
+with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching; the policies' rules MC-SF, WAIT and
+Nested WAIT, see :class:`gpusched.policy.CompiledRule`), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
