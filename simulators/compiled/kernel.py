@@ -885,6 +885,13 @@ def _bisect_left(a, n, x):
     return lo
 
 
+# _schedule_wait's work rows: per bucket its group, stage, next bucket of its stage (then its fill position), member
+# count and offset in the members row; the members; per running position its bucket; the selected residents. Its
+# small rows, per group (or segment): eligible, admissions allowed, has residents, residents at the first stage.
+_B_GROUP, _B_STAGE, _B_NEXT, _B_COUNT, _B_OFF, _MEMBER, _BUCKET_OF, _SELECTED = range(8)
+_ELIGIBLE, _ADMIT, _RESIDENT, _AT_FIRST = range(4)
+
+
 @njit(cache=True)
 def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, gen,
                    prompt, preemptions, sched_s, now, running, nrun, waiting, nwait, ent_r, ent_n, k, nested, rule,
@@ -899,8 +906,7 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
     wait = wp[W_PAPER] != 0 and not draining
     G = wp[W_GROUPS]
     m = nrun[k]
-    bgrp, bstage, bnext, bcount, boff, members, qb, sel = (work[0], work[1], work[2], work[3], work[4], work[5],
-                                                           work[6], work[7])
+    # (the work rows are indexed in place: a row view would cost reference counting at every step)
     # residents bucketed by (group, stage), buckets in order of first appearance in ``running`` (the policy's dict):
     # per stage (stamped with the plan number) a chain of its buckets, one per group present
     nb = 0
@@ -912,60 +918,60 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
             stages[0, s] = plan_id
             stages[1, s] = -1
         b = stages[1, s]
-        while b >= 0 and bgrp[b] != g:
-            b = bnext[b]
+        while b >= 0 and work[_B_GROUP, b] != g:
+            b = work[_B_NEXT, b]
         if b < 0:
             b = nb
             nb += 1
-            bgrp[b] = g
-            bstage[b] = s
-            bcount[b] = 0
-            bnext[b] = stages[1, s]
+            work[_B_GROUP, b] = g
+            work[_B_STAGE, b] = s
+            work[_B_COUNT, b] = 0
+            work[_B_NEXT, b] = stages[1, s]
             stages[1, s] = b
-        bcount[b] += 1
-        qb[q] = b
+        work[_B_COUNT, b] += 1
+        work[_BUCKET_OF, q] = b
     off = 0
-    for b in range(nb):  # members of each bucket in running order, from boff[b]
-        boff[b] = off
-        bnext[b] = off
-        off += bcount[b]
+    for b in range(nb):  # members of each bucket in running order, from work[_B_OFF, b]
+        work[_B_OFF, b] = off
+        work[_B_NEXT, b] = off
+        off += work[_B_COUNT, b]
     for q in range(m):
-        b = qb[q]
-        members[bnext[b]] = running[k, q]
-        bnext[b] += 1
-    elig, admit = small[0], small[1]
+        b = work[_BUCKET_OF, q]
+        work[_MEMBER, work[_B_NEXT, b]] = running[k, q]
+        work[_B_NEXT, b] += 1
     ns = 0
     if not nested:  # WaitScheduler._select
         if wait:
-            resident = small[2]
-            resident[:G] = 0
+            for j in range(G):
+                small[_RESIDENT, j] = 0
             for b in range(nb):
-                resident[bgrp[b]] = 1
+                small[_RESIDENT, work[_B_GROUP, b]] = 1
             for j in range(G):
                 ok = qlen[k, j] >= thr[j]
-                busy = qlen[k, j] > 0 or resident[j] != 0
-                elig[j] = _wait_release(wp, wf, since, released, k, j, busy and not ok, now, busy) or ok
+                busy = qlen[k, j] > 0 or small[_RESIDENT, j] != 0
+                small[_ELIGIBLE, j] = _wait_release(wp, wf, since, released, k, j, busy and not ok, now, busy) or ok
         else:
-            elig[:G] = 1
+            for j in range(G):
+                small[_ELIGIBLE, j] = 1
         for j in range(G):
-            admit[j] = min(thr[j], qlen[k, j]) if elig[j] else 0
+            small[_ADMIT, j] = min(thr[j], qlen[k, j]) if small[_ELIGIBLE, j] else 0
         for b in range(nb):
-            j = bgrp[b]
-            if elig[j]:
-                for x in range(boff[b], boff[b] + min(bcount[b], thr[j])):
-                    sel[ns] = members[x]
+            j = work[_B_GROUP, b]
+            if small[_ELIGIBLE, j]:
+                for x in range(work[_B_OFF, b], work[_B_OFF, b] + min(work[_B_COUNT, b], thr[j])):
+                    work[_SELECTED, ns] = work[_MEMBER, x]
                     ns += 1
     else:  # NestedWaitScheduler._select
-        admit[0] = 0
+        small[_ADMIT, 0] = 0
         L = wp[W_SEGMENTS]
         queued = qlen[k, 0]
-        at_first = small[3]  # residents at each segment's first stage (its boundary queue)
-        at_first[:L] = 0
+        for x in range(L):  # residents at each segment's first stage (its boundary queue)
+            small[_AT_FIRST, x] = 0
         for b in range(nb):
-            s = bstage[b] - 1
+            s = work[_B_STAGE, b] - 1
             x = _bisect_left(ends, L, s)
             if x < L - 1 and ends[x] == s:
-                at_first[x + 1] = bcount[b]
+                small[_AT_FIRST, x + 1] = work[_B_COUNT, b]
         if not wait:  # discrete.prefix_length
             kk = L
         elif queued < thr[0]:
@@ -973,7 +979,7 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
         else:
             kk = 1
             for x in range(1, L):
-                if at_first[x] < thr[x]:
+                if small[_AT_FIRST, x] < thr[x]:
                     break
                 kk += 1
         if wait:
@@ -983,24 +989,24 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
                     stalled = True
                 else:
                     for b in range(nb):
-                        if min(_bisect_left(ends, L, bstage[b]), L - 1) >= kk:
+                        if min(_bisect_left(ends, L, work[_B_STAGE, b]), L - 1) >= kk:
                             stalled = True
                             break
             if _wait_release(wp, wf, since, released, k, 0, stalled, now, queued > 0 or m > 0):
                 kk = L
         if kk > 0:
-            admit[0] = min(thr[0], queued)
+            small[_ADMIT, 0] = min(thr[0], queued)
             for b in range(nb):
-                seg = min(_bisect_left(ends, L, bstage[b]), L - 1)
+                seg = min(_bisect_left(ends, L, work[_B_STAGE, b]), L - 1)
                 if seg < kk:
-                    for x in range(boff[b], boff[b] + min(bcount[b], thr[seg])):
-                        sel[ns] = members[x]
+                    for x in range(work[_B_OFF, b], work[_B_OFF, b] + min(work[_B_COUNT, b], thr[seg])):
+                        work[_SELECTED, ns] = work[_MEMBER, x]
                         ns += 1
     # the selected residents decode one token each; LIFO eviction when one cannot grow (_evict_for)
     ne = 0
     npre = 0
     for i in range(ns):
-        r = sel[i]
+        r = work[_SELECTED, i]
         c = comp[r]
         if c == 0:  # evicted earlier in this step
             continue
@@ -1043,7 +1049,7 @@ def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_
         nc = 0
         for j in range(G):
             r = qhead[k, j]
-            for _ in range(admit[j]):
+            for _ in range(small[_ADMIT, j]):
                 cand[0, nc] = r
                 nc += 1
                 r = qnext[r]
