@@ -39,7 +39,7 @@ OK, KV_OVER_CAPACITY, ACCOUNTING, KV_SHORT, STALLED, PAUSED, MCSF_SHORT = 0, 1, 
  P_SCHED, P_SWAP, P_KV_BYTES, P_DROUTER) = range(24)
 NUM_IP = 24
 # schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler,
-# StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf),
+# StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf)
 SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC, SCHED_MCSF = range(5)
 # "wait" and "nested-wait" (formulations.nested_wait): their plans are made by _schedule_wait, their empty plans
 # pause with StepPlan.hold and may ask for a wake-up (wait_set_alarm)
@@ -1167,6 +1167,12 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     step, in the order of the step's plan). Numbers are taken in the order SimPy schedules these events.
     Instances interact only through the routers and the transfers: a router sees each instance as it
     stood after its last event before the arrival or the transfer's end.
+
+    Under WAIT and Nested WAIT an instance whose plan is empty pauses (its residents keep their KV) until a
+    request arrives or, if the policy asked for one, its wake-up timer ends (InstanceEngine._wake_later: the
+    timer's process waits as a step does, in two events from far back; its end triggers the wake-up, one more
+    event at that time). An arrival before the timer's end wakes the instance at once and the timer is dropped
+    (it would find the wake-up triggered and do nothing).
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
      slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
