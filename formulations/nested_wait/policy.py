@@ -192,7 +192,9 @@ class _StageScheduler:
 
     def held(self) -> list[SeqState]:
         """The requests the last run left resident but not finished (paused below a threshold with their KV, when
-        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished."""
+        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished. Only a
+        run on the SimPy engine moves this object: after a run on the compiled engine (``compiled_rule``), which
+        follows a transcription of it, read the results' ``status`` column instead."""
         return list(self._running or ())  # the engine removes finished requests from ``running``
 
     def _admit(self, admit: list[int], waiting: deque, running: list, kv: BlockManager, plan: StepPlan,
