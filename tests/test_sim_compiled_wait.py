@@ -19,6 +19,7 @@ import pytest
 
 from formulations.nested_wait import NestedWaitScheduler, PromptType, WaitScheduler
 from formulations.nested_wait import policy as nw_policy
+from gpusched.synthetic import agent_sessions
 from gpusched.workload import Trace, load_trace
 from simulators.compiled import driver
 from simulators.compiled.driver import unsupported_reason
@@ -165,6 +166,10 @@ def test_settings_the_transcription_does_not_cover_run_on_the_simpy_engine():
                InstanceConfig(model, 900, 16, "wait", role="decode")]
     assert unsupported_reason(trace, pd_pair, "round-robin", None)
     assert unsupported_reason(trace, [InstanceConfig(model, 900, 16, "wait")], "round-robin", True)  # own hashes
+    sessions = agent_sessions(num_sessions=3, rounds=2, think_time_s=1.0, new_tokens_per_round=50,
+                              output_tokens=20)
+    assert "sessions" in unsupported_reason(sessions, [InstanceConfig(model, 900, 16, covered["nested"])],
+                                            "round-robin", None)
 
 
 def _random_case(seed: int):

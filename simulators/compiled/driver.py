@@ -195,6 +195,9 @@ def _wait_groups(rule, df: pd.DataFrame) -> np.ndarray:
 
 def _wait_unsupported(rule, trace: Trace) -> str | None:
     p = rule.params
+    df = trace.df
+    if "session_id" in df and "round" in df and df["session_id"].notna().any():
+        return f"multi-round sessions under {rule.name} (its transcription queues only the trace's own arrivals)"
     if p.get("mode") not in ("paper", "no-wait"):
         return f"{rule.name} in mode {p.get('mode')!r}"
     if rule.name == "wait" and (p.get("type_map") or ("",))[0] not in ("exact", "output-bins"):
