@@ -218,3 +218,22 @@ def test_a_run_paused_for_progress_updates_resumes_the_policy_state(monkeypatch,
     res = _assert_same_as_step_mode(_azure(rate=1.0), [InstanceConfig(_h100(), 3000, 16, "nested-wait", knobs)],
                                     progress=True)
     assert res.num_unfinished == 0 and plans["release"] > 0
+
+
+@pytest.mark.parametrize("max_types", [8, 1000])  # output-length bins; one type per distinct (prompt, output) pair
+def test_the_engines_types_are_the_policys(max_types):
+    """The per-request types the driver reads off ``CompiledRule.params["type_map"]`` are the policy's own
+    ``type_of`` answers, request by request."""
+    from gpusched.policy import SeqState
+    from gpusched.registry import BuildContext
+    from formulations.nested_wait.calibrate import calibrated_wait
+
+    trace = _azure(200)
+    context = BuildContext(trace=trace, step_model=_h100(), num_kv_blocks=3000, block_size_tokens=16)
+    policy = calibrated_wait(context, max_types=max_types, thresholds=None)
+    rule = policy.compiled_rule()
+    assert rule.params["type_map"][0] == ("output-bins" if max_types == 8 else "exact")
+    df = trace.df
+    seqs = [SeqState(r.request_id, i, r.arrival_time_s, r.prompt_tokens, r.output_tokens)
+            for i, r in enumerate(df.itertuples())]
+    assert driver._wait_groups(rule, df).tolist() == [policy.type_of(s) for s in seqs]
