@@ -164,15 +164,25 @@ class CompiledRule:
 
     name : the transcribed rule: ``"mc-sf"`` (``formulations.mcsf.McsfScheduler``: every running sequence
         continues, then the longest prefix of the queue in priority order that passes the
-        future-feasibility check starts, its prompt whole).
-    token_budget : tokens of one step (the policy's ``max_num_batched_tokens``).
+        future-feasibility check starts, its prompt whole); ``"wait"`` and ``"nested-wait"``
+        (``formulations.nested_wait.WaitScheduler``, Algorithm 1, and ``NestedWaitScheduler``, Algorithm 2:
+        stage thresholds per type or segment, pauses with ``StepPlan.hold``, wake-up timers).
+    token_budget : tokens of one step (the policy's ``max_num_batched_tokens``); 0: the rule has none.
     priority : queue order: ``"output"`` (the true output tokens, shortest first: the oracle prediction),
         or ``"arrival"``; ties by trace row.
+    params : the rule's settings beyond these, by name (empty for ``"mc-sf"``). For ``"wait"`` and
+        ``"nested-wait"``: ``mode`` (``"paper"`` or ``"no-wait"``), ``thresholds`` (ints, one per type or
+        segment), ``max_in_flight`` (int or None), ``drain_after_s`` and ``max_wait_s`` (s, or None); for
+        ``"wait"`` also ``type_map``, a request's type from its lengths: ``("exact", ((prompt_tokens,
+        output_tokens, type), ...))`` or ``("output-bins", edges, types)`` (type ``types[b]`` for
+        ``b = bisect_left(edges, output_tokens)``, -1: none); for ``"nested-wait"`` ``segment_ends`` (the
+        segments' last decode stages, increasing). Values are immutable (tuples, numbers, strings).
     """
 
     name: str
     token_budget: int
     priority: str = "output"
+    params: Mapping[str, object] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

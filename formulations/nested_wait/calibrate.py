@@ -9,7 +9,6 @@ when below one prompt per stage), scaled so that its KV ranges over ``(0, C]``, 
 """
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -20,7 +19,7 @@ from scipy.optimize import nnls
 from gpusched.errors import ConfigError
 
 from .fluid import FluidInstabilityError, PromptType, _count, _types, fluid_equilibrium
-from .policy import NestedWaitScheduler, WaitScheduler, _exact_type
+from .policy import NestedWaitScheduler, OutputLengthBins, WaitScheduler, _exact_type
 from .segments import SegmentDesign, choose_nested_thresholds, continuation_ratios, equal_width_ends
 from .thresholds import NoAdmissibleThresholdsError, choose_wait_thresholds
 
@@ -120,7 +119,7 @@ def types_from_lengths(prompt_tokens: Sequence[int], output_tokens: Sequence[int
         types.append((b, PromptType(int(math.ceil(p[mask].mean())), int(top) - 1, rate_per_s * mask.sum() / p.size,
                                     f"out<={top}")))
     slot = {b: j for j, (b, _) in enumerate(types)}
-    return [t for _, t in types], lambda seq: slot[bisect.bisect_left(edges, seq.output_tokens)]
+    return [t for _, t in types], OutputLengthBins(edges, slot)
 
 
 def segment_ends_for(output_tokens: Sequence[int], num_segments: int, cuts: str = "quantile") -> tuple[int, ...]:

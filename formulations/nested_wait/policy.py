@@ -47,9 +47,16 @@ From the paper's model to the engine
   [P §6] (not part of Algorithms 1-2), applied to admissions.
 
 Requests are admitted with their whole prompt (no prefix caching: KV is allocated without block hashes).
+
+* **Engines.** The SimPy engine runs these policies step by step (they make no decode-run promise). The compiled
+  engine (``simulate(..., mode="fast")``) carries a transcription of both rules, opted into by
+  :meth:`WaitScheduler.compiled_rule` / :meth:`NestedWaitScheduler.compiled_rule` (:class:`gpusched.policy.CompiledRule`
+  ``"wait"``/``"nested-wait"``); this module stays the rules' source, ``tests/test_sim_compiled_wait.py`` checks the
+  two agree to the bit.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from itertools import islice
@@ -57,7 +64,7 @@ from typing import Callable, Sequence
 
 from gpusched.errors import ConfigError
 from gpusched.kvcache import BlockManager
-from gpusched.policy import SeqState, StepPlan
+from gpusched.policy import CompiledRule, SeqState, StepPlan
 
 from .discrete import prefix_length
 from .fluid import PromptType, _count, _finite, _types
@@ -133,6 +140,11 @@ class _StageScheduler:
                  if t is not None and not free]
         return min(times) if times else None
 
+    def _rule_params(self) -> dict:
+        """The settings every compiled transcription of this scheduler needs (:class:`CompiledRule` ``params``)."""
+        return {"mode": self.mode, "thresholds": tuple(self.thresholds), "max_in_flight": self.max_in_flight,
+                "drain_after_s": self.drain_after_s, "max_wait_s": self.max_wait_s}
+
     # -- the step -----------------------------------------------------------------------------------------
     def schedule(self, waiting: deque, running: list, kv: BlockManager, now_s: float) -> StepPlan:
         if waiting is not self._waiting:
@@ -180,7 +192,9 @@ class _StageScheduler:
 
     def held(self) -> list[SeqState]:
         """The requests the last run left resident but not finished (paused below a threshold with their KV, when
-        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished."""
+        the run ended without a drain rule); empty after a drained run. The engine reports them unfinished. Only a
+        run on the SimPy engine moves this object: after a run on the compiled engine (``compiled_rule``), which
+        follows a transcription of it, read the results' ``status`` column instead."""
         return list(self._running or ())  # the engine removes finished requests from ``running``
 
     def _admit(self, admit: list[int], waiting: deque, running: list, kv: BlockManager, plan: StepPlan,
@@ -251,6 +265,19 @@ class WaitScheduler(_StageScheduler):
             type_of = _exact_type(index)
         self.type_of = type_of
 
+    def compiled_rule(self) -> CompiledRule | None:
+        """Algorithm 1 on the compiled serving engine (:class:`gpusched.policy.CompiledRule` ``"wait"``), or None
+        where its transcription does not cover the settings: a subclass (which may change any step), or a
+        ``type_of`` other than a function of the request's lengths known here (the default exact map, or the
+        output-length bins of :func:`.calibrate.types_from_lengths`): the engine classifies each request once,
+        from its lengths, as this policy does when it first sees it."""
+        if type(self) is not WaitScheduler:
+            return None
+        type_map = _type_map(self.type_of)
+        if type_map is None:
+            return None
+        return CompiledRule("wait", 0, params={**self._rule_params(), "type_map": type_map})
+
     def _classify(self, seq: SeqState) -> int:
         j = self.type_of(seq)
         if not 0 <= j < len(self.types):
@@ -275,15 +302,51 @@ class WaitScheduler(_StageScheduler):
         return admit, selected
 
 
-def _exact_type(index: dict) -> Callable[[SeqState], int]:
-    def type_of(seq: SeqState) -> int:
+class _ExactTypes:
+    """``type_of`` by exact lengths: ``index[(prompt_tokens, output_tokens)]`` (a class, not a closure, so that
+    :meth:`WaitScheduler.compiled_rule` can read the map)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: dict):
+        self.index = index
+
+    def __call__(self, seq: SeqState) -> int:
         try:
-            return index[(seq.prompt_tokens, seq.output_tokens)]
+            return self.index[(seq.prompt_tokens, seq.output_tokens)]
         except KeyError:
             raise ConfigError(
                 f"request {seq.request_id!r} (prompt {seq.prompt_tokens}, output {seq.output_tokens} tokens) matches "
                 f"no WAIT type; pass type_of= to map requests to types (e.g. by output-length bins)") from None
-    return type_of
+
+
+def _exact_type(index: dict) -> Callable[[SeqState], int]:
+    return _ExactTypes(index)
+
+
+class OutputLengthBins:
+    """``type_of`` by output-length bins (:func:`.calibrate.types_from_lengths`): ``slot[b]`` for the bin
+    ``b = bisect_left(edges, output_tokens)`` (a class, not a closure, so that :meth:`WaitScheduler.compiled_rule`
+    can read it)."""
+
+    __slots__ = ("edges", "slot")
+
+    def __init__(self, edges: list[int], slot: dict[int, int]):
+        self.edges, self.slot = edges, slot
+
+    def __call__(self, seq: SeqState) -> int:
+        return self.slot[bisect.bisect_left(self.edges, seq.output_tokens)]
+
+
+def _type_map(type_of) -> tuple | None:
+    """``type_of`` as :class:`gpusched.policy.CompiledRule`'s ``type_map`` when it is one this package defines as a
+    function of the request's lengths (:class:`_ExactTypes`, :class:`OutputLengthBins`); None for any other callable."""
+    if type(type_of) is _ExactTypes:
+        return ("exact", tuple(sorted((int(p), int(o), int(j)) for (p, o), j in type_of.index.items())))
+    if type(type_of) is OutputLengthBins:
+        return ("output-bins", tuple(int(e) for e in type_of.edges),
+                tuple(int(type_of.slot.get(b, -1)) for b in range(len(type_of.edges) + 1)))
+    return None
 
 
 class NestedWaitScheduler(_StageScheduler):
@@ -315,6 +378,13 @@ class NestedWaitScheduler(_StageScheduler):
         super().__init__(1, mode, max_in_flight, drain_after_s, max_wait_s)
         d = self.design
         self._segment_of = d.segment_of_stage
+
+    def compiled_rule(self) -> CompiledRule | None:
+        """Algorithm 2 on the compiled serving engine (:class:`gpusched.policy.CompiledRule` ``"nested-wait"``), or
+        None for a subclass (which may change any step)."""
+        if type(self) is not NestedWaitScheduler:
+            return None
+        return CompiledRule("nested-wait", 0, params={**self._rule_params(), "segment_ends": tuple(self.design.ends)})
 
     def _select(self, buckets, wait, now_s):
         n, d = self.thresholds, self.design

@@ -32,9 +32,15 @@ evicted; static batching allocates without hashes and never probes the cache, so
 blocks a finished request leaves cached); MC-SF (``formulations.mcsf.McsfScheduler`` with the oracle's
 predictions, by output length or FCFS, on colocated instances, traces without prefix-block ids or
 sessions: its ``compiled_rule``; its preemption on a KV shortage is not transcribed, since under the
-oracle it cannot happen, and the kernel reports it as a broken invariant if it did); multi-round
-sessions (``session_id``/``round``/``think_time_s``, with every scheduler, router and cluster shape
-above but MC-SF, sessions beside independent requests too), as
+oracle it cannot happen, and the kernel reports it as a broken invariant if it did); WAIT and Nested
+WAIT (``formulations.nested_wait``'s ``WaitScheduler`` and ``NestedWaitScheduler``, the registered
+``wait`` and ``nested-wait``: any thresholds, segments, mode, in-flight cap, ``max_wait_s`` and drain
+time; WAIT's types by exact lengths or the calibration's output-length bins; colocated instances, one
+policy object each, traces without prefix-block ids or sessions: their ``compiled_rule``), with the
+engine's side of them: an empty plan that holds (residents keep their KV) and its wake-up timer
+(``InstanceEngine._wake_later``), events in SimPy's order, held requests reported unfinished when the
+run ends; multi-round sessions (``session_id``/``round``/``think_time_s``, with every scheduler, router
+and cluster shape above but the policies' rules, sessions beside independent requests too), as
 ``_ServingRun`` runs them: only first rounds arrive from the trace; a finished round starts its
 successor's release, which waits until ``max(trace time, finish + think)`` (an URGENT wait, ordered
 against the arrival process's waits as SimPy orders them) and routes it, the release time written into
@@ -72,7 +78,9 @@ from simulators.serving.schedulers import SarathiScheduler, StaticBatchScheduler
 
 # by kernel code (kernel.SCHED_*)
 COMPILED_SCHEDULERS = (VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler, StaticBatchScheduler)
-COMPILED_RULES = ("mc-sf",)  # the policies' rules it carries (gpusched.policy.CompiledRule), kernel.SCHED_MCSF on
+COMPILED_RULES = ("mc-sf", "wait", "nested-wait")  # the policies' rules it carries (gpusched.policy.CompiledRule)
+WAIT_RULES = ("wait", "nested-wait")  # kernel.SCHED_WAIT, SCHED_NESTED_WAIT (and "mc-sf": SCHED_MCSF)
+RULE_TABLE_TOKENS = 1024  # token terms tabulated for a rule without a token budget (larger steps: in the kernel)
 EAGER_DECODE_BASES = 1024  # decode-step bases tabulated ahead; larger batches' are computed when first needed
 
 __all__ = ["unsupported_reason", "simulate_compiled", "arrival_event_times"]
@@ -110,7 +118,12 @@ def unsupported_reason(trace: Trace, instances, router, hash_own_blocks, schedul
     if type(scheduler) not in COMPILED_SCHEDULERS and rule is None:
         return ("it runs the vllm-v1, vllm-v0, sarathi and static schedulers and the policies' rules of "
                 f"gpusched.policy.CompiledRule {COMPILED_RULES}")
-    if any(other != scheduler for other in schedulers[1:]):
+    if rule is not None and rule.name in WAIT_RULES:  # (one policy object per instance: compare what the rule reads)
+        if len({id(s) for s in schedulers}) < len(schedulers):
+            return f"one {rule.name} object on several instances (it keeps one instance's queues)"
+        if any(type(other) is not type(scheduler) or compiled_rule(other) != rule for other in schedulers[1:]):
+            return "instances with different scheduler settings"
+    elif any(other != scheduler for other in schedulers[1:]):
         return "instances with different scheduler settings"
     if rule is not None:
         reason = _rule_unsupported(rule, trace, instances, hash_own_blocks)
@@ -158,6 +171,10 @@ def compiled_rule(scheduler):
 def _rule_unsupported(rule, trace: Trace, instances, hash_own_blocks) -> str | None:
     if rule.name not in COMPILED_RULES or rule.priority not in ("output", "arrival"):
         return f"it carries the rules {COMPILED_RULES} (not {rule.name!r} by {rule.priority!r})"
+    if rule.name in WAIT_RULES:
+        reason = _wait_unsupported(rule, trace)
+        if reason is not None:
+            return reason
     if any(cfg.role != "colocated" for cfg in instances):
         return (f"{rule.name}'s check counts only the running sequences' KV, not what a prefill instance holds "
                 "for transfers: it runs colocated instances here")
@@ -166,7 +183,7 @@ def _rule_unsupported(rule, trace: Trace, instances, hash_own_blocks) -> str | N
         return f"{rule.name} allocates KV without block hashes: it runs traces without prefix-block ids here"
     if "session_id" in df and "round" in df and df["session_id"].notna().any():
         return f"{rule.name} allocates KV without block hashes: it runs traces without sessions here"
-    if len(df) and int(df["output_tokens"].max()) * (len(df) + 1) >= 1 << 62:
+    if rule.name == "mc-sf" and len(df) and int(df["output_tokens"].max()) * (len(df) + 1) >= 1 << 62:
         return "queue keys (output tokens x requests) would overflow 62 bits"
     return None
 
@@ -175,7 +192,7 @@ def _priority_keys(rule, df: pd.DataFrame, output: np.ndarray) -> np.ndarray:
     """Each request's queue key under ``rule`` (unique, smaller first), as the policy sorts its queue:
     ``(output tokens, row)`` or ``(arrival time, row)``; zeros when the rule has no queue order."""
     n = len(df)
-    if rule is None:
+    if rule is None or rule.name != "mc-sf":
         return np.zeros(n, np.int64)
     rows = np.arange(n, dtype=np.int64)
     if rule.priority == "output":
@@ -183,6 +200,69 @@ def _priority_keys(rule, df: pd.DataFrame, output: np.ndarray) -> np.ndarray:
     keys = np.empty(n, np.int64)
     keys[np.lexsort((rows, df["arrival_time_s"].to_numpy(float)))] = rows
     return keys
+
+
+def _wait_groups(rule, df: pd.DataFrame) -> np.ndarray:
+    """Each request's group under a WAIT rule, as the policy classifies it when it first sees the request: its type
+    (``params["type_map"]``; -1: none) for ``"wait"``, 0 for ``"nested-wait"``."""
+    n = len(df)
+    if rule.name == "nested-wait":
+        return np.zeros(n, np.int64)
+    prompt = df["prompt_tokens"].to_numpy(np.int64)
+    output = df["output_tokens"].to_numpy(np.int64)
+    kind, *spec = rule.params["type_map"]
+    if kind == "exact":
+        index = {(p, o): j for p, o, j in spec[0]}
+        return np.array([index.get(key, -1) for key in zip(prompt.tolist(), output.tolist())], np.int64)
+    edges, types = (np.asarray(x, np.int64) for x in spec)  # "output-bins"
+    return types[np.searchsorted(edges, output, side="left")] if n else np.zeros(0, np.int64)
+
+
+def _wait_unsupported(rule, trace: Trace) -> str | None:
+    p = rule.params
+    df = trace.df
+    if p.get("mode") not in ("paper", "no-wait"):
+        return f"{rule.name} in mode {p.get('mode')!r}"
+    if rule.name == "wait" and (p.get("type_map") or ("",))[0] not in ("exact", "output-bins"):
+        return "a WAIT type map other than by exact lengths or output-length bins"
+    groups = _wait_groups(rule, trace.df)
+    if len(groups) and (groups.min() < 0 or groups.max() >= len(p["thresholds"])):
+        return "a request of no WAIT type (the policy raises on it)"
+    return None
+
+
+def _wait_rule(K, rule, df: pd.DataFrame, ninst: int) -> tuple:
+    """The kernel's ``rule`` arrays (see the WAIT section of :mod:`simulators.compiled.kernel`): the settings of a
+    WAIT rule and the policy's per-instance state, empty (with the same types) for the other schedulers."""
+    if rule is None or rule.name not in WAIT_RULES:
+        n, groups, ends, thr = 0, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ninst = 0
+        wp, wf = np.zeros(K.NUM_WP, np.int64), np.zeros(K.NUM_WF)
+        rank = by_rank = groups
+    else:
+        p = rule.params
+        n = len(df)
+        groups = _wait_groups(rule, df)
+        thr = np.asarray(p["thresholds"], np.int64)
+        ends = np.asarray(p.get("segment_ends", ()), np.int64)
+        wp, wf = np.zeros(K.NUM_WP, np.int64), np.zeros(K.NUM_WF)
+        wp[K.W_PAPER] = p["mode"] == "paper"
+        wp[K.W_MAX_IN_FLIGHT] = -1 if p["max_in_flight"] is None else p["max_in_flight"]
+        wp[K.W_GROUPS] = 1 if rule.name == "nested-wait" else len(thr)
+        wp[K.W_SEGMENTS] = len(ends)
+        wp[K.W_HAS_DRAIN], wp[K.W_HAS_MAX_WAIT] = p["drain_after_s"] is not None, p["max_wait_s"] is not None
+        wp[K.W_STAGES] = int(df["output_tokens"].max()) + 1 if n else 1  # a stage is < the output tokens
+        wf[K.WF_DRAIN] = p["drain_after_s"] or 0.0
+        wf[K.WF_MAX_WAIT] = p["max_wait_s"] or 0.0
+        rows = np.arange(n, dtype=np.int64)
+        by_rank = np.lexsort((rows, df["arrival_time_s"].to_numpy(float))).astype(np.int64)  # (arrival, row)
+        rank = np.empty(n, np.int64)
+        rank[by_rank] = rows
+    g = int(max(wp[K.W_GROUPS], 0))
+    return (wp, wf, thr, ends, groups, rank, by_rank, np.full((ninst, g), -1, np.int64),
+            np.full((ninst, g), -1, np.int64), np.zeros((ninst, g), np.int64), np.empty(n, np.int64),
+            np.empty(n, np.int64), np.empty(n, np.int64), np.full((ninst, g), np.nan), np.zeros((ninst, g), np.int8),
+            np.zeros(ninst, np.int8))
 
 
 def arrival_event_times(arrival_time_s) -> np.ndarray:
@@ -222,7 +302,8 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     ip[K.P_DROUTER], droute = _decode_routes(K, make_router(decode_router, seed=seed), blocks, roles, len(df))
     kvb = np.array([cfg.kv_bytes_per_token for cfg in instances], np.int64)
     ip[K.P_BS] = bs
-    ip[K.P_SCHED] = K.SCHED_MCSF if rule is not None else COMPILED_SCHEDULERS.index(type(scheduler))
+    ip[K.P_SCHED] = (COMPILED_SCHEDULERS.index(type(scheduler)) if rule is None else
+                     {"mc-sf": K.SCHED_MCSF, "wait": K.SCHED_WAIT, "nested-wait": K.SCHED_NESTED_WAIT}[rule.name])
     ip[K.P_BUDGET], ip[K.P_MAX_SEQS] = _budget(scheduler), max_seqs
     ip[K.P_PROBE] = probe
     if isinstance(scheduler, VllmV1Scheduler):
@@ -238,8 +319,8 @@ def simulate_compiled(trace: Trace, instances, router: str = "round-robin", seed
     arrivals = arrival_event_times(arrive_s[first_rounds].tolist())
     state = K.new_state(len(df), len(blocks), nslots, max_seqs)
     timeline = np.empty((1024 if record_timeline else 0, 7))
-    inputs = (arrivals, route, prompt, output, _priority_keys(rule, df, output), hinfo, hcode, blocks, roles, kvb,
-              droute, first_rounds, succ, think_s, arrive_s, ip, fp, *tables)
+    inputs = (arrivals, route, prompt, output, _priority_keys(rule, df, output), _wait_rule(K, rule, df, len(blocks)),
+              hinfo, hcode, blocks, roles, kvb, droute, first_rounds, succ, think_s, arrive_s, ip, fp, *tables)
     nfirst = len(first_rounds)
     bar = None
     if progress:
@@ -421,7 +502,8 @@ def _pricing(model: ProfiledStepTime, scheduler, max_seqs: int):
     cache = model.__dict__.setdefault("_compiled_pricing", {})
     # a step holds at most the budget's tokens, or (vLLM V0's decode steps) a token per sequence; MC-SF's
     # steps of more decodes than its budget (thousands of sequences) are priced beyond the tables
-    tokens = _budget(scheduler) if compiled_rule(scheduler) is not None else max(_budget(scheduler), max_seqs)
+    tokens = ((_budget(scheduler) or RULE_TABLE_TOKENS) if compiled_rule(scheduler) is not None
+              else max(_budget(scheduler), max_seqs))
     key = (tokens, max_seqs)
     if key not in cache:
         cache[key] = _tabulate(model, *key)

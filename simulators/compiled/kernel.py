@@ -5,7 +5,8 @@ behind a router (multi-round sessions' later rounds released during the run:
 ``_ServingRun._release_round``), or prefill and decode instances with hand-offs over a link (the first token on a
 prefill instance; the KV held there until its transfer ends: ``_ServingRun._transfer``, InstanceEngine
 ._retire and .release), with the baseline schedulers of :mod:`simulators.serving.schedulers` (vLLM V1-like
-with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching), the paged block manager with
+with recompute or swap preemption, vLLM V0, Sarathi-Serve, static batching; the policies' rules MC-SF, WAIT and
+Nested WAIT, see :class:`gpusched.policy.CompiledRule`), the paged block manager with
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
@@ -45,6 +46,9 @@ NUM_IP = 24
 # schedulers (``ip[P_SCHED]``): simulators.serving.schedulers.VllmV1Scheduler, VllmV0Scheduler, SarathiScheduler,
 # StaticBatchScheduler, then the policies' rules (gpusched.policy.CompiledRule): "mc-sf" (formulations.mcsf)
 SCHED_V1, SCHED_V0, SCHED_SARATHI, SCHED_STATIC, SCHED_MCSF = range(5)
+# "wait" and "nested-wait" (formulations.nested_wait): their plans are made by _schedule_wait, their empty plans
+# pause with StepPlan.hold and may ask for a wake-up (wait_set_alarm)
+SCHED_WAIT, SCHED_NESTED_WAIT = 5, 6
 # routers (``ip[P_ROUTER]``): the instance given per request, or the state-dependent rules of simulators.serving.routers
 ROUTE_GIVEN, ROUTE_LEAST_OUTSTANDING, ROUTE_KV_AWARE = range(3)
 # float parameters, by position in ``fp`` (F_AR_*: one TP all-reduce, perf._ring_allreduce_s: its latency, its
@@ -760,18 +764,22 @@ def _route(router, entries, route, m, need, role, blocks, bs, kvs, running, nrun
 
 
 @njit(cache=True)
-def _submit(k, r, now, eid, instance, waiting, wh, nwait, event_s, event_q, key, by_key):
-    """InstanceEngine.submit: queue request ``r`` at instance ``k`` at time ``now`` (``by_key``: in MC-SF's
-    heap on ``key``, else at the queue's end); an idle instance wakes then (an event scheduled ``eid``-th).
+def _submit(k, r, now, eid, instance, waiting, wh, nwait, event_s, event_q, sched, key, rule, mid):
+    """InstanceEngine.submit: queue request ``r`` at instance ``k`` at time ``now`` (MC-SF: in its heap on
+    ``key``; WAIT / Nested WAIT: in their queues, ``rule``; else at the queue's end); an idle instance, or
+    one paused with a wake-up timer (which this drops), wakes then (an event scheduled ``eid``-th).
     Returns the next scheduling number."""
     instance[r] = k
-    if by_key:
+    waits = sched == SCHED_WAIT or sched == SCHED_NESTED_WAIT
+    if sched == SCHED_MCSF:
         _heap_push(waiting, nwait, k, r, key)
+    elif waits:
+        wait_enqueue(rule, waiting, nwait, k, r)
     else:
         ring = waiting.shape[1]
         waiting[k, (wh[k] + nwait[k]) % ring] = r
         nwait[k] += 1
-    if event_s[k] == np.inf:
+    if event_s[k] == np.inf or (waits and wait_drop_alarm(rule, mid, k)):
         event_s[k] = now
         event_q[k] = eid
         eid += 1
@@ -783,6 +791,377 @@ def _save(counters, next_arrival, steps, plan_id, eid, nx, ndroutes, nroutes, nu
     counters[C_NEXT], counters[C_STEPS], counters[C_PLANS] = next_arrival, steps, plan_id
     counters[C_EID], counters[C_NX], counters[C_DROUTES] = eid, nx, ndroutes
     counters[C_ROUTES], counters[C_NU] = nroutes, nu
+
+
+# ---------------------------------------------------------------- WAIT / Nested WAIT (formulations.nested_wait.policy)
+# The rule's arrays (``rule`` of :func:`run`, built by simulators.compiled.driver._wait_rule): ``wp`` integer settings
+# and ``wf`` float ones (by the positions below), ``thr`` the thresholds (one per type, or per segment), ``ends`` the
+# segments' last stages (Nested WAIT), ``grp`` each request's type (0 for Nested WAIT), ``rank`` its place in
+# (arrival time, row) order and ``by_rank`` the inverse; per instance and group the policy's queue as a linked list
+# (``qhead``, ``qtail``, ``qlen``; ``qnext``/``qprev`` per request), per request its position in the engine's waiting
+# set ``wpos`` (the engine's queue is a set here: routers and the timeline only count it), per instance and group the
+# ``max_wait_s`` clock (``since``: NaN for None) and release flag, per instance whether a wake-up timer runs
+# (``alarm``).
+W_PAPER, W_MAX_IN_FLIGHT, W_GROUPS, W_SEGMENTS, W_HAS_DRAIN, W_HAS_MAX_WAIT, W_STAGES = range(7)
+NUM_WP = 7
+WF_DRAIN, WF_MAX_WAIT = range(2)
+NUM_WF = 2
+
+
+@njit(cache=True, inline="always")
+def _q_append(qhead, qtail, qlen, qnext, qprev, k, g, r):
+    """``deque.append``: request ``r`` joins the back of group ``g``'s queue on instance ``k``."""
+    t = qtail[k, g]
+    qprev[r] = t
+    qnext[r] = -1
+    if t < 0:
+        qhead[k, g] = r
+    else:
+        qnext[t] = r
+    qtail[k, g] = r
+    qlen[k, g] += 1
+
+
+@njit(cache=True, inline="always")
+def _q_appendleft(qhead, qtail, qlen, qnext, qprev, k, g, r):
+    """``deque.appendleft``: an evicted request goes back to the front of its group's queue."""
+    h = qhead[k, g]
+    qnext[r] = h
+    qprev[r] = -1
+    if h < 0:
+        qtail[k, g] = r
+    else:
+        qprev[h] = r
+    qhead[k, g] = r
+    qlen[k, g] += 1
+
+
+@njit(cache=True, inline="always")
+def _q_popleft(qhead, qtail, qlen, qnext, qprev, k, g):
+    """``deque.popleft``: the head of group ``g``'s queue leaves it."""
+    h = qhead[k, g]
+    n = qnext[h]
+    qhead[k, g] = n
+    if n < 0:
+        qtail[k, g] = -1
+    else:
+        qprev[n] = -1
+    qlen[k, g] -= 1
+    return h
+
+
+@njit(cache=True, inline="always")
+def _set_add(waiting, nwait, wpos, k, r):
+    """Request ``r`` joins instance ``k``'s waiting set (positions ``0 .. nwait - 1``)."""
+    i = nwait[k]
+    waiting[k, i] = r
+    wpos[r] = i
+    nwait[k] = i + 1
+
+
+@njit(cache=True, inline="always")
+def _set_remove(waiting, nwait, wpos, k, r):
+    """Request ``r`` leaves instance ``k``'s waiting set (the last member takes its place)."""
+    n = nwait[k] - 1
+    last = waiting[k, n]
+    i = wpos[r]
+    waiting[k, i] = last
+    wpos[last] = i
+    nwait[k] = n
+
+
+@njit(cache=True)
+def wait_enqueue(rule, waiting, nwait, k, r):
+    """An arrival at instance ``k`` under WAIT: the engine's ``waiting.append`` and the policy's classification
+    (``_StageScheduler.schedule`` queues it at its next call, in arrival order: the same order, since only that call
+    moves requests between queues)."""
+    wp, wf, thr, ends, grp, rank, by_rank, qhead, qtail, qlen, qnext, qprev, wpos, since, released, alarm = rule
+    _set_add(waiting, nwait, wpos, k, r)
+    _q_append(qhead, qtail, qlen, qnext, qprev, k, grp[r], r)
+
+
+@njit(cache=True)
+def wait_drop_alarm(rule, mid, k):
+    """An arrival wakes instance ``k``: True if it was idle with a wake-up timer running (the timer then fires for a
+    wake-up event that has already triggered: it changes nothing, so it is dropped)."""
+    alarm = rule[15]
+    if alarm[k] == 0:
+        return False
+    alarm[k] = 0
+    mid[k] = False
+    return True
+
+
+@njit(cache=True)
+def wait_alarm_fires(rule, k):
+    """Whether the event of idle instance ``k`` is its timer's end (``_wake_later``'s ``alarm``: it triggers the
+    wake-up, which is one more event at the same time); clears the timer."""
+    alarm = rule[15]
+    if alarm[k] == 0:
+        return False
+    alarm[k] = 0
+    return True
+
+
+@njit(cache=True)
+def wait_set_alarm(rule, mid, step_end, k, now, at_s):
+    """InstanceEngine._wake_later: a timer to ``at_s`` started at SimPy time ``now`` (``wait_until``: from far back a
+    first event three quarters of the way, ``mid``; the target kept in ``step_end``, unused while idle). Returns the
+    time of its first event."""
+    rule[15][k] = 1
+    step_end[k] = at_s
+    if 0 < now < at_s / 2:
+        mid[k] = True
+        return now + (0.75 * at_s - now)
+    return now + _pmax(at_s - now, 0.0)
+
+
+@njit(cache=True, inline="always")
+def _wait_release(wp, wf, since, released, k, g, stalled, now, has_work):
+    """_StageScheduler._release for group ``g`` of instance ``k``."""
+    if released[k, g]:
+        if not has_work:
+            released[k, g] = 0
+        return released[k, g] != 0
+    if not stalled:
+        since[k, g] = np.nan
+        return False
+    if not wp[W_HAS_MAX_WAIT]:
+        return False
+    s = since[k, g]
+    if np.isnan(s):
+        s = now
+        since[k, g] = now
+    if now >= s + wf[WF_MAX_WAIT]:
+        released[k, g] = 1
+        since[k, g] = np.nan
+    return released[k, g] != 0
+
+
+@njit(cache=True, inline="always")
+def _bisect_left(a, n, x):
+    lo, hi = 0, n
+    while lo < hi:
+        m = (lo + hi) // 2
+        if a[m] < x:
+            lo = m + 1
+        else:
+            hi = m
+    return lo
+
+
+# _schedule_wait's work rows: per bucket its group, stage, next bucket of its stage (then its fill position), member
+# count and offset in the members row; the members; per running position its bucket; the selected residents. Its
+# small rows, per group (or segment): eligible, admissions allowed, has residents, residents at the first stage.
+_B_GROUP, _B_STAGE, _B_NEXT, _B_COUNT, _B_OFF, _MEMBER, _BUCKET_OF, _SELECTED = range(8)
+_ELIGIBLE, _ADMIT, _RESIDENT, _AT_FIRST = range(4)
+
+
+@njit(cache=True)
+def _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, comp, gen,
+                   prompt, preemptions, sched_s, now, running, nrun, waiting, nwait, ent_r, ent_n, k, nested, rule,
+                   plan_id, work, stages, small, cand):
+    """_StageScheduler.schedule with WaitScheduler._select (``nested`` False) or NestedWaitScheduler._select: fills
+    the plan of instance ``k`` (plan number ``plan_id``); returns its entries and, for an empty plan, the wake-up time
+    (``inf``: none). Work arrays: ``work`` (8, max_seqs), ``stages`` (2, stages: a stamp and a bucket per stage),
+    ``small`` (4, max(groups, segments)), ``cand`` (2, requests); int64."""
+    wp, wf, thr, ends, grp, rank, by_rank, qhead, qtail, qlen, qnext, qprev, wpos, since, released, alarm = rule
+    bs = ip[P_BS]
+    draining = wp[W_HAS_DRAIN] != 0 and now >= wf[WF_DRAIN]
+    wait = wp[W_PAPER] != 0 and not draining
+    G = wp[W_GROUPS]
+    m = nrun[k]
+    # (the work rows are indexed in place: a row view would cost reference counting at every step)
+    # residents bucketed by (group, stage), buckets in order of first appearance in ``running`` (the policy's dict):
+    # per stage (stamped with the plan number) a chain of its buckets, one per group present
+    nb = 0
+    for q in range(m):
+        r = running[k, q]
+        s = gen[r]
+        g = grp[r]
+        if stages[0, s] != plan_id:
+            stages[0, s] = plan_id
+            stages[1, s] = -1
+        b = stages[1, s]
+        while b >= 0 and work[_B_GROUP, b] != g:
+            b = work[_B_NEXT, b]
+        if b < 0:
+            b = nb
+            nb += 1
+            work[_B_GROUP, b] = g
+            work[_B_STAGE, b] = s
+            work[_B_COUNT, b] = 0
+            work[_B_NEXT, b] = stages[1, s]
+            stages[1, s] = b
+        work[_B_COUNT, b] += 1
+        work[_BUCKET_OF, q] = b
+    off = 0
+    for b in range(nb):  # members of each bucket in running order, from work[_B_OFF, b]
+        work[_B_OFF, b] = off
+        work[_B_NEXT, b] = off
+        off += work[_B_COUNT, b]
+    for q in range(m):
+        b = work[_BUCKET_OF, q]
+        work[_MEMBER, work[_B_NEXT, b]] = running[k, q]
+        work[_B_NEXT, b] += 1
+    ns = 0
+    if not nested:  # WaitScheduler._select
+        if wait:
+            for j in range(G):
+                small[_RESIDENT, j] = 0
+            for b in range(nb):
+                small[_RESIDENT, work[_B_GROUP, b]] = 1
+            for j in range(G):
+                ok = qlen[k, j] >= thr[j]
+                busy = qlen[k, j] > 0 or small[_RESIDENT, j] != 0
+                small[_ELIGIBLE, j] = _wait_release(wp, wf, since, released, k, j, busy and not ok, now, busy) or ok
+        else:
+            for j in range(G):
+                small[_ELIGIBLE, j] = 1
+        for j in range(G):
+            small[_ADMIT, j] = min(thr[j], qlen[k, j]) if small[_ELIGIBLE, j] else 0
+        for b in range(nb):
+            j = work[_B_GROUP, b]
+            if small[_ELIGIBLE, j]:
+                for x in range(work[_B_OFF, b], work[_B_OFF, b] + min(work[_B_COUNT, b], thr[j])):
+                    work[_SELECTED, ns] = work[_MEMBER, x]
+                    ns += 1
+    else:  # NestedWaitScheduler._select
+        small[_ADMIT, 0] = 0
+        L = wp[W_SEGMENTS]
+        queued = qlen[k, 0]
+        for x in range(L):  # residents at each segment's first stage (its boundary queue)
+            small[_AT_FIRST, x] = 0
+        for b in range(nb):
+            s = work[_B_STAGE, b] - 1
+            x = _bisect_left(ends, L, s)
+            if x < L - 1 and ends[x] == s:
+                small[_AT_FIRST, x + 1] = work[_B_COUNT, b]
+        if not wait:  # discrete.prefix_length
+            kk = L
+        elif queued < thr[0]:
+            kk = 0
+        else:
+            kk = 1
+            for x in range(1, L):
+                if small[_AT_FIRST, x] < thr[x]:
+                    break
+                kk += 1
+        if wait:
+            stalled = False
+            if kk < L:
+                if kk == 0 and queued > 0:
+                    stalled = True
+                else:
+                    for b in range(nb):
+                        if min(_bisect_left(ends, L, work[_B_STAGE, b]), L - 1) >= kk:
+                            stalled = True
+                            break
+            if _wait_release(wp, wf, since, released, k, 0, stalled, now, queued > 0 or m > 0):
+                kk = L
+        if kk > 0:
+            small[_ADMIT, 0] = min(thr[0], queued)
+            for b in range(nb):
+                seg = min(_bisect_left(ends, L, work[_B_STAGE, b]), L - 1)
+                if seg < kk:
+                    for x in range(work[_B_OFF, b], work[_B_OFF, b] + min(work[_B_COUNT, b], thr[seg])):
+                        work[_SELECTED, ns] = work[_MEMBER, x]
+                        ns += 1
+    # the selected residents decode one token each; LIFO eviction when one cannot grow (_evict_for)
+    ne = 0
+    npre = 0
+    for i in range(ns):
+        r = work[_SELECTED, i]
+        c = comp[r]
+        if c == 0:  # evicted earlier in this step
+            continue
+        if c + 1 <= (kv_priv[r] + kv_hashed[r]) * bs:  # no new block (inline: a call costs more than the rest)
+            if c + 1 > kv_tok[r]:
+                kv_tok[r] = c + 1
+            ok = True
+        else:
+            ok = _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, c + 1)
+        if not ok:
+            while True:
+                victim = running[k, nrun[k] - 1]
+                nrun[k] -= 1
+                _free(ip, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, victim, k)
+                comp[victim] = 0
+                preemptions[victim] += 1
+                _set_add(waiting, nwait, wpos, k, victim)
+                _q_appendleft(qhead, qtail, qlen, qnext, qprev, k, grp[victim], victim)
+                npre += 1
+                if victim == r:
+                    break
+                if _grow_to(ip, nblocks, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv, kv_hashed, r, comp[r] + 1):
+                    ok = True
+                    break
+            if not ok:
+                continue
+        ent_r[k, ne] = r
+        ent_n[k, ne] = 1
+        ne += 1
+    if npre:  # entries evicted after they were planned leave the plan (an evicted request has nothing computed)
+        keep = 0
+        for e in range(ne):
+            r = ent_r[k, e]
+            if comp[r] > 0:
+                ent_r[k, keep] = r
+                ent_n[k, keep] = 1
+                keep += 1
+        ne = keep
+    else:  # _admit: the groups' heads, in (arrival, row) order, while the in-flight cap and free KV allow
+        nc = 0
+        for j in range(G):
+            r = qhead[k, j]
+            for _ in range(small[_ADMIT, j]):
+                cand[0, nc] = r
+                nc += 1
+                r = qnext[r]
+        if nc > 1:
+            ranks = cand[1, :nc]
+            for i in range(nc):
+                ranks[i] = rank[cand[0, i]]
+            ranks.sort()
+            for i in range(nc):
+                cand[0, i] = by_rank[ranks[i]]
+        room = nc
+        if wp[W_MAX_IN_FLIGHT] >= 0:
+            room = max(wp[W_MAX_IN_FLIGHT] - nrun[k], 0)
+        for i in range(min(room, nc)):
+            r = cand[0, i]
+            tokens = prompt[r] + gen[r]
+            if not _allocate_if_free(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
+                                     kv_hashed, r, k, tokens):
+                break  # LIFO: the newest admission is the first to go
+            _q_popleft(qhead, qtail, qlen, qnext, qprev, k, grp[r])
+            _set_remove(waiting, nwait, wpos, k, r)
+            comp[r] = 0
+            if np.isnan(sched_s[r]):
+                sched_s[r] = now
+            running[k, nrun[k]] = r
+            nrun[k] += 1
+            ent_r[k, ne] = r
+            ent_n[k, ne] = tokens
+            ne += 1
+    wake = np.inf
+    if ne == 0:
+        if npre:  # every request of the step was evicted: re-decide at once with the freed KV
+            wake = np.nextafter(now, np.inf)
+        elif wait:  # the drain time, a stalled group's release: even with no event
+            if wp[W_HAS_DRAIN] and wf[WF_DRAIN] > now:
+                wake = wf[WF_DRAIN]
+            if wp[W_HAS_MAX_WAIT]:  # _next_release_s
+                nxt_s = np.inf
+                for j in range(since.shape[1]):
+                    s = since[k, j]
+                    if not np.isnan(s) and not released[k, j]:
+                        t = s + wf[WF_MAX_WAIT]
+                        if t < nxt_s:
+                            nxt_s = t
+                if now < nxt_s < wake:
+                    wake = nxt_s
+    return ne, wake
 
 
 # ---------------------------------------------------------------- the engine loop
@@ -825,16 +1204,17 @@ def new_state(nreq, ninst, nslots, max_seqs):
 
 
 @njit(cache=True)
-def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, hinfo, hcode, blocks, role, kvb,
-        droute, first, succ, think_s, arrive_s, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db, dz,
-        ca, cb, cz, op_x, op_y, op_len, elem_bytes):
+def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, key, rule, hinfo, hcode, blocks, role,
+        kvb, droute, first, succ, think_s, arrive_s, ip, fp, tok_lin, tok_elem, tok_comm, dec_base, px, py, da, db,
+        dz, ca, cb, cz, op_x, op_y, op_len, elem_bytes):
     """Serve the requests on ``blocks.shape[0]`` instances, from ``state`` (:func:`new_state`), until
     every request is done or arrival number ``until_arrival`` is next (then return :data:`PAUSED`, to
     be called again with the same state: callers show progress this way); return ``(code, culprit,
     timeline)``.
 
     ``hinfo``, ``hcode``: each request's block hashes as slots (see the module docstring). ``key``: each
-    request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``dec_base``
+    request's queue priority under MC-SF (smaller first; unused by the other schedulers). ``rule``: WAIT's and
+    Nested WAIT's settings and state (see the WAIT section; placeholders for the other schedulers). ``dec_base``
     entries that are NaN are computed when first needed (``ProfiledStepTime._decode_base_s``).
     ``first``: the requests the trace releases (all but the later rounds of multi-round sessions), in
     trace order; ``arrival_event_s[p]``: when ``first[p]`` reaches the router on the SimPy clock of the
@@ -865,6 +1245,12 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     step, in the order of the step's plan). Numbers are taken in the order SimPy schedules these events.
     Instances interact only through the routers and the transfers: a router sees each instance as it
     stood after its last event before the arrival or the transfer's end.
+
+    Under WAIT and Nested WAIT an instance whose plan is empty pauses (its residents keep their KV) until a
+    request arrives or, if the policy asked for one, its wake-up timer ends (InstanceEngine._wake_later: the
+    timer's process waits as a step does, in two events from far back; its end triggers the wake-up, one more
+    event at that time). An arrival before the timer's end wakes the instance at once and the timer is dropped
+    (it would find the wake-up triggered and do nothing).
     """
     (instance, sched_s, first_s, finish_s, preemptions, cached_tokens, comp, gen, kv_tok, kv_priv, kv_hashed,
      slot_ref, prev, nxt, kvs, running, nrun, waiting, wh, nwait, ent_r, ent_n, nent, step_end, event_s, busy,
@@ -883,6 +1269,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
     plan_id = counters[C_PLANS]
     done = np.zeros(max_seqs, np.bool_)
     scratch = np.empty((5, max_seqs if sched == SCHED_MCSF else 0), np.int64)  # MC-SF's work rows
+    waits = sched == SCHED_WAIT or sched == SCHED_NESTED_WAIT
+    wwork = np.empty((8, max_seqs if waits else 0), np.int64)  # WAIT's work rows (see _schedule_wait)
+    wstages = np.zeros((2, rule[0][W_STAGES] if waits else 0), np.int64)
+    wsmall = np.empty((4, max(rule[0][W_GROUPS], rule[0][W_SEGMENTS]) if waits else 0), np.int64)
+    wcand = np.empty((2, prompt.shape[0] if waits else 0), np.int64)
     record = ip[P_TIMELINE] != 0
     check = ip[P_CHECK] != 0
     next_arrival, steps = counters[C_NEXT], counters[C_STEPS]
@@ -939,7 +1330,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             k = _route(router, entries, route, nroutes, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun,
                        waiting, wh, nwait, prompt, output, comp)
             nroutes += 1
-            eid = _submit(k, r, tu, eid, instance, waiting, wh, nwait, event_s, event_q, key, sched == SCHED_MCSF)
+            eid = _submit(k, r, tu, eid, instance, waiting, wh, nwait, event_s, event_q, sched, key, rule, mid)
             if arrival:
                 if next_arrival >= nfirst:
                     nu = _xfer_pop(ut, uq, ur, um, nu)
@@ -969,13 +1360,18 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             else:
                 k = _pick(drouter, True, prompt[r] + output[r], role, blocks, bs, kvs, running, nrun, waiting, wh,
                           nwait, prompt, output, comp)
-            eid = _submit(k, r, t, eid, instance, waiting, wh, nwait, event_s, event_q, key, sched == SCHED_MCSF)
+            eid = _submit(k, r, t, eid, instance, waiting, wh, nwait, event_s, event_q, sched, key, rule, mid)
             continue
         if k < 0:
             break  # no arrival left, no transfer in flight, every instance idle
         if mid[k]:  # the first half of a wait from far back (wait_until): the second is scheduled now
             mid[k] = False
             event_s[k] = t + _pmax(step_end[k] - t, 0.0)
+            event_q[k] = eid
+            eid += 1
+            continue
+        if waits and not busy[k] and wait_alarm_fires(rule, k):  # the timer's end triggers the wake-up event
+            event_s[k] = t
             event_q[k] = eid
             eid += 1
             continue
@@ -1053,6 +1449,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
             clock[k] = now  # woken (a request, a release): InstanceEngine takes the SimPy time as its clock
         # ---- the next plan: the scheduler's schedule
         ne = 0
+        wake_s = np.inf  # (an empty WAIT plan's wake-up time)
         preempted = False
         swap_tokens = 0
         budget = budget0
@@ -1086,6 +1483,11 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                                 ent_r, ent_n, k, budget0, scratch)
             if ne < 0:
                 return MCSF_SHORT, -1 - ne, timeline
+        elif waits:  # WaitScheduler / NestedWaitScheduler.schedule
+            ne, wake_s = _schedule_wait(ip, nblocks, hinfo, hcode, slot_ref, prev, nxt, head, kv, kv_tok, kv_priv,
+                                        kv_hashed, comp, gen, prompt, preemptions, sched_s, clock[k], running, nrun,
+                                        waiting, nwait, ent_r, ent_n, k, sched == SCHED_NESTED_WAIT, rule, plan_id,
+                                        wwork, wstages, wsmall, wcand)
         elif sched == SCHED_STATIC:  # StaticBatchScheduler.schedule
             if nrun[k] == 0:  # a batch forms only when none runs: FCFS while KV for prompt + output is free
                 while nwait[k] > 0 and nrun[k] < max_seqs:
@@ -1175,7 +1577,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 ne += 1
                 budget -= n
         # admissions, FCFS, chunked to the budget left
-        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC and sched != SCHED_MCSF:
+        if not preempted and sched != SCHED_V0 and sched != SCHED_STATIC and sched != SCHED_MCSF and not waits:
             while nwait[k] > 0 and budget > 0 and nrun[k] < max_seqs:
                 r = waiting[k, wh[k]]
                 hit = _prefix_hit(ip, hinfo, hcode, slot_ref, comp, prompt, gen, r, k, probe)
@@ -1201,10 +1603,14 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 budget -= n
         nent[k] = ne
         if ne == 0:
-            if nrun[k]:
+            if nrun[k] and not waits:  # (WAIT's empty plans hold: its residents pause on purpose)
                 return STALLED, running[k, 0], timeline
             busy[k] = False
             event_s[k] = np.inf  # idle until a request arrives
+            if waits and wake_s < np.inf:  # or until the policy's wake-up time (InstanceEngine._wake_later)
+                event_s[k] = wait_set_alarm(rule, mid, step_end, k, now, wake_s)
+                event_q[k] = eid
+                eid += 1
         else:
             # ---- the step's duration: InstanceEngine._compute_time_s
             npf = 0
@@ -1268,7 +1674,7 @@ def run(state, timeline, until_arrival, arrival_event_s, route, prompt, output, 
                 j = _route(router, entries, route, nroutes, prompt[nr] + output[nr], role, blocks, bs, kvs, running,
                            nrun, waiting, wh, nwait, prompt, output, comp)
                 nroutes += 1
-                eid = _submit(j, nr, now, eid, instance, waiting, wh, nwait, event_s, event_q, key,
-                              sched == SCHED_MCSF)
+                eid = _submit(j, nr, now, eid, instance, waiting, wh, nwait, event_s, event_q, sched, key, rule,
+                              mid)
     _save(counters, next_arrival, steps, plan_id, eid, nx, ndroutes, nroutes, nu)
     return OK, -1, timeline
