@@ -243,14 +243,20 @@ def test_an_empty_trace_gives_an_empty_result():
     assert len(res.requests) == 0 and res.num_steps == 0
 
 
-def test_a_run_paused_for_progress_updates_gives_the_same_results(monkeypatch):
+def _assert_pausing_changes_nothing(monkeypatch, trace, instances, every=7, **kw):
+    """A compiled run that returns every ``every`` arrivals (to update a progress bar) and resumes gives the
+    results of one run through (``simulate``'s keywords ``kw``)."""
     import simulators.compiled.driver as compiled
 
-    trace = load_trace("azure-conv-2023").head(300).scale_rate(3.0)
-    instances = [InstanceConfig(_h100(), 600, 16, "vllm-v1")] * 2
-    whole = simulate(trace, instances, router="least-outstanding-tokens")
-    monkeypatch.setattr(compiled, "PROGRESS_EVERY", 7)  # the loop returns every 7 arrivals, then resumes
-    paused = simulate(trace, instances, router="least-outstanding-tokens", progress=True)
+    whole = simulate(trace, instances, **kw)
+    monkeypatch.setattr(compiled, "PROGRESS_EVERY", every)
+    paused = simulate(trace, instances, progress=True, **kw)
     assert paused.engine == whole.engine == "compiled"
     pd.testing.assert_frame_equal(paused.requests, whole.requests)
     pd.testing.assert_frame_equal(paused.timeline, whole.timeline)
+
+
+def test_a_run_paused_for_progress_updates_gives_the_same_results(monkeypatch):
+    trace = load_trace("azure-conv-2023").head(300).scale_rate(3.0)
+    instances = [InstanceConfig(_h100(), 600, 16, "vllm-v1")] * 2
+    _assert_pausing_changes_nothing(monkeypatch, trace, instances, router="least-outstanding-tokens")

@@ -16,7 +16,7 @@ from gpusched.hardware import LinkSpec
 from gpusched.perf import ProfiledStepTime
 from gpusched.workload import Trace, load_trace
 from simulators.compiled.driver import unsupported_reason
-from test_sim_compiled import _assert_same_as_step_mode
+from test_sim_compiled import _assert_pausing_changes_nothing, _assert_same_as_step_mode
 from simulators.serving import InstanceConfig, simulate
 
 KV_BYTES = 131072  # Llama-3-8B, bf16: 32 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes
@@ -160,16 +160,8 @@ def test_colocated_instances_beside_a_prefill_decode_pair(h100):
 
 
 def test_a_paused_run_with_transfers_in_flight_gives_the_same_results(h100, monkeypatch):
-    import simulators.compiled.driver as compiled
-
-    trace = _azure(300, 3.0)
-    instances = _pair(h100, 2, 2, decode_blocks=800)
-    whole = simulate(trace, instances, decode_router="kv-aware")
-    monkeypatch.setattr(compiled, "PROGRESS_EVERY", 7)  # the loop returns every 7 arrivals, then resumes
-    paused = simulate(trace, instances, decode_router="kv-aware", progress=True)
-    assert paused.engine == whole.engine == "compiled"
-    pd.testing.assert_frame_equal(paused.requests, whole.requests)
-    pd.testing.assert_frame_equal(paused.timeline, whole.timeline)
+    _assert_pausing_changes_nothing(monkeypatch, _azure(300, 3.0), _pair(h100, 2, 2, decode_blocks=800),
+                                    decode_router="kv-aware")
 
 
 def test_what_it_does_not_cover_in_a_disaggregated_cluster(h100):

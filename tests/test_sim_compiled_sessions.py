@@ -18,8 +18,10 @@ from gpusched.perf import ProfiledStepTime
 from gpusched.synthetic import agent_sessions
 from gpusched.workload import Trace, load_trace
 from simulators.compiled.driver import unsupported_reason
-from simulators.serving import InstanceConfig, simulate
+from simulators.serving import InstanceConfig
 from simulators.serving.bench import sessions_like
+from test_sim_compiled import _assert_pausing_changes_nothing
+from test_sim_compiled import _assert_same_as_step_mode as same_as_step_mode
 
 KV_BYTES = 131072  # Llama-3-8B, bytes of KV per token
 HOST_LINK = 25e9
@@ -39,14 +41,8 @@ def _cfg(blocks, scheduler="vllm-v1", knobs=None, role="colocated"):
 
 
 def _assert_same_as_step_mode(trace, instances, **kw):
-    assert unsupported_reason(trace, instances, kw.get("router", "round-robin"), kw.get("hash_own_blocks"),
-                              decode_router=kw.get("decode_router", "least-outstanding-tokens")) is None
-    fast = simulate(trace, instances, mode="fast", **kw)
-    assert fast.engine == "compiled"
-    step = simulate(trace, instances, mode="step", **kw)
-    pd.testing.assert_frame_equal(fast.requests, step.requests)
-    pd.testing.assert_frame_equal(fast.timeline, step.timeline)
-    assert fast.num_steps == step.num_steps and fast.kv_blocks == step.kv_blocks
+    """The compiled engine runs it, gives step mode's results, and every request finishes."""
+    fast = same_as_step_mode(trace, instances, **kw)
     assert fast.num_unfinished == 0
     return fast
 
@@ -187,16 +183,9 @@ def test_sessions_like_the_bench_builds_them():
 
 
 def test_a_run_paused_for_progress_updates_gives_the_same_results(monkeypatch):
-    import simulators.compiled.driver as compiled
-
-    trace = _agents(n=40, rate=6.0)
-    instances = [_cfg(400), _cfg(600)]
-    whole = simulate(trace, instances, router="kv-aware")
-    monkeypatch.setattr(compiled, "PROGRESS_EVERY", 3)  # the loop returns every 3 first rounds, then resumes
-    paused = simulate(trace, instances, router="kv-aware", progress=True)
-    assert paused.engine == whole.engine == "compiled"
-    pd.testing.assert_frame_equal(paused.requests, whole.requests)
-    pd.testing.assert_frame_equal(paused.timeline, whole.timeline)
+    # the loop returns every 3 first rounds, with later rounds pending release
+    _assert_pausing_changes_nothing(monkeypatch, _agents(n=40, rate=6.0), [_cfg(400), _cfg(600)], every=3,
+                                    router="kv-aware")
 
 
 @st.composite
