@@ -181,7 +181,7 @@ def _rule_unsupported(rule, trace: Trace, instances, hash_own_blocks) -> str | N
     df = trace.df
     if hash_own_blocks or ("prefix_block_hashes" in df and df["prefix_block_hashes"].notna().any()):
         return f"{rule.name} allocates KV without block hashes: it runs traces without prefix-block ids here"
-    if "session_id" in df and "round" in df and df["session_id"].notna().any():
+    if _has_sessions(df):
         return f"{rule.name} allocates KV without block hashes: it runs traces without sessions here"
     if rule.name == "mc-sf" and len(df) and int(df["output_tokens"].max()) * (len(df) + 1) >= 1 << 62:
         return "queue keys (output tokens x requests) would overflow 62 bits"
