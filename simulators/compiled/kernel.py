@@ -10,7 +10,12 @@ Nested WAIT, see :class:`gpusched.policy.CompiledRule`), the paged block manager
 each request's own block hashes or the trace's shared prefix ids, and the H100-format profiled
 step-time model. Each piece names the Python code it
 follows; the float operations are written in the same order as there, so results agree to the bit
-(``tests/test_sim_compiled.py`` checks it against the SimPy engine).
+(``tests/test_sim_compiled*.py`` check it against the SimPy engine).
+
+One file on purpose: numba's disk cache (``cache=True``) is invalidated by changes to the file that defines
+a function, not to the functions it calls from other files, so a split into modules would let a cached
+:func:`run` keep an edited callee's old code. Its sections: pricing, the block manager, scheduler pieces,
+routing, event heaps, MC-SF, WAIT / Nested WAIT, the engine loop.
 
 State arrays (indexed by request ``r`` in trace order):
 ``comp`` tokens whose KV is computed, ``gen`` tokens generated, ``kv_tok``/``kv_priv``/``kv_hashed`` the
