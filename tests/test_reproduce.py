@@ -198,6 +198,18 @@ def test_report_of_a_small_experiment(tmp_path):
     assert 'class="within"' in html or 'class="outside"' in html
 
 
+def test_the_report_names_the_versions_that_computed_its_cells(tmp_path):
+    reproduce(tmp_path, experiments=[_toy()], progress=False)
+    store = CellStore(tmp_path / "toy")
+    path = store.path({"i": 1})
+    record = json.loads(path.read_text())
+    now = record["version"]
+    record["version"] = "gpusched 0.0.1, git deadbee"  # as if an older commit had computed this cell
+    path.write_text(json.dumps(record))
+    md = reproduce(tmp_path, experiments=[_toy()], progress=False).report_md.read_text()
+    assert f"Cells computed by: {now} (3 cells); gpusched 0.0.1, git deadbee (1 cell)." in md
+
+
 def test_the_reported_cell_command_recomputes_the_cell(tmp_path):
     exp = get("mcsf-synthetic")
     one = dataclasses.replace(exp, cells=lambda quick: exp.plan(True)[:1], plots=None, findings=None)

@@ -43,7 +43,7 @@ class Section:
     elapsed_s: float  # wall time from this run's first to last finished cell of this experiment
     table_path: Path
     example_params: dict | None
-    version: str
+    version: str  # of the code that computed the cells (several, with counts, if runs differed)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def summary_rows(report: Report) -> list[list[str]]:
 
 
 def _rerun_lines(report: Report, s: Section) -> list[str]:
-    lines = [f"Version: {s.version}."]
+    lines = [f"Cells computed by: {s.version}."]
     if s.example_params is not None:
         lines.append(f"Re-run one cell (the first of this run): `{cell_command(s.name, s.example_params)}`")
     quick = " --quick" if report.quick else ""

@@ -147,7 +147,8 @@ class _Progress:
 def _section(e: Experiment, plan: list[dict], store: CellStore, quick: bool, failed: list, computed_now: int,
              elapsed_s: float, ver: str) -> report_mod.Section:
     table = store.write_tables(plan, e.measurements)
-    compute_s = float(sum(rec["wall_s"] for rec in store.records(plan)))
+    records = store.records(plan)
+    compute_s = float(sum(rec["wall_s"] for rec in records))
     outcomes = evaluate(e.claims(quick), table)
     plots, findings = [], ""
     if len(table):
@@ -165,7 +166,21 @@ def _section(e: Experiment, plan: list[dict], store: CellStore, quick: bool, fai
     finished = sum(store.has(p) for p in plan)
     return report_mod.Section(e.name, e.paper, e.title, e.about, outcomes, findings, [Path(p) for p in plots],
                               len(plan), finished, failed, compute_s, computed_now, elapsed_s,
-                              store.folder / "table.csv", plan[0] if plan else None, ver)
+                              store.folder / "table.csv", plan[0] if plan else None,
+                              cell_versions(records) if records else ver)
+
+
+def cell_versions(records: list[dict]) -> str:
+    """The versions that computed these cells, most cells first, with counts when there are several (a
+    report built from cells of earlier runs names the code that made its numbers, not the code that tabled
+    them)."""
+    counts: dict[str, int] = {}
+    for rec in records:
+        counts[rec["version"]] = counts.get(rec["version"], 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return "; ".join(f"{v} ({n} cell{'s' if n != 1 else ''})" for v, n in ranked)
 
 
 def _print_estimate(exps, plans, pending, quick: bool, workers: int, out: Path) -> None:
