@@ -10,6 +10,8 @@ Azure 2023 conversation trace at its recorded rate** (about 7,550 tokens/s; at i
 end-to-end latency of about 2 s), by rescaling its arrival times; ``kx`` multiplies that rate by k:
 
 * ``azure-conv-2023``: recorded arrivals and lengths (19,366 requests, 58 minutes), unchanged at 1x.
+* ``azure-code-2023``: recorded arrivals and lengths (8,819 requests, 57 minutes; prompts average 2,048
+  tokens, answers 28), its arrivals compressed by about 1.4 to reach 1x.
 * ``mooncake-conversation``: Mooncake's conversation trace with 512-token prefix-block hashes (prefix caching
   finds shared blocks); its prompts average 12,000 tokens, so 1x stretches its hour to about 5.5 hours.
 * ``servegen-hour``: the first hour of ServeGen m-large's clients that ship length data, thinned at random
@@ -17,9 +19,6 @@ end-to-end latency of about 2 s), by rescaling its arrival times; ``kx`` multipl
 * ``sageserve-composed``: the busiest hour of a composed SageServe-style week (:mod:`gpusched.composed_traces`,
   seed 0), every model and region served by the one Llama-3-8B; its tiers carry end-to-end deadlines (IW-F 1 s,
   IW-N 60 s, NIW 24 h), so it is the trace with SLO attainment.
-
-Azure's 2023 *code* trace is not bundled (only the conversation trace is in ``traces/`` and
-``../shared/traces``), so it is not run.
 
 Metrics per (trace, scheduler, load): mean and p99 end-to-end latency and TTFT, mean TPOT, output tokens/s,
 preemptions, and, on the SageServe-style trace, the share of requests finishing within their tier's deadline
@@ -58,6 +57,7 @@ SERVEGEN_REQUESTS = 20_000
 COMPOSED = SageServeWeek(seed=0, mean_rate_per_s=4.0)
 TRACES = {
     "azure-conv-2023": "Azure 2023 conversation, recorded",
+    "azure-code-2023": "Azure 2023 code, recorded",
     "mooncake-conversation": "Mooncake conversation, prefix-block hashes",
     "servegen-hour": f"ServeGen m-large, first hour, thinned to {SERVEGEN_REQUESTS:,} requests",
     "sageserve-composed": "SageServe-style composed week, busiest hour, tier deadlines",
@@ -76,7 +76,7 @@ def tokens_per_s(trace: Trace) -> float:
 @lru_cache(maxsize=8)
 def base_trace(name: str, requests: int = 0) -> Trace:
     """Trace ``name`` at 1x load (see the module docstring); ``requests > 0`` keeps only its first requests."""
-    if name == "azure-conv-2023" or name == "mooncake-conversation":
+    if name in ("azure-conv-2023", "azure-code-2023", "mooncake-conversation"):
         raw = load_trace(name)
     elif name == "servegen-hour":
         hour = load_trace("servegen-m-large")
@@ -232,7 +232,6 @@ def findings(table: pd.DataFrame, quick: bool) -> str:
         for (trace, sched), g in skipped.groupby(["trace", "scheduler"], sort=False):
             lines.append(f"- {sched} on {trace} ({', '.join(f'{x:g}x' for x in g['load'])}): "
                          f"{g['skipped'].iloc[0][:300]}")
-    lines += ["", "Azure's 2023 code trace is not bundled and is not run."]
     return "\n".join(lines)
 
 

@@ -14,6 +14,8 @@ from gpusched.paths import TRACES_ENV_VAR, traces_dir
 BUNDLED: dict[str, tuple[str, dict, str]] = {
     "azure-conv-2023": ("azure_llm_2023/AzureLLMInferenceTrace_conv.csv", {},
                         "Azure LLM inference 2023, conversation (~58 min)"),
+    "azure-code-2023": ("azure_llm_2023/AzureLLMInferenceTrace_code.csv", {},
+                        "Azure LLM inference 2023, code completion (~57 min)"),
     "mooncake-conversation": ("mooncake_fast25/conversation_trace.jsonl", {},
                               "Mooncake FAST'25 conversation trace with 512-token prefix-block hashes"),
     "sharegpt-lengths": ("length_stats/sharegpt_8k_filtered_stats_llama2_tokenizer.csv", {},

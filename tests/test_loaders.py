@@ -28,6 +28,23 @@ def test_azure_bundled():
     assert tr.df["arrival_time_s"].iloc[0] == 0.0 and tr.duration_s == pytest.approx(3501.7, abs=1)
 
 
+
+def test_azure_code_bundled():
+    # expected values: pandas on the raw CSV (timestamps' span, column means), independently of the loader
+    tr = load_trace("azure-code-2023")
+    assert len(tr) == 8_819 and tr.duration_s == pytest.approx(3435.948, abs=1e-3)
+    assert tr.df["prompt_tokens"].mean() == pytest.approx(2047.85, abs=0.01)
+    assert tr.df["output_tokens"].median() == 13 and tr.df["output_tokens"].max() == 1_899
+
+
+def test_azure_code_file_is_the_one_documented():
+    """The code trace was copied by hand from a stored snapshot (traces/README.md): its digest pins the copy."""
+    import hashlib
+    data = (traces_dir() / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv").read_bytes()
+    assert len(data) == 320_117  # upstream's size, as the snapshot reports it
+    digest = hashlib.sha256(data).hexdigest()
+    assert f"SHA-256 `{digest}`" in (traces_dir() / "README.md").read_text()
+
 def test_mooncake_bundled():
     tr = load_trace("mooncake-conversation")
     assert len(tr) == 12_031 and tr.prefix_block_tokens == 512

@@ -10,7 +10,7 @@ from gpusched.workload import Trace, load_trace
 
 def test_one_x_offers_the_reference_tokens_per_s():
     reference = h2h.tokens_per_s(load_trace("azure-conv-2023"))
-    for name in ("azure-conv-2023", "sageserve-composed"):
+    for name in ("azure-conv-2023", "azure-code-2023", "sageserve-composed"):
         one_x = h2h.base_trace(name)
         assert h2h.tokens_per_s(one_x) == pytest.approx(reference, rel=1e-9), name
         assert h2h.tokens_per_s(one_x.scale_rate(4.0)) == pytest.approx(4 * reference, rel=1e-9)

@@ -111,7 +111,7 @@ def test_csv_roundtrip(tmp_path):
 
 
 def test_bundled_registry(monkeypatch, tmp_path):
-    assert {"azure-conv-2023", "mooncake-conversation", "sharegpt-lengths", "arxiv-lengths",
+    assert {"azure-conv-2023", "azure-code-2023", "mooncake-conversation", "sharegpt-lengths", "arxiv-lengths",
             "servegen-m-large"} <= set(list_bundled_traces())
     assert (traces_dir() / "README.md").exists()
     with pytest.raises(UnknownNameError, match="azure-conv-2023"):
