@@ -427,8 +427,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from experiments.reproduce import reproduce
     from gpusched.runinfo import prepare_out_dir
 
-    out = prepare_out_dir(args.out, overwrite=True)  # an existing folder is resumed, never wiped
-    s = reproduce(out, quick=args.quick, only=args.only, backend=args.backend, workers=args.workers,
+    prepare_out_dir(args.out, overwrite=True)  # an existing folder is resumed, never wiped
+    # the report quotes --out as typed, so the commands it prints work from a clone at another path
+    s = reproduce(Path(args.out).expanduser(), quick=args.quick, only=args.only, backend=args.backend, workers=args.workers,
                   address=args.address, progress=not args.quiet)
     print(f"{s.computed} cell(s) computed, {s.reused} reused, {len(s.failed)} failed in {s.wall_s:.1f} s; "
           f"report: {s.report_md} and {s.report_html}")

@@ -28,7 +28,6 @@ def test_azure_bundled():
     assert tr.df["arrival_time_s"].iloc[0] == 0.0 and tr.duration_s == pytest.approx(3501.7, abs=1)
 
 
-
 def test_azure_code_bundled():
     # expected values: pandas on the raw CSV (timestamps' span, column means), independently of the loader
     tr = load_trace("azure-code-2023")
@@ -44,6 +43,7 @@ def test_azure_code_file_is_the_one_documented():
     assert len(data) == 320_117  # upstream's size, as the snapshot reports it
     digest = hashlib.sha256(data).hexdigest()
     assert f"SHA-256 `{digest}`" in (traces_dir() / "README.md").read_text()
+
 
 def test_mooncake_bundled():
     tr = load_trace("mooncake-conversation")

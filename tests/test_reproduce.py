@@ -230,6 +230,15 @@ def test_cli_reproduce_arguments(tmp_path, capsys):
     assert "'threads'" in capsys.readouterr().err
 
 
+def test_the_report_quotes_out_as_typed(tmp_path, monkeypatch):
+    # a committed report's commands must work from a clone elsewhere: a relative --out stays relative
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["reproduce", "--quick", "--quiet", "--only", "nested-wait-toy", "--out", "runs/r"]) == 0
+    md = (tmp_path / "runs" / "r" / "report.md").read_text()
+    assert "Command: `gpusched reproduce --quick --only nested-wait-toy --out runs/r`" in md
+    assert "--out runs/r` (finished cells are kept" in md and str(tmp_path) not in md
+
+
 def test_backend_arguments_are_checked():
     from experiments.reproduce.executor import make_executor
 
