@@ -429,8 +429,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     prepare_out_dir(args.out, overwrite=True)  # an existing folder is resumed, never wiped
     # the report quotes --out as typed, so the commands it prints work from a clone at another path
-    s = reproduce(Path(args.out).expanduser(), quick=args.quick, only=args.only, backend=args.backend, workers=args.workers,
-                  address=args.address, progress=not args.quiet)
+    s = reproduce(Path(args.out).expanduser(), quick=args.quick, only=args.only, backend=args.backend,
+                  workers=args.workers, address=args.address, progress=not args.quiet, report_only=args.report_only)
     print(f"{s.computed} cell(s) computed, {s.reused} reused, {len(s.failed)} failed in {s.wall_s:.1f} s; "
           f"report: {s.report_md} and {s.report_html}")
     return 1 if s.failed else 0
@@ -637,12 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, "--out", default="results/reproduce", help="output folder: cells, tables, plots, report.md, report.html")
     p.add_argument("--quick", action="store_true",
                    help="small cells, minutes in all (their numbers are not the headline ones)")
-    _add(p, "--only", nargs="+", default=None, metavar="PAPER", help="papers or experiments to run (default: all)")
+    _add(p, "--only", nargs="+", default=None, metavar="PAPER", show_default=False,
+         help="papers or experiments to run (default: all)")
     _add(p, "--backend", default="inprocess", choices=["inprocess", "pool", "ray"],
          help="where cells run: this process, a local process pool, or Ray")
-    _add(p, "--workers", type=_int_at_least(1, "the number of workers"), default=None,
+    _add(p, "--workers", type=_int_at_least(1, "the number of workers"), default=None, show_default=False,
          help="pool or Ray workers (default: the machine's CPUs)")
     _add(p, "--address", default=None, help="an existing Ray cluster's address (with --backend ray)")
+    p.add_argument("--report-only", action="store_true",
+                   help="compute nothing: report the cells already finished in --out (a run stopped part-way, "
+                        "or one still going on elsewhere)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_reproduce)
     return parser

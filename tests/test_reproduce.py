@@ -210,6 +210,23 @@ def test_the_report_names_the_versions_that_computed_its_cells(tmp_path):
     assert f"Cells computed by: {now} (3 cells); gpusched 0.0.1, git deadbee (1 cell)." in md
 
 
+def _must_not_run(i):
+    raise AssertionError("report_only computed a cell")
+
+
+def test_report_only_computes_nothing_and_says_what_is_missing(tmp_path):
+    reproduce(tmp_path, experiments=[_toy()], progress=False)
+    CellStore(tmp_path / "toy").path({"i": 2}).unlink()  # as if the run had stopped before this cell
+    summary = reproduce(tmp_path, experiments=[_toy(compute=_must_not_run)], progress=False, report_only=True,
+                        command="gpusched reproduce --report-only")
+    assert (summary.computed, summary.reused, summary.failed) == (0, 3, [])
+    assert not CellStore(tmp_path / "toy").has({"i": 2})
+    md = summary.report_md.read_text()
+    assert "Cells: 3 of 4 finished" in md and "Built from the cells already finished; nothing computed" in md
+    assert "**Partial: 3 of 4 cells finished.**" in md and "Partial: 3 of 4" in summary.report_html.read_text()
+    assert len(pd.read_csv(tmp_path / "toy" / "table.csv")) == 3
+
+
 def test_the_reported_cell_command_recomputes_the_cell(tmp_path):
     exp = get("mcsf-synthetic")
     one = dataclasses.replace(exp, cells=lambda quick: exp.plan(True)[:1], plots=None, findings=None)
@@ -237,6 +254,10 @@ def test_the_report_quotes_out_as_typed(tmp_path, monkeypatch):
     md = (tmp_path / "runs" / "r" / "report.md").read_text()
     assert "Command: `gpusched reproduce --quick --only nested-wait-toy --out runs/r`" in md
     assert "--out runs/r` (finished cells are kept" in md and str(tmp_path) not in md
+    assert cli_main(["reproduce", "--quiet", "--only", "nested-wait-toy", "--out", "runs/r", "--report-only"]) == 0
+    md = (tmp_path / "runs" / "r" / "report.md").read_text()  # the full plan: the quick cells it shares, no more
+    assert "Command: `gpusched reproduce --only nested-wait-toy --out runs/r --report-only`" in md
+    assert "of 24 finished; none computed in this run" in md
 
 
 def test_backend_arguments_are_checked():

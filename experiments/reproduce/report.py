@@ -137,6 +137,14 @@ def _rerun_lines(report: Report, s: Section) -> list[str]:
     return lines
 
 
+def _partial(s: Section) -> str:
+    """A warning for a section whose cells are not all finished ('' when they are)."""
+    if s.cells_finished >= s.cells_planned:
+        return ""
+    return (f"**Partial: {s.cells_finished} of {s.cells_planned} cells finished.** The numbers and verdicts "
+            f"below are on those cells only; the same command computes the rest.")
+
+
 def _cells_line(s: Section) -> str:
     failed = f", **{len(s.cells_failed)} failed** (run again to retry them)" if s.cells_failed else ""
     now = (f"{s.computed_now} computed in this run, in {_duration(s.elapsed_s)} of wall time" if s.computed_now
@@ -146,13 +154,19 @@ def _cells_line(s: Section) -> str:
             f"`{s.table_path.relative_to(s.table_path.parents[1])}`.")
 
 
+def _run_line(report: Report) -> str:
+    if report.backend == "report only":
+        return f"Built from the cells already finished; nothing computed ({_duration(report.wall_s)})."
+    return (f"Backend: {report.backend} ({report.workers} worker{'s' if report.workers != 1 else ''}); "
+            f"wall time {_duration(report.wall_s)}.")
+
+
 def markdown(report: Report) -> str:
     lines = ["# gpusched: reproduction report", ""]
     if report.quick:
         lines += [QUICK_BANNER, ""]
-    lines += [f"Command: `{report.command}`  ", f"Version: {report.version}  ",
-              f"Backend: {report.backend} ({report.workers} worker{'s' if report.workers != 1 else ''}); "
-              f"wall time {_duration(report.wall_s)}.", "", "## Summary", ""]
+    lines += [f"Command: `{report.command}`  ", f"Version: {report.version}  ", _run_line(report), "",
+              "## Summary", ""]
     lines += _md_table(summary_rows(report)) + [""]
     for paper, sections in _by_paper(report).items():
         lines += [f"## {paper}", ""]
@@ -162,6 +176,8 @@ def markdown(report: Report) -> str:
                 lines += ["*Quick run: not the headline numbers.*", ""]
             if s.about:
                 lines += [s.about.strip(), ""]
+            if _partial(s):
+                lines += [_partial(s), ""]
             if s.outcomes:
                 lines += _md_table(claims_table(s.outcomes)) + [""]
             if s.findings:
@@ -280,8 +296,7 @@ def to_html(report: Report) -> str:
     if report.quick:
         h.append(f'<p class="banner">{inline_html(QUICK_BANNER)}</p>')
     h.append(f"<p>Command: <code>{html.escape(report.command)}</code><br>Version: {html.escape(report.version)}"
-             f"<br>Backend: {html.escape(report.backend)} ({report.workers} worker"
-             f"{'s' if report.workers != 1 else ''}); wall time {_duration(report.wall_s)}.</p>")
+             f"<br>{html.escape(_run_line(report))}</p>")
     h += ["<h2>Summary</h2>", _html_table(summary_rows(report))]
     for paper, sections in _by_paper(report).items():
         h.append(f"<h2>{html.escape(paper)}</h2>")
@@ -291,6 +306,8 @@ def to_html(report: Report) -> str:
                 h.append("<p><i>Quick run: not the headline numbers.</i></p>")
             if s.about:
                 h.append(block_html(s.about))
+            if _partial(s):
+                h.append(f'<p class="banner">{inline_html(_partial(s))}</p>')
             if s.outcomes:
                 h.append(_html_table(claims_table(s.outcomes), verdict_col=4))
             if s.findings:

@@ -56,12 +56,15 @@ def version() -> str:
 
 def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None = None, backend: str = "inprocess",
               workers: int | None = None, address: str | None = None, progress: bool = True,
-              experiments: list[Experiment] | None = None, command: str | None = None) -> RunSummary:
+              experiments: list[Experiment] | None = None, command: str | None = None,
+              report_only: bool = False) -> RunSummary:
     """Run every registered experiment (or ``experiments``, or those of the papers/experiments in ``only``) into
     ``out_dir``, reusing finished cells; write ``report.md`` and ``report.html`` there.
 
     ``backend``/``workers``/``address``: see :mod:`experiments.reproduce.executor`. Cells that fail are listed
     in the summary and the report (and tried again by the next run); the other cells are kept.
+    ``report_only``: compute nothing, report the cells already finished (a run still going on elsewhere, or
+    one stopped part-way); each section says how many of its cells are missing.
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -71,8 +74,13 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     plans = {e.name: e.plan(quick) for e in exps}
     stores = {e.name: CellStore(out / e.name) for e in exps}
     pending = [Task(e.name, e.compute, p) for e in exps for p in plans[e.name] if not stores[e.name].has(p)]
+    if report_only:
+        print(f"report only: {len(pending)} unfinished cell(s) left out, nothing computed", flush=True)
+        missing, pending = len(pending), []
+        backend, workers, address = "inprocess", None, None  # no executor work: do not start a pool or Ray
     executor = make_executor(backend, workers, address)
-    _print_estimate(exps, plans, pending, quick, executor.workers, out)
+    if not report_only:
+        _print_estimate(exps, plans, pending, quick, executor.workers, out)
     ver = version()
     progress_log = _Progress(exps, len(pending) if progress else 0)
     finished = False
@@ -92,8 +100,9 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     finally:
         progress_log.close()
         executor.close(wait=finished)  # interrupted: do not wait for the cells in flight
-    rep = report_mod.Report(out, quick, executor.name, executor.workers,
-                            command or _command(out, quick, only, backend, workers, address), ver, math.nan)
+    rep = report_mod.Report(out, quick, "report only" if report_only else executor.name, executor.workers,
+                            command or _command(out, quick, only, backend, workers, address, report_only), ver,
+                            math.nan)
     for e in exps:
         rep.sections.append(_section(e, plans[e.name], stores[e.name], quick, progress_log.failed[e.name],
                                      progress_log.computed[e.name], progress_log.span_s(e.name), ver))
@@ -101,8 +110,8 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     md, html_path = report_mod.write(rep)
     failed = [(name, p, err) for name, errs in progress_log.failed.items() for p, err in errs]
     total = sum(len(p) for p in plans.values())
-    return RunSummary(out, md, html_path, sum(progress_log.computed.values()), total - len(pending), failed,
-                      rep.wall_s)
+    reused = total - (missing if report_only else len(pending))
+    return RunSummary(out, md, html_path, sum(progress_log.computed.values()), reused, failed, rep.wall_s)
 
 
 class _Progress:
@@ -194,9 +203,9 @@ def _print_estimate(exps, plans, pending, quick: bool, workers: int, out: Path) 
           f"estimated {seconds / 60:.1f} min on {workers} worker(s)", flush=True)
 
 
-def _command(out: Path, quick: bool, only, backend: str, workers, address) -> str:
+def _command(out: Path, quick: bool, only, backend: str, workers, address, report_only: bool = False) -> str:
     parts = ["gpusched", "reproduce"] + (["--quick"] if quick else []) + (["--only", *only] if only else [])
-    parts += ["--out", str(out)]
+    parts += ["--out", str(out)] + (["--report-only"] if report_only else [])
     if backend != "inprocess":
         parts += ["--backend", backend]
     if workers is not None:
