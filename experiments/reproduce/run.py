@@ -74,9 +74,10 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     plans = {e.name: e.plan(quick) for e in exps}
     stores = {e.name: CellStore(out / e.name) for e in exps}
     pending = [Task(e.name, e.compute, p) for e in exps for p in plans[e.name] if not stores[e.name].has(p)]
+    unfinished = len(pending)
     if report_only:
-        print(f"report only: {len(pending)} unfinished cell(s) left out, nothing computed", flush=True)
-        missing, pending = len(pending), []
+        print(f"report only: {unfinished} unfinished cell(s) left out, nothing computed", flush=True)
+        pending = []
         backend, workers, address = "inprocess", None, None  # no executor work: do not start a pool or Ray
     executor = make_executor(backend, workers, address)
     if not report_only:
@@ -110,8 +111,8 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     md, html_path = report_mod.write(rep)
     failed = [(name, p, err) for name, errs in progress_log.failed.items() for p, err in errs]
     total = sum(len(p) for p in plans.values())
-    reused = total - (missing if report_only else len(pending))
-    return RunSummary(out, md, html_path, sum(progress_log.computed.values()), reused, failed, rep.wall_s)
+    return RunSummary(out, md, html_path, sum(progress_log.computed.values()), total - unfinished, failed,
+                      rep.wall_s)
 
 
 class _Progress:
