@@ -106,8 +106,9 @@ register(Experiment(
     findings=synthetic_findings, measurements=("ip_solve_time_s", "mcsf_time_s"), seconds_per_cell=(1.5, 62.0),
     about=("Arrival Model 1 (all requests at 0) and 2 (Poisson), the paper's ranges of M, s, n; the hindsight "
            "problem solved by the `cp-sat+highs` portfolio (CP-SAT finds schedules, the IP on HiGHS proves the "
-           "bound), warm-started with MC-SF, two solver threads per cell (with one, CP-SAT almost never improves on the warm "
-           "start: see `experiments/reproduce/papers/mcsf.py`). The paper solved the IP with Gurobi.")))
+           "bound), warm-started with MC-SF, two solver threads per cell (with one, CP-SAT almost never "
+           "improves on the warm start: see `experiments/reproduce/papers/mcsf.py`). The paper solved the IP "
+           "with Gurobi.")))
 
 
 # ---- the paper's Llama-2-70B formula: MC-SF vs MC-Benchmark and the alpha rules ------------------------
