@@ -174,7 +174,7 @@ def plots(table: pd.DataFrame, out: Path) -> list[Path]:
             loads = sorted(d["load"].unique())
             ax.set_xticks(loads, [f"{f:g}x" for f in loads])
             ax.minorticks_off()
-            ax.set_xlabel("load (1x = the Azure conversation trace's offered tokens/s)")
+            ax.set_xlabel("load (1x = Azure conversation's offered tokens/s)")
             ax.set_ylabel(label)
             if m.endswith("_s"):
                 ax.set_yscale("log")
