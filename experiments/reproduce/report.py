@@ -58,6 +58,7 @@ class Report:
     version: str
     wall_s: float
     sections: list[Section] = field(default_factory=list)
+    report_only: bool = False  # built from finished cells by --report-only: nothing was computed
 
 
 def cell_command(experiment: str, params: dict) -> str:
@@ -155,7 +156,7 @@ def _cells_line(s: Section) -> str:
 
 
 def _run_line(report: Report) -> str:
-    if report.backend == "report only":
+    if report.report_only:
         return f"Built from the cells already finished; nothing computed ({_duration(report.wall_s)})."
     return (f"Backend: {report.backend} ({report.workers} worker{'s' if report.workers != 1 else ''}); "
             f"wall time {_duration(report.wall_s)}.")
@@ -176,8 +177,8 @@ def markdown(report: Report) -> str:
                 lines += ["*Quick run: not the headline numbers.*", ""]
             if s.about:
                 lines += [s.about.strip(), ""]
-            if _partial(s):
-                lines += [_partial(s), ""]
+            if partial := _partial(s):
+                lines += [partial, ""]
             if s.outcomes:
                 lines += _md_table(claims_table(s.outcomes)) + [""]
             if s.findings:
@@ -306,8 +307,8 @@ def to_html(report: Report) -> str:
                 h.append("<p><i>Quick run: not the headline numbers.</i></p>")
             if s.about:
                 h.append(block_html(s.about))
-            if _partial(s):
-                h.append(f'<p class="banner">{inline_html(_partial(s))}</p>')
+            if partial := _partial(s):
+                h.append(f'<p class="banner">{inline_html(partial)}</p>')
             if s.outcomes:
                 h.append(_html_table(claims_table(s.outcomes), verdict_col=4))
             if s.findings:

@@ -101,9 +101,9 @@ def reproduce(out_dir: str | Path, quick: bool = False, only: list[str] | None =
     finally:
         progress_log.close()
         executor.close(wait=finished)  # interrupted: do not wait for the cells in flight
-    rep = report_mod.Report(out, quick, "report only" if report_only else executor.name, executor.workers,
+    rep = report_mod.Report(out, quick, executor.name, executor.workers,
                             command or _command(out, quick, only, backend, workers, address, report_only), ver,
-                            math.nan)
+                            math.nan, report_only=report_only)
     for e in exps:
         rep.sections.append(_section(e, plans[e.name], stores[e.name], quick, progress_log.failed[e.name],
                                      progress_log.computed[e.name], progress_log.span_s(e.name), ver))
