@@ -205,14 +205,14 @@ def _markdown(df: pd.DataFrame, scale: str, seed: int, tl: float, n_inst: int, s
              f"{'' if separation else ' without the separation inequalities'}, time limit {tl:g} s per instance, ranges "
              f"{SCALES[scale]}.", "",
              "| arrival model | ours: mean ratio | mean upper bound | best | worst | MC-SF = best found | proven optimal |"
-             " median solve time (s) | paper: mean | best | worst | exactly optimal |",
+             " median / longest solve (s) | paper: mean | best | worst | exactly optimal |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in ("all-at-0", "poisson"):
         d = df[df.model == model]
         p = PAPER[model]
         lines.append(f"| {model} | {d.ratio.mean():.4f} | {d.ratio_vs_bound.mean():.3f} | {d.ratio.min():.3f} | {d.ratio.max():.3f} | "
                      f"{int((d.mcsf_tel == d.ip_tel).sum())}/{len(d)} | {int((d.ip_status == 'optimal').sum())}/{len(d)} | "
-                     f"{d.ip_solve_time_s.median():.2f} | {p['mean']} | {p['best']} | {p['worst']} | {p['exact']} |")
+                     f"{d.ip_solve_time_s.median():.2f} / {d.ip_solve_time_s.max():.2f} | {p['mean']} | {p['best']} | {p['worst']} | {p['exact']} |")
     lines += ["", "Ratio = MC-SF TEL / best hindsight schedule TEL. Where optimality was not proven within the limit this "
               "is a lower bound on the true ratio; the upper bound is MC-SF / the proven lower bound on the optimum "
               "(`ratio_vs_bound` in `instances.csv`; the bound is never below those of `formulations.mcsf.bounds`). The paper solved the IP "
@@ -223,6 +223,10 @@ def _markdown(df: pd.DataFrame, scale: str, seed: int, tl: float, n_inst: int, s
     if len(nopt):
         lines.append(f"Not proven within the limit: {len(nopt)}/{len(df)} instances; median remaining gap "
                      f"{nopt.ip_gap.median():.3f}.")
+    over = df[df.ip_solve_time_s > 1.05 * tl]
+    if len(over):  # the limit is a request, not a guarantee: say how far the runs went past it
+        lines.append(f"Past the time limit by more than 5 %: {len(over)}/{len(df)} solves, the longest "
+                     f"{over.ip_solve_time_s.max():.1f} s (a solver stops at its next look at the clock).")
     return "\n".join(lines) + "\n"
 
 
